@@ -1,0 +1,178 @@
+"""Training speed: the tutorial's pipeline against ours, same model, optimizer, seed and sample order.
+
+The tutorial reads MNIST through torchvision `datasets.MNIST` + `ToTensor` + `Normalize` and a
+`DataLoader` (batch 32); ours keeps the normalised set in one tensor on the device. Both draw the
+same shuffled order from the same seed, so their models should agree in accuracy. Also splits the
+tutorial's epoch into its data pipeline alone and model steps alone, to show where time goes.
+
+    MNIST_DATA_DIR=../shared/mnist python -m bench.train_speed [--epochs 1] [--repeats 3] [--device cpu]
+"""
+
+import argparse
+import gzip
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from models.cnn import Net
+from models.constants import MNIST_MEAN, MNIST_STD
+from training.data import FILES, _find_file, load_mnist
+from training.loop import TrainConfig, evaluate, resolve_device, to_model_input, train_epoch
+
+
+def torchvision_root(source: Path, into: Path) -> Path:
+    """torchvision expects uncompressed files in <root>/MNIST/raw."""
+    raw = into / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem, _ in FILES.values():
+        found = _find_file(source, stem)
+        assert found is not None
+        opener = gzip.open if found.suffix == ".gz" else open
+        with opener(found, "rb") as src, open(raw / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return into
+
+
+def tutorial_loader(root: Path, train: bool, batch_size: int, device: torch.device) -> DataLoader:
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    extra = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    dataset = datasets.MNIST(str(root), train=train, download=False, transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, **extra)
+
+
+def tutorial_epochs(root: Path, epochs: int, device: torch.device) -> tuple[list[float], float]:
+    """The tutorial's train() as written; returns seconds per epoch and final test accuracy."""
+    torch.manual_seed(53113)
+    train_loader = tutorial_loader(root, True, 32, device)
+    test_loader = tutorial_loader(root, False, 1000, device)
+    model = Net().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    times = []
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        model.train()
+        for batch_idx, (data, target) in enumerate(train_loader):
+            data, target = data.to(device), target.to(device)
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(data), target)
+            loss.backward()
+            optimizer.step()
+            if batch_idx % 100 == 0:
+                loss.item()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for data, target in test_loader:
+            output = model(data.to(device))
+            correct += int((output.argmax(1) == target.to(device)).sum())
+    return times, 100.0 * correct / len(test_loader.dataset)
+
+
+def ours_epochs(epochs: int, device: torch.device) -> tuple[list[float], float, float]:
+    """Our train_epoch; returns seconds per epoch, test accuracy and the one-off setup time."""
+    sync(device)
+    setup_start = time.perf_counter()
+    config = TrainConfig(epochs=epochs, device=str(device))
+    torch.manual_seed(config.seed)
+    mnist = load_mnist()
+    x_train, y_train = to_model_input(mnist.train_images, device), mnist.train_labels.long().to(device)
+    x_test, y_test = to_model_input(mnist.test_images, device), mnist.test_labels.long().to(device)
+    model = Net().to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    jitter = torch.Generator(device=device).manual_seed(config.seed)
+    sync(device)
+    setup = time.perf_counter() - setup_start
+    times = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_epoch(model, optimizer, None, x_train, y_train, config, epoch, jitter, lambda event: None)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    _, correct = evaluate(model, x_test, y_test, 1000)
+    return times, 100.0 * correct / len(x_test), setup
+
+
+def tutorial_parts(root: Path, device: torch.device, batches: int) -> tuple[float, float]:
+    """Seconds per batch of the tutorial's data pipeline alone, and of its model step alone."""
+    loader = tutorial_loader(root, True, 32, device)
+    start = time.perf_counter()
+    for i, (data, _) in enumerate(loader):
+        data.to(device)
+        if i + 1 == batches:
+            break
+    data_only = (time.perf_counter() - start) / batches
+    model = Net().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    x, y = torch.randn(32, 1, 28, 28, device=device), torch.randint(0, 10, (32,), device=device)
+    for _ in range(20):  # warm-up
+        optimizer.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        optimizer.step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        optimizer.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        optimizer.step()
+    sync(device)
+    return data_only, (time.perf_counter() - start) / batches
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline; medians are shown")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    source = load_mnist().source
+    with tempfile.TemporaryDirectory() as tmp:
+        root = torchvision_root(source, Path(tmp))
+        tutorial, ours, setups = [], [], []
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            t_times, t_acc = tutorial_epochs(root, args.epochs, device)
+            o_times, o_acc, setup = ours_epochs(args.epochs, device)
+            tutorial.append(statistics.median(t_times))
+            ours.append(statistics.median(o_times))
+            setups.append(setup)
+        data_only, step_only = tutorial_parts(root, device, batches=300)
+
+    t_med, o_med = statistics.median(tutorial), statistics.median(ours)
+    print(
+        f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.epochs} epoch(s) per run, {args.repeats} runs, medians"
+    )
+    print()
+    print(f"| pipeline | s/epoch (median) | all runs | test accuracy after {args.epochs} epoch(s) |")
+    print("| --- | ---: | --- | ---: |")
+    print(
+        f"| tutorial (DataLoader) | {t_med:.2f} | {', '.join(f'{t:.2f}' for t in tutorial)} | {t_acc:.2f}% |"
+    )
+    print(f"| ours (tensor on device) | {o_med:.2f} | {', '.join(f'{t:.2f}' for t in ours)} | {o_acc:.2f}% |")
+    print()
+    print(
+        f"speed-up per epoch: {t_med / o_med:.2f}x  (ours also spends {statistics.median(setups):.2f} s "
+        "once per run loading and normalising the whole set)"
+    )
+    print()
+    print("where the tutorial's epoch goes (per batch of 32):")
+    print(f"  data pipeline alone: {data_only * 1e3:.2f} ms   model step alone: {step_only * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The tutorial's networks: `Net` (the classic CNN) and `LeNet5`, both ending in log_softmax."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    """conv 1->20 5x5, pool, conv 20->50 5x5, pool, fc 800->500, fc 500->10, log_softmax.
+
+    Parameter names match the tutorial's, so state_dicts load both ways.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+class LeNet5(nn.Module):
+    """conv 1->6 5x5, pool, conv 6->16 5x5, pool, fc 256->120->84->10, log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = self.fc3(x)
+        return F.log_softmax(x, dim=1)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"net": Net, "lenet5": LeNet5}
+
+
+def build_model(arch: str) -> nn.Module:
+    """A freshly initialised network of the named architecture ('net' or 'lenet5')."""
+    try:
+        return ARCHITECTURES[arch]()
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ValueError(f"unknown architecture {arch!r} (known: {known})") from None

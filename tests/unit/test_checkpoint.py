@@ -1,0 +1,144 @@
+"""The checkpoint format: round trip, the tutorial's interoperability, and every refusal."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    metadata_path,
+    read_metadata,
+    save_checkpoint,
+    sha256_bytes,
+)
+from models.cnn import LeNet5, Net, build_model
+
+REQUIRED_KEYS = {"arch", "version", "sha256", "normalize", "torch_version", "created_at"}
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    path = tmp_path / "mnist_cnn.pt"
+    written = save_checkpoint(model, path, arch="net", extra={"test_accuracy": 12.5})
+    assert written.keys() >= REQUIRED_KEYS
+    assert written["sha256"] == sha256_bytes(path.read_bytes())
+    assert written["version"] == written["sha256"][:12]
+    assert written["normalize"] == {"mean": 0.1307, "std": 0.3081}
+    assert json.loads(metadata_path(path).read_text()) == written
+
+    loaded = load_checkpoint(path)
+    assert loaded.version == written["version"]
+    assert loaded.metadata["test_accuracy"] == 12.5
+    assert not loaded.model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_tutorial_loads_our_file_and_we_load_the_tutorials(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(Net(), ours, arch="net")
+    Net().load_state_dict(torch.load(ours))  # what the tutorial does
+
+    theirs = tmp_path / "theirs.pt"
+    model = Net()
+    torch.save(model.state_dict(), theirs)  # what the tutorial saves: no metadata beside it
+    loaded = load_checkpoint(theirs)
+    assert loaded.arch == "net"
+    assert loaded.metadata["metadata_missing"] is True
+    assert torch.equal(loaded.model.state_dict()["fc2.bias"], model.state_dict()["fc2.bias"])
+
+
+def test_lenet5_is_recognised_without_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "lenet.pt"
+    torch.save(LeNet5().state_dict(), path)
+    assert load_checkpoint(path).arch == "lenet5"
+
+
+def test_stale_metadata_is_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(Net(), path, arch="net", extra={"test_accuracy": 99.0})
+    torch.save(LeNet5().state_dict(), path)  # replaced behind the metadata's back
+    loaded = load_checkpoint(path)
+    assert loaded.arch == "lenet5"
+    assert "test_accuracy" not in loaded.metadata
+    assert loaded.metadata["sha256"] == sha256_bytes(path.read_bytes())
+
+
+def good_bytes(tmp_path: Path) -> bytes:
+    path = tmp_path / "good.pt"
+    torch.save(Net().state_dict(), path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: b"", "is empty"),
+        (lambda tmp: good_bytes(tmp)[:5000], "corrupt or truncated"),
+        (lambda tmp: b"this is not a checkpoint" * 10, "corrupt or truncated"),
+        (lambda tmp: good_bytes(tmp)[:-100], "corrupt or truncated"),
+    ],
+)
+def test_unreadable_files_are_refused(tmp_path: Path, make, message) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    path.write_bytes(make(tmp_path))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    state = Net().state_dict()
+    state["fc2.weight"] = torch.zeros(11, 500)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="no known architecture"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_architecture_than_the_metadata_says_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(LeNet5(), path, arch="lenet5")
+    meta = read_metadata(path)
+    assert meta is not None
+    metadata_path(path).write_text(json.dumps({**meta, "arch": "net"}))
+    with pytest.raises(CheckpointError, match="does not fit architecture 'net'"):
+        load_checkpoint(path)
+
+
+def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:
+    """weights_only=True: a file that would run code on load is never unpickled."""
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save({"model": Net()}, path)  # a whole module object, not a state_dict
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    torch.save({"fc1.weight": 3}, path)
+    with pytest.raises(CheckpointError, match="state_dict of tensors"):
+        load_checkpoint(path)
+
+
+def test_save_replaces_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    first = save_checkpoint(Net(), path, arch="net")
+    second = save_checkpoint(build_model("net"), path, arch="net")
+    assert first["version"] != second["version"]
+    assert load_checkpoint(path).version == second["version"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_cnn.json", "mnist_cnn.pt"]
+
+
+def test_networks_output_log_probabilities() -> None:
+    for arch in ("net", "lenet5"):
+        out = build_model(arch)(torch.randn(3, 1, 28, 28))
+        assert out.shape == (3, 10)
+        assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("resnet")

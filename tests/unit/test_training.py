@@ -1,0 +1,138 @@
+"""The training loop: the tutorial's sample order, determinism, augmentation, and the accuracy bars."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
+
+from models.checkpoint import read_metadata
+from training.data import Mnist
+from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
+from training.recipes import RECIPES
+
+
+def test_epoch_order_is_the_dataloaders_order() -> None:
+    dataset = TensorDataset(torch.arange(1000))
+    torch.manual_seed(53113)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True)
+    theirs = [torch.cat([batch[0] for batch in loader]) for _ in range(2)]
+    torch.manual_seed(53113)
+    ours = [epoch_order(1000) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    assert not torch.equal(ours[0], ours[1])
+
+
+def quick(tmp_path: Path, mnist_dir: Path, name: str, **overrides) -> dict:
+    config = TrainConfig(
+        epochs=1,
+        limit_train=640,
+        device="cpu",
+        data_dir=str(mnist_dir),
+        out=str(tmp_path / name),
+        **overrides,
+    )
+    return run(config)
+
+
+def test_same_seed_same_weights_bit_for_bit(tmp_path: Path, mnist_dir: Path) -> None:
+    a = quick(tmp_path, mnist_dir, "a.pt")
+    b = quick(tmp_path, mnist_dir, "b.pt")
+    c = quick(tmp_path, mnist_dir, "c.pt", seed=1)
+    assert a["sha256"] == b["sha256"]
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert c["sha256"] != a["sha256"]
+
+
+def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -> None:
+    a = TrainConfig.from_recipe(
+        "accurate",
+        epochs=1,
+        limit_train=512,
+        device="cpu",
+        data_dir=str(mnist_dir),
+        out=str(tmp_path / "a.pt"),
+    )
+    b = TrainConfig.from_recipe(
+        "accurate",
+        epochs=1,
+        limit_train=512,
+        device="cpu",
+        data_dir=str(mnist_dir),
+        out=str(tmp_path / "b.pt"),
+    )
+    assert a.batch_size == 128 and a.epochs == 1
+    assert run(a)["sha256"] == run(b)["sha256"]
+
+
+def test_metadata_records_what_was_trained(tmp_path: Path, mnist_dir: Path) -> None:
+    meta = quick(tmp_path, mnist_dir, "m.pt")
+    on_disk = read_metadata(tmp_path / "m.pt")
+    assert on_disk == meta
+    assert meta["hyperparameters"]["batch_size"] == 32
+    assert meta["hyperparameters"]["limit_train"] == 640
+    assert meta["device"] == "cpu"
+    assert 10 < meta["test_accuracy"] <= 100
+
+
+def test_augment_keeps_shape_and_background(mnist: Mnist) -> None:
+    x = to_model_input(mnist.test_images[:64], torch.device("cpu"))
+    moved = augment(x, RECIPES["accurate"], torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape
+    background = -0.1307 / 0.3081
+    assert torch.allclose(moved[:, :, 0, 0], torch.full((64, 1), background), atol=1e-5)
+    assert not torch.allclose(moved, x)
+
+
+class TutorialNet(nn.Module):
+    """The tutorial's Net, verbatim, as a user would have it in their own script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2, 2)
+        x = x.view(-1, 4 * 4 * 50)
+        x = F.relu(self.fc1(x))
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def tutorial_accuracy(path: Path, mnist: Mnist) -> float:
+    """Load with the tutorial's code and evaluate with its ToTensor + Normalize transforms."""
+    model = TutorialNet()
+    model.load_state_dict(torch.load(path))
+    model.eval()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    images = torch.stack([transform(img.numpy()) for img in mnist.test_images])
+    with torch.no_grad():
+        predicted = torch.cat([model(images[i : i + 1000]).argmax(1) for i in range(0, 10000, 1000)])
+    return 100.0 * (predicted == mnist.test_labels).sum().item() / 10000
+
+
+@pytest.mark.slow
+def test_default_training_reaches_the_tutorial_accuracy(
+    tmp_path: Path, mnist_dir: Path, mnist: Mnist
+) -> None:
+    out = tmp_path / "mnist_cnn.pt"
+    meta = run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out)))
+    assert meta["test_accuracy"] >= 98.5
+    assert tutorial_accuracy(out, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_accurate_recipe_reaches_99_2(tmp_path: Path, mnist_dir: Path) -> None:
+    config = TrainConfig.from_recipe(
+        "accurate", device="cpu", data_dir=str(mnist_dir), out=str(tmp_path / "mnist_cnn.pt")
+    )
+    assert run(config)["test_accuracy"] >= 99.2

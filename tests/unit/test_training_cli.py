@@ -1,0 +1,111 @@
+"""`python -m training` as a user runs it: real process, real MNIST, real files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train(*args: str, mnist_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MNIST_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_quick_run_writes_a_checkpoint_and_tutorial_lines(tmp_path: Path, mnist_dir: Path) -> None:
+    result = train(
+        "--limit-train",
+        "1000",
+        "--epochs",
+        "1",
+        "--log-interval",
+        "10",
+        "--events",
+        "events.jsonl",
+        mnist_dir=mnist_dir,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Train Epoch: 1 [320/1000 (31%)]\tLoss: " in result.stdout
+    assert "Test set: Average loss: " in result.stdout
+    loaded = load_checkpoint(tmp_path / "mnist_cnn.pt")
+    assert loaded.metadata["hyperparameters"]["limit_train"] == 1000
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "saved" and "epoch" in kinds
+    assert events[-1]["version"] == loaded.version
+
+
+def test_events_on_stdout_are_pure_json(tmp_path: Path, mnist_dir: Path) -> None:
+    result = train(
+        "--limit-train",
+        "300",
+        "--epochs",
+        "1",
+        "--events",
+        "-",
+        "--out",
+        "m.pt",
+        mnist_dir=mnist_dir,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "saved"
+    assert "Test set" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "-1"],
+        ["--epochs", "0"],
+        ["--lr", "0"],
+        ["--lr", "-0.1"],
+        ["--arch", "resnet"],
+        ["--batch-size", "zero"],
+        ["--momentum", "1.5"],
+        ["--recipe", "magic"],
+    ],
+)
+def test_bad_flags_exit_nonzero_without_a_traceback(tmp_path: Path, mnist_dir: Path, args) -> None:
+    result = train(*args, mnist_dir=mnist_dir, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr
+    assert not (tmp_path / "mnist_cnn.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path: Path, mnist_dir: Path) -> None:
+    result = train("--device", "cuda", mnist_dir=mnist_dir, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --device cuda was requested but CUDA is not available on this machine"
+    ]
+
+
+def test_corrupt_data_is_a_one_line_error(tmp_path: Path, mnist_dir: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in mnist_dir.glob("*-ubyte.gz"):
+        (data / path.name).write_bytes(path.read_bytes())
+    (data / "train-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    result = train("--data-dir", str(data), mnist_dir=mnist_dir, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "train-labels-idx1-ubyte.gz" in result.stderr

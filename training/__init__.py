@@ -1,0 +1,1 @@
+"""Training the digit networks: MNIST loading, the training loop and the `python -m training` CLI."""
