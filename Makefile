@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= mnist_cnn.pt
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-quick lint format bench-train clean
+.PHONY: install model run test test-quick lint format bench-train bench-serve clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,9 @@ model: install
 	@if [ -f "$(MODEL)" ]; then echo "$(MODEL) exists; delete it to retrain"; \
 	else $(PY) -m training --out "$(MODEL)"; fi
 
+# Serve as in production: MNIST_HOST, MNIST_PORT, MNIST_WORKERS and the other MNIST_* settings apply.
 run: model
+	MNIST_MODEL_PATH="$(MODEL)" $(PY) -m app
 
 lint: install
 	$(PY) -m ruff check .
@@ -42,6 +44,11 @@ test-quick: install
 
 bench-train: install
 	$(PY) -m bench.train_speed
+
+# Needs wrk (Debian: apt-get install wrk); LitServe comes from the bench extra.
+bench-serve: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench.serve_load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -146,9 +146,9 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     try:
         raw = weights_path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint file at {weights_path}") from None
+        raise CheckpointError(f"no checkpoint file {weights_path.name}") from None
     except OSError as exc:
-        raise CheckpointError(f"cannot read {weights_path}: {exc.strerror}") from None
+        raise CheckpointError(f"cannot read {weights_path.name}: {exc.strerror}") from None
     if not raw:
         raise CheckpointError(f"{weights_path.name} is empty")
     try:

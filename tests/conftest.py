@@ -34,6 +34,14 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A checkpoint good enough to judge recognition: the tutorial's recipe, one full epoch (~98%)."""
+    out = tmp_path_factory.mktemp("trained") / "mnist_cnn.pt"
+    run(TrainConfig(epochs=1, device="cpu", data_dir=str(mnist_dir), out=str(out)))
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests need CUDA; without it they are skipped, saying so."""
     if torch.cuda.is_available():

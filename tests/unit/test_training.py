@@ -136,3 +136,11 @@ def test_accurate_recipe_reaches_99_2(tmp_path: Path, mnist_dir: Path) -> None:
         "accurate", device="cpu", data_dir=str(mnist_dir), out=str(tmp_path / "mnist_cnn.pt")
     )
     assert run(config)["test_accuracy"] >= 99.2
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_keeps_the_data_on_the_gpu(tmp_path: Path, mnist_dir: Path) -> None:
+    config = TrainConfig(epochs=1, device="cuda", data_dir=str(mnist_dir), out=str(tmp_path / "m.pt"))
+    meta = run(config)
+    assert meta["device"].startswith("cuda")
+    assert meta["test_accuracy"] >= 97.5

@@ -1,0 +1,213 @@
+"""Dynamic batching: one inference worker owns the model; requests share its forward passes.
+
+Policy (greedy, no fixed delay): the worker sleeps until a request arrives, then takes it and
+everything already waiting, up to `max_batch_size` rows, and runs one forward pass. A lone request
+therefore never waits for company, and every request that arrives while a forward pass runs
+shares the next one: under load the batch grows by itself to match the arrival rate.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from app.errors import InferenceFailed, InferenceTimeout, NoModel, QueueFull, ShuttingDown
+from models.checkpoint import LoadedCheckpoint
+
+log = logging.getLogger("app.batching")
+
+
+def no_model_detail(reason: str) -> str:
+    return (
+        f"no model loaded: {reason}. Train one with `python -m training` "
+        "(then restart or wait for the server to pick it up) or start a job with `POST /train`"
+    )
+
+
+@dataclass(eq=False)
+class Pending:
+    """Some preprocessed rows waiting for inference, and where their answer goes."""
+
+    inputs: torch.Tensor  # k x 1 x 28 x 28
+    future: "asyncio.Future[tuple[torch.Tensor, str]]"
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def collect_batch(waiting: deque[Pending], max_rows: int) -> list[Pending]:
+    """Take requests from the front of `waiting` while they fit in `max_rows` (at least one).
+
+    Requests whose caller gave up (timed out, disconnected) are dropped, not computed.
+    """
+    batch: list[Pending] = []
+    rows = 0
+    while waiting:
+        item = waiting[0]
+        if item.future.done():
+            waiting.popleft()
+            continue
+        if batch and rows + len(item.inputs) > max_rows:
+            break
+        batch.append(waiting.popleft())
+        rows += len(item.inputs)
+    return batch
+
+
+@dataclass
+class EngineObservers:
+    """Where the engine reports what it does (metrics); no-ops by default."""
+
+    batch_rows: Callable[[int], None] = lambda rows: None
+    queue_wait: Callable[[float], None] = lambda seconds: None
+    inference: Callable[[float], None] = lambda seconds: None
+    queue_depth: Callable[[int], None] = lambda depth: None
+
+
+class BatchingEngine:
+    """Owns the model and its device; `infer` is the only way in. Start and stop it with `async with`."""
+
+    def __init__(
+        self,
+        checkpoint: LoadedCheckpoint | None,
+        device: torch.device,
+        max_batch_size: int = 64,
+        queue_size: int = 1024,
+        timeout_s: float = 10.0,
+        observers: EngineObservers | None = None,
+        unavailable_reason: str = "no checkpoint given",
+    ) -> None:
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self.observe = observers or EngineObservers()
+        self._checkpoint = checkpoint
+        self.unavailable_reason = unavailable_reason
+        self._waiting: deque[Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        # One thread: the model runs off the event loop, and never on two threads at once.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._pinned: torch.Tensor | None = None
+
+    @property
+    def checkpoint(self) -> LoadedCheckpoint | None:
+        return self._checkpoint
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
+
+    def swap(self, checkpoint: LoadedCheckpoint) -> None:
+        """Serve `checkpoint` from the next batch on; the batch in flight finishes on the old one."""
+        self._checkpoint = checkpoint
+
+    async def __aenter__(self) -> "BatchingEngine":
+        self._task = asyncio.create_task(self._run(), name="inference-worker")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, then stop the worker."""
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while (self._waiting or not self._idle.is_set()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._waiting:
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._waiting.clear()
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, inputs: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Log-probabilities (k x 10, on the CPU) for k preprocessed images, and the model version."""
+        if self._checkpoint is None:
+            raise NoModel(no_model_detail(self.unavailable_reason))
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        chunks = torch.split(inputs, self.max_batch_size)
+        if len(self._waiting) + len(chunks) > self.queue_size:
+            raise QueueFull(f"inference queue is full ({self.queue_size} requests waiting); retry shortly")
+        loop = asyncio.get_running_loop()
+        pending = [Pending(chunk, loop.create_future()) for chunk in chunks]
+        self._waiting.extend(pending)
+        self.observe.queue_depth(len(self._waiting))
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                results = [await item.future for item in pending]
+        except TimeoutError:
+            for item in pending:
+                item.future.cancel()
+            raise InferenceTimeout(f"inference did not finish within {self.timeout_s:g} s") from None
+        versions = {version for _, version in results}
+        if len(versions) > 1:  # a model swap fell between chunks of one request: redo on one model
+            return await self.infer(inputs)
+        return torch.cat([rows for rows, _ in results]), versions.pop()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = collect_batch(self._waiting, self.max_batch_size)
+            self.observe.queue_depth(len(self._waiting))
+            if not batch:
+                continue
+            checkpoint = self._checkpoint
+            assert checkpoint is not None
+            started = time.perf_counter()
+            for item in batch:
+                self.observe.queue_wait(started - item.enqueued)
+            self._idle.clear()
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._forward, checkpoint, batch)
+            except Exception:
+                log.exception("inference failed on a batch of %d requests", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(InferenceFailed("inference failed"))
+                continue
+            finally:
+                self._idle.set()
+            self.observe.inference(time.perf_counter() - started)
+            self.observe.batch_rows(len(outputs))
+            start = 0
+            for item in batch:
+                rows = len(item.inputs)
+                if not item.future.done():
+                    item.future.set_result((outputs[start : start + rows], checkpoint.version))
+                start += rows
+
+    def _forward(self, checkpoint: LoadedCheckpoint, batch: list[Pending]) -> torch.Tensor:
+        """Runs on the inference thread: one stacked forward pass."""
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                x = self._stage_pinned([item.inputs for item in batch]).to(self.device, non_blocking=True)
+                output: torch.Tensor = checkpoint.model(x).float().cpu()
+                return output
+            x = batch[0].inputs if len(batch) == 1 else torch.cat([item.inputs for item in batch])
+            output = checkpoint.model(x)
+            return output
+
+    def _stage_pinned(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Copy the batch into a reused page-locked buffer, so the host-to-GPU copy is asynchronous."""
+        rows = sum(len(part) for part in parts)
+        if self._pinned is None:
+            self._pinned = torch.empty((self.max_batch_size, 1, 28, 28)).pin_memory()
+        return torch.cat(parts, out=self._pinned[:rows])

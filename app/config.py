@@ -1,0 +1,46 @@
+"""Service settings from `MNIST_*` environment variables, each with a default that works on a laptop."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_workers() -> int:
+    """One server process per core, at most 4: past that, HTTP parsing stops being the limit."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; `GET /model` and the startup log show what is in force."""
+
+    model_config = SettingsConfigDict(env_prefix="MNIST_", extra="ignore")
+
+    model_path: Path = Field(Path("mnist_cnn.pt"), description="the active checkpoint")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch_size: int = Field(64, ge=1, le=4096, description="largest inference batch")
+    queue_size: int = Field(1024, ge=1, description="requests waiting for inference before 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="longest wait for inference before 504")
+    max_upload_bytes: int = Field(1024 * 1024, ge=1024, description="largest accepted image file")
+    max_batch_files: int = Field(64, ge=1, description="most files in one /predict/batch")
+    max_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest /predict/batch body")
+    max_image_pixels: int = Field(4096 * 4096, ge=784, description="decoded size limit (bombs)")
+    # Uploads up to this size are decoded on the event loop: a small PNG decodes in tens of
+    # microseconds, less than a hand-off to a thread would cost. Larger ones go to a thread.
+    inline_decode_bytes: int = Field(64 * 1024, ge=0)
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
+    train_token: str | None = None
+    state_dir: Path = Path("state")
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(default_factory=default_workers, ge=1)
+    log_level: str = "info"
+
+    def public(self) -> dict[str, object]:
+        """The settings in force, safe to show: the token is never echoed."""
+        shown = self.model_dump(mode="json")
+        shown["train_token"] = "set" if self.train_token else None
+        return shown

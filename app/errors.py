@@ -1,0 +1,112 @@
+"""Domain errors raised below the routes, and the one place that maps them to HTTP answers."""
+
+import logging
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("app")
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a message that is safe to show the client."""
+
+    status_code: ClassVar[int] = 500
+    headers: ClassVar[dict[str, str] | None] = None
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class MissingField(ServiceError):
+    status_code = 422
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    # The rest of an over-long body was not read: the connection cannot be reused.
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
+class FileTooLarge(ServiceError):
+    """One file over the limit, in a body that was read whole."""
+
+    status_code = 413
+
+
+class ImageTooLarge(ServiceError):
+    """Too many pixels once decoded: the body was read whole, the connection stays usable."""
+
+    status_code = 413
+
+
+class InvalidImage(ServiceError):
+    status_code = 400
+
+
+class NotAnImage(ServiceError):
+    status_code = 415
+
+
+class BlankImage(ServiceError):
+    status_code = 422
+
+
+class TooManyFiles(ServiceError):
+    status_code = 413
+
+
+class NoModel(ServiceError):
+    status_code = 503
+
+
+class QueueFull(ServiceError):
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class ShuttingDown(ServiceError):
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class InferenceTimeout(ServiceError):
+    status_code = 504
+
+
+class InferenceFailed(ServiceError):
+    status_code = 500
+
+
+def in_file(error: ServiceError, index: int, filename: str | None) -> ServiceError:
+    """The same error, its message naming which upload of a batch it is about."""
+    named = type(error)(f"files[{index}] ({filename or 'no filename'}): {error.detail}")
+    return named
+
+
+async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Log with a traceback; tell the client nothing internal (paths, library messages)."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

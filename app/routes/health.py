@@ -1,0 +1,34 @@
+"""Liveness, readiness and metrics: what orchestrators and Prometheus poll."""
+
+from fastapi import APIRouter, Response
+
+from app.batching import no_model_detail
+from app.deps import EngineDep, MetricsDep
+from app.errors import NoModel
+from app.schemas import ErrorBody, Status
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Status)
+async def read_liveness() -> Status:
+    """The process is up and answering."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}})
+async def read_readiness(engine: EngineDep) -> Status:
+    """Ready to predict: a model is loaded and the batching engine runs; 503 saying why otherwise."""
+    checkpoint = engine.checkpoint
+    if checkpoint is None:
+        raise NoModel(no_model_detail(engine.unavailable_reason))
+    if not engine.running:
+        raise NoModel("the inference engine is not running")
+    return Status(status="ready", model_version=checkpoint.version)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def read_metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format: requests, latency, batch sizes, queue wait and depth, model version."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

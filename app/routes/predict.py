@@ -1,0 +1,145 @@
+"""POST /predict and POST /predict/batch: images in, digits and probabilities out."""
+
+import asyncio
+import json
+import math
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Query, Request, Response
+
+from app.deps import EngineDep, SettingsDep
+from app.errors import FileTooLarge, MissingField, ServiceError, TooManyFiles, in_file
+from app.preprocess import Invert, preprocess
+from app.schemas import BatchPrediction, ErrorBody, Prediction
+from app.uploads import Upload, read_uploads
+
+router = APIRouter(tags=["predict"])
+
+IMAGE_TYPES = "PNG, JPEG, BMP, GIF (first frame), WebP or TIFF"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "empty, truncated or corrupt image; malformed multipart body"},
+    413: {
+        "model": ErrorBody,
+        "description": "upload over MNIST_MAX_UPLOAD_BYTES, too many pixels, or too many files",
+    },
+    415: {"model": ErrorBody, "description": f"not multipart/form-data, or not a {IMAGE_TYPES} image"},
+    422: {"model": ErrorBody, "description": "the file field is missing, or the image is blank (no digit)"},
+    503: {"model": ErrorBody, "description": "no model loaded, or the inference queue is full (Retry-After)"},
+    504: {"model": ErrorBody, "description": "inference did not finish within MNIST_REQUEST_TIMEOUT_S"},
+}
+INVERT = Query(
+    Invert.AUTO,
+    description="auto: invert when the background is light (MNIST digits are light on dark); "
+    "true/false: force it",
+)
+
+
+def multipart_body(field: str, many: bool) -> dict[str, Any]:
+    """OpenAPI text for a multipart body we parse ourselves (to enforce limits while reading)."""
+    item = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": item} if many else item
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {field: schema}, "required": [field]}
+                }
+            },
+            "description": f"{'one or more images' if many else 'one image'}: {IMAGE_TYPES}",
+        }
+    }
+
+
+def prediction(log_probs: torch.Tensor, version: str) -> dict[str, Any]:
+    """One row of log-softmax output as the API's prediction (plain floats: ten torch ops on a
+    10-element tensor would cost more than the list arithmetic)."""
+    logs: list[float] = log_probs.tolist()
+    probs = [math.exp(value) for value in logs]
+    digit = max(range(len(probs)), key=probs.__getitem__)
+    return {
+        "digit": digit,
+        "confidence": probs[digit],
+        "log_probs": logs,
+        "probs": probs,
+        "model_version": version,
+    }
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    """Serialise directly: the shapes are fixed, so response-model validation would be wasted work."""
+    return Response(json.dumps(content).encode(), media_type="application/json")
+
+
+async def decode_all(
+    uploads: list[Upload], invert: Invert, inline_limit: int, max_pixels: int
+) -> torch.Tensor:
+    """Preprocess every upload into one stack; small ones inline, large ones on a worker thread."""
+
+    def run() -> torch.Tensor:
+        rows = []
+        for index, upload in enumerate(uploads):
+            try:
+                rows.append(preprocess(upload.data, invert, max_pixels))
+            except ServiceError as error:
+                if len(uploads) == 1:
+                    raise
+                raise in_file(error, index, upload.filename) from None
+        return torch.stack(rows)
+
+    if sum(len(upload.data) for upload in uploads) <= inline_limit:
+        return run()
+    return await asyncio.to_thread(run)
+
+
+def files_named(uploads: list[Upload], field: str, limit: int, batch: bool) -> list[Upload]:
+    files = [upload for upload in uploads if upload.name == field]
+    if not files:
+        raise MissingField(f"multipart field {field!r} with an image is required")
+    for index, upload in enumerate(files):
+        if len(upload.data) > limit:
+            error = FileTooLarge(f"file is larger than the limit of {limit} bytes")
+            raise in_file(error, index, upload.filename) if batch else error
+    return files
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    responses=ERRORS,
+    openapi_extra=multipart_body("file", many=False),
+    summary="Recognise the digit in one image",
+)
+async def predict_digit(
+    request: Request, engine: EngineDep, settings: SettingsDep, invert: Invert = INVERT
+) -> Response:
+    """Recognise the digit in one uploaded image (multipart field `file`)."""
+    uploads = await read_uploads(request, settings.max_upload_bytes)
+    (upload,) = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[:1]
+    inputs = await decode_all([upload], invert, settings.inline_decode_bytes, settings.max_image_pixels)
+    log_probs, version = await engine.infer(inputs)
+    return json_response(prediction(log_probs[0], version))
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    responses=ERRORS,
+    openapi_extra=multipart_body("files", many=True),
+    summary="Recognise the digits in several images",
+)
+async def predict_digits(
+    request: Request, engine: EngineDep, settings: SettingsDep, invert: Invert = INVERT
+) -> Response:
+    """Recognise each uploaded image (repeated field `files`), answering in upload order; one bad
+    file fails the whole request, naming the file, and nothing is predicted."""
+    uploads = await read_uploads(request, settings.max_batch_bytes)
+    files = files_named(uploads, "files", settings.max_upload_bytes, batch=True)
+    if len(files) > settings.max_batch_files:
+        raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
+    inputs = await decode_all(files, invert, settings.inline_decode_bytes, settings.max_image_pixels)
+    log_probs, version = await engine.infer(inputs)
+    return json_response(
+        {"predictions": [prediction(row, version) for row in log_probs], "model_version": version}
+    )

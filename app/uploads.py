@@ -1,0 +1,128 @@
+"""Reading multipart uploads with hard limits, before any of it reaches the image decoder.
+
+The body is read as a stream and counted: past the limit the rest is read and thrown away (up to a
+bound, as nginx does) so that the client receives the 413 rather than a connection reset, and is
+never held in memory. The multipart parsing itself is python-multipart's parser, fed from memory.
+"""
+
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+# Room for multipart boundaries and part headers on top of the file bytes themselves.
+MULTIPART_OVERHEAD = 16 * 1024
+
+
+@dataclass
+class Upload:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes = b""
+
+
+@dataclass
+class _PartBuilder:
+    parts: list[Upload] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    header_field: bytes = b""
+    header_value: bytes = b""
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    """The multipart boundary, or 415 for any other kind of body."""
+    media_type, options = parse_options_header(content_type or "")
+    if media_type != b"multipart/form-data":
+        shown = media_type.decode("latin-1") or "none"
+        raise UnsupportedMediaType(f"expected a multipart/form-data upload, got content type {shown}")
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data content type without a boundary")
+    return boundary
+
+
+async def read_body(request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+    """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained)."""
+    declared = request.headers.get("content-length")
+    received = bytearray()
+    too_large = declared is not None and declared.isdigit() and int(declared) > limit
+    drained = 0
+    drain_bound = max(16 * limit, 64 * 1024 * 1024)
+    try:
+        async for chunk in request.stream():
+            if too_large:
+                drained += len(chunk)
+                if drained > drain_bound:
+                    break  # a client that keeps sending gets its 413 and a closed connection
+                continue
+            received += chunk
+            if len(received) > limit:
+                too_large, drained = True, len(received)
+                received.clear()
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected before the upload was complete") from None
+    if too_large:
+        raise PayloadTooLarge(f"upload is larger than the limit of {shown_limit or limit} bytes")
+    return bytes(received)
+
+
+def parse_multipart(body: bytes, boundary: bytes) -> list[Upload]:
+    """Split a multipart/form-data body into its parts, in order."""
+    state = _PartBuilder()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state.header_field += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        state.headers[state.header_field.lower()] = state.header_value
+        state.header_field = state.header_value = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state.chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        _, options = parse_options_header(state.headers.get(b"content-disposition", b""))
+        filename = options.get(b"filename")
+        content_type = state.headers.get(b"content-type")
+        state.parts.append(
+            Upload(
+                name=options.get(b"name", b"").decode("utf-8", "replace"),
+                filename=filename.decode("utf-8", "replace") if filename is not None else None,
+                content_type=content_type.decode("latin-1") if content_type else None,
+                data=b"".join(state.chunks),
+            )
+        )
+        state.chunks, state.headers = [], {}
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception:  # python-multipart raises several error types for malformed bodies
+        raise BadRequest("malformed multipart/form-data body") from None
+    return state.parts
+
+
+async def read_uploads(request: Request, limit: int) -> list[Upload]:
+    """Check the content type, read the body within `limit` (+ multipart overhead), parse it."""
+    boundary = boundary_of(request.headers.get("content-type"))
+    body = await read_body(request, limit + MULTIPART_OVERHEAD, shown_limit=limit)
+    return parse_multipart(body, boundary)

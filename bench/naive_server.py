@@ -1,0 +1,29 @@
+"""Baseline for bench/serve_load.py: the FastAPI endpoint people write first.
+
+The model is called once per request (no batching) from a sync endpoint, which FastAPI runs in
+its thread pool; the preprocessing is ours, so only the serving design differs.
+
+    MNIST_MODEL_PATH=mnist_cnn.pt uvicorn bench.naive_server:app --port 8001
+"""
+
+import os
+from typing import Annotated
+
+import torch
+from fastapi import FastAPI, File, UploadFile
+
+from app.preprocess import preprocess
+from app.routes.predict import prediction
+from models.checkpoint import load_checkpoint
+
+device = torch.device("cuda" if os.environ.get("MNIST_DEVICE") == "cuda" else "cpu")
+checkpoint = load_checkpoint(os.environ.get("MNIST_MODEL_PATH", "mnist_cnn.pt"), device)
+app = FastAPI()
+
+
+@app.post("/predict")
+def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
+    x = preprocess(file.file.read())
+    with torch.inference_mode():
+        log_probs = checkpoint.model(x.unsqueeze(0).to(device))[0].cpu()
+    return prediction(log_probs, checkpoint.version)

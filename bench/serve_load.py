@@ -1,0 +1,268 @@
+"""Serving load: real HTTP from wrk against our server, a naive FastAPI endpoint and LitServe.
+
+For each server and concurrency it prints requests/s, p50 and p99 latency, errors and the mean
+batch size, then the ratios the serving targets are stated in. wrk (C, one thread) generates the
+load; every server gets the same real MNIST digit as a multipart PNG upload.
+
+    MNIST_DATA_DIR=../shared/mnist python -m bench.serve_load [--duration 10] [--repeats 3]
+
+Needs `wrk` (Debian: apt-get install wrk); LitServe is measured when it is installed
+(`pip install -e .[bench]`). Without --model it trains a quick model into a temporary folder.
+"""
+
+import argparse
+import io
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from training.data import load_mnist
+from training.loop import TrainConfig, run
+
+BOUNDARY = "mnistservebenchboundary"
+LUA = f"""
+local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    mean_batch: float | None
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    batch_metric: bool = False
+
+
+def multipart_png(path: Path) -> None:
+    digit = load_mnist().test_images[0].numpy()
+    png = io.BytesIO()
+    Image.fromarray(digit).save(png, "PNG")
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="digit.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png.getvalue()
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    path.write_bytes(body)
+
+
+def wait_ready(server: Server, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{server.port}{server.ready_path}", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{server.name} was not ready within {timeout_s} s")
+
+
+def batch_totals(port: int) -> tuple[float, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    total = re.search(r"^mnist_batch_size_sum (\S+)", text, re.M)
+    count = re.search(r"^mnist_batch_size_count (\S+)", text, re.M)
+    return (float(total.group(1)) if total else 0.0), (float(count.group(1)) if count else 0.0)
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) -> Result:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}/predict",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WRK_BODY": str(body)},
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
+    return Result(rps, p50, p99, errors, None)
+
+
+def measure(server: Server, levels: list[int], duration: int, script: Path, body: Path) -> dict[int, Result]:
+    process = subprocess.Popen(
+        server.command,
+        env={**os.environ, **server.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(server, process)
+        wrk(server.port, 16, 2, script, body)  # warm-up
+        results = {}
+        for concurrency in levels:
+            before = batch_totals(server.port) if server.batch_metric else (0.0, 0.0)
+            result = wrk(server.port, concurrency, duration, script, body)
+            if server.batch_metric:
+                after = batch_totals(server.port)
+                rows, batches = after[0] - before[0], after[1] - before[1]
+                result.mean_batch = rows / batches if batches else None
+            results[concurrency] = result
+        return results
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def litserve_installed() -> bool:
+    try:
+        import litserve  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def median_result(runs: list[Result]) -> Result:
+    batches = [r.mean_batch for r in runs if r.mean_batch is not None]
+    return Result(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.errors for r in runs),
+        statistics.median(batches) if batches else None,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="HTTP load benchmark (not a test)")
+    parser.add_argument("--model", help="checkpoint to serve (default: train a quick one)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all servers; medians shown")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--servers", default="ours,ours-1proc,naive,litserve")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    python = sys.executable
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        model = Path(args.model) if args.model else tmp / "mnist_cnn.pt"
+        if not args.model:
+            run(TrainConfig(epochs=1, limit_train=5000, device="cpu", out=str(model)))
+        script, body = tmp / "post.lua", tmp / "body.bin"
+        script.write_text(LUA)
+        multipart_png(body)
+        env = {
+            "MNIST_MODEL_PATH": str(model),
+            "MNIST_DEVICE": args.device,
+            "MNIST_STATE_DIR": str(tmp / "state"),
+        }
+        servers = {
+            "ours": Server(
+                "ours (python -m app)",
+                [python, "-m", "app"],
+                {**env, "MNIST_PORT": "8011"},
+                8011,
+                "/readyz",
+                batch_metric=True,
+            ),
+            "ours-1proc": Server(
+                "ours, 1 process",
+                [python, "-m", "app"],
+                {**env, "MNIST_PORT": "8012", "MNIST_WORKERS": "1"},
+                8012,
+                "/readyz",
+                batch_metric=True,
+            ),
+            "naive": Server(
+                "naive FastAPI",
+                [python, "-m", "uvicorn", "bench.naive_server:app", "--port", "8013", "--no-access-log"],
+                env,
+                8013,
+                "/docs",
+            ),
+            "litserve": Server(
+                "LitServe (batch 64, 5 ms)",
+                [python, "-m", "bench.litserve_server", "--port", "8014"],
+                env,
+                8014,
+                "/health",
+            ),
+        }
+        chosen = [name for name in args.servers.split(",") if name != "litserve" or litserve_installed()]
+        runs: dict[str, dict[int, list[Result]]] = {name: {c: [] for c in levels} for name in chosen}
+        for _ in range(args.repeats):  # rounds, so drift in machine load hits every server alike
+            for name in chosen:
+                for concurrency, result in measure(
+                    servers[name], levels, args.duration, script, body
+                ).items():
+                    runs[name][concurrency].append(result)
+
+    table = {name: {c: median_result(rs) for c, rs in by_c.items()} for name, by_c in runs.items()}
+    print(f"{args.repeats} rounds x {args.duration} s per cell, medians; wrk -t1; device {args.device}")
+    print()
+    print("| server | concurrency | req/s | p50 ms | p99 ms | errors | mean batch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, by_c in table.items():
+        for concurrency, r in by_c.items():
+            batch = f"{r.mean_batch:.1f}" if r.mean_batch is not None else "-"
+            print(
+                f"| {servers[name].name} | {concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+                f"| {r.errors} | {batch} |"
+            )
+    print()
+    if "ours" in table:
+        ours = table["ours"]
+        top, low = max(levels), min(levels)
+        for other in ("naive", "litserve"):
+            if other in table:
+                theirs = table[other]
+                print(
+                    f"vs {other}: throughput at c={top} {ours[top].rps / theirs[top].rps:.2f}x, "
+                    f"p99 at c={top} {ours[top].p99_ms / theirs[top].p99_ms:.2f}x theirs, "
+                    f"p50 at c={low} {ours[low].p50_ms - theirs[low].p50_ms:+.2f} ms"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The server as deployed: `python -m app`, its startup log, and a clean shutdown under load."""
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.checkpoint import load_checkpoint
+from tests.images import encode
+from tests.server import ServerProcess
+from training.data import Mnist
+
+
+def test_production_command_serves_with_several_processes(small_checkpoint: Path, mnist: Mnist) -> None:
+    env = {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_WORKERS": "2"}
+    with ServerProcess(env, production=True, ready_path="/readyz") as server:
+        body = encode(mnist.test_images[0])
+
+        async def load() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                return await asyncio.gather(
+                    *(client.post("/predict", files={"file": ("d.png", body)}) for _ in range(100))
+                )
+
+        assert all(r.status_code == 200 for r in asyncio.run(load()))
+        metrics = httpx.get(server.url + "/metrics").text
+        # One scrape adds up both processes' counts (prometheus multiprocess mode).
+        total = sum(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith('mnist_http_requests_total{method="POST",route="/predict",status="200"}')
+        )
+        assert total == 100
+        log = server.stop()
+    version = load_checkpoint(small_checkpoint).version
+    assert log.count(f"serving model {version} on cpu") == 2  # one startup line per process
+    assert "max_batch_size" in log
+
+
+def test_shutdown_under_load_answers_every_accepted_request(small_checkpoint: Path, mnist: Mnist) -> None:
+    server = ServerProcess({"MNIST_MODEL_PATH": str(small_checkpoint)}, ready_path="/readyz").start()
+    body = encode(mnist.test_images[0])
+    outcomes: list[str] = []
+
+    async def client_loop(client: httpx.AsyncClient, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                response = await client.post("/predict", files={"file": ("d.png", body)})
+                outcomes.append(str(response.status_code))
+            except httpx.ConnectError:
+                outcomes.append("refused")  # the listener is closed: the request was never accepted
+                await asyncio.sleep(0.01)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # Connected in the kernel's backlog after the server stopped accepting: the
+                # server never read this request. The access log below proves that.
+                outcomes.append("not accepted")
+                await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        # A fresh connection per request, so "accepted" is unambiguous: no idle keep-alive races.
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+            deadline = time.monotonic() + 2.0
+            loops = [asyncio.create_task(client_loop(client, deadline)) for _ in range(32)]
+            await asyncio.sleep(0.7)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.gather(*loops)
+
+    asyncio.run(run())
+    log = server.stop()
+    # uvicorn finishes its graceful shutdown, then re-raises SIGTERM so the exit status tells why.
+    assert server.returncode in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete" in log
+    assert outcomes.count("200") > 50
+    assert set(outcomes) <= {"200", "refused", "not accepted"}
+    # Every request the server took in was answered, and the client received that answer.
+    assert log.count('"POST /predict HTTP/1.1" 200') == outcomes.count("200")
+    assert '"POST /predict HTTP/1.1" 5' not in log
+    assert "inference engine stopped" in log
+
+
+@pytest.mark.parametrize("device", ["cuda"])
+@pytest.mark.gpu
+def test_serves_on_cuda(small_checkpoint: Path, mnist: Mnist, device: str) -> None:
+    with ServerProcess(
+        {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_DEVICE": device}, ready_path="/readyz"
+    ) as server:
+        response = httpx.post(
+            server.url + "/predict", files={"file": ("d.png", encode(mnist.test_images[0]))}
+        )
+        assert response.status_code == 200
+        assert httpx.get(server.url + "/model").json()["serving"]["device"].startswith("cuda")

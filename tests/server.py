@@ -1,0 +1,87 @@
+"""A real server process on a free local port, for tests over real HTTP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`uvicorn app.main:app` (or `python -m app`) with the given MNIST_* settings."""
+
+    def __init__(self, env: dict[str, str], production: bool = False, ready_path: str = "/healthz") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_path = ready_path
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "MNIST_PORT": str(self.port), **env}
+        if production:
+            self.command = [sys.executable, "-m", "app"]
+        else:
+            self.command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(self.port)]
+        self.process: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: a chatty server must never block on a pipe nobody reads.
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+
+    def start(self, timeout_s: float = 60) -> "ServerProcess":
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=REPO,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.stop()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not up within {timeout_s} s: {self.stop()}")
+
+    def stop(self, timeout_s: float = 30) -> str:
+        """SIGTERM (as an orchestrator would), wait, and return everything the server printed."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.read_log()
+
+    def read_log(self) -> str:
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,139 @@
+"""The batching engine: batch collection, real forward passes, queue bounds, timeouts, shutdown."""
+
+import asyncio
+import threading
+from collections import deque
+
+import pytest
+import torch
+from torch import nn
+
+from app.batching import BatchingEngine, EngineObservers, Pending, collect_batch
+from app.errors import InferenceTimeout, NoModel, QueueFull, ShuttingDown
+from models.checkpoint import LoadedCheckpoint
+from models.cnn import Net
+
+CPU = torch.device("cpu")
+
+
+def checkpoint(model: nn.Module, version: str = "v1") -> LoadedCheckpoint:
+    return LoadedCheckpoint(model=model.eval(), metadata={"version": version, "arch": "net"})
+
+
+class GatedNet(Net):
+    """The real network, held at the gate until the test opens it (to fill the queue on purpose)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.gate.wait(timeout=10)
+        return super().forward(x)
+
+
+async def test_collect_batch_respects_rows_and_skips_abandoned() -> None:
+    loop = asyncio.get_running_loop()
+    items = [Pending(torch.zeros(rows, 1, 28, 28), loop.create_future()) for rows in (3, 2, 4, 1)]
+    items[1].future.cancel()  # its caller gave up
+    waiting = deque(items)
+    assert collect_batch(waiting, max_rows=8) == [items[0], items[2], items[3]]
+    assert not waiting
+    waiting = deque(items[2:])
+    assert collect_batch(waiting, max_rows=3) == [items[2]]  # one item always goes, even if larger
+    assert collect_batch(waiting, max_rows=3) == [items[3]]
+    assert collect_batch(deque(), max_rows=3) == []
+
+
+async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
+    torch.manual_seed(0)
+    model = Net().eval()
+    sizes: list[int] = []
+    inputs = torch.randn(48, 1, 28, 28)
+    async with BatchingEngine(
+        checkpoint(model), CPU, max_batch_size=16, observers=EngineObservers(batch_rows=sizes.append)
+    ) as engine:
+        lone, version = await engine.infer(inputs[:1])
+        assert sizes == [1]  # a lone request runs at once, alone
+        results = await asyncio.gather(*(engine.infer(inputs[i : i + 1]) for i in range(48)))
+    with torch.inference_mode():
+        expected = model(inputs)
+    got = torch.cat([rows for rows, _ in results])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(lone, expected[:1], atol=1e-5)
+    assert version == "v1"
+    assert max(sizes[1:]) > 1 and max(sizes) <= 16
+    assert sum(sizes[1:]) == 48
+
+
+async def test_large_requests_are_split_into_max_batch_chunks() -> None:
+    sizes: list[int] = []
+    async with BatchingEngine(
+        checkpoint(Net()), CPU, max_batch_size=8, observers=EngineObservers(batch_rows=sizes.append)
+    ) as engine:
+        rows, _ = await engine.infer(torch.randn(20, 1, 28, 28))
+    assert rows.shape == (20, 10)
+    assert max(sizes) <= 8
+
+
+async def test_full_queue_refuses_at_once() -> None:
+    model = GatedNet()
+    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=1, queue_size=2) as engine:
+        first = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
+        await asyncio.sleep(0.05)  # the worker took it and is held at the gate
+        queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await engine.infer(torch.randn(1, 1, 28, 28))
+        model.gate.set()
+        assert all(rows.shape == (1, 10) for rows, _ in await asyncio.gather(first, *queued))
+
+
+async def test_a_request_that_waits_too_long_gets_a_timeout_and_is_not_computed() -> None:
+    model = GatedNet()
+    sizes: list[int] = []
+    async with BatchingEngine(
+        checkpoint(model),
+        CPU,
+        max_batch_size=4,
+        timeout_s=0.1,
+        observers=EngineObservers(batch_rows=sizes.append),
+    ) as engine:
+        blocker = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
+        await asyncio.sleep(0.02)
+        with pytest.raises(InferenceTimeout):
+            await engine.infer(torch.randn(1, 1, 28, 28))
+        model.gate.set()
+        with pytest.raises(InferenceTimeout):
+            await blocker  # it too waited past its deadline
+        engine.timeout_s = 5
+        await engine.infer(torch.randn(1, 1, 28, 28))
+    assert sizes == [1, 1]  # the abandoned second request was dropped, not computed
+
+
+async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
+    model = GatedNet()
+    engine = BatchingEngine(checkpoint(model), CPU, max_batch_size=2)
+    await engine.__aenter__()
+    pending = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(5)]
+    await asyncio.sleep(0.02)
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.sleep(0.02)
+    with pytest.raises(ShuttingDown):
+        await engine.infer(torch.randn(1, 1, 28, 28))
+    model.gate.set()
+    await stopping
+    assert all(rows.shape == (1, 10) for rows, _ in await asyncio.gather(*pending))
+
+
+async def test_swap_takes_effect_from_the_next_batch() -> None:
+    async with BatchingEngine(checkpoint(Net(), "old"), CPU) as engine:
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "old"
+        engine.swap(checkpoint(Net(), "new"))
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "new"
+
+
+async def test_no_model_says_how_to_make_one() -> None:
+    async with BatchingEngine(None, CPU, unavailable_reason="no checkpoint file mnist_cnn.pt") as engine:
+        with pytest.raises(NoModel, match=r"python -m training.*POST /train"):
+            await engine.infer(torch.randn(1, 1, 28, 28))

@@ -1,0 +1,121 @@
+"""Preprocessing: real MNIST digits in every supported format and shape, and every bad input."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
+from app.preprocess import Invert, mnist_pixels, preprocess
+from tests.images import black_on_white, encode, larger, rgb
+from training.data import Mnist
+from training.loop import to_model_input
+
+
+@pytest.fixture(scope="module")
+def digits(mnist: Mnist) -> torch.Tensor:
+    return mnist.test_images[:20]
+
+
+def test_28x28_png_gives_exactly_the_training_tensor(digits: torch.Tensor) -> None:
+    expected = to_model_input(digits, torch.device("cpu"))
+    for digit, want in zip(digits, expected, strict=True):
+        assert torch.equal(preprocess(encode(digit)), want.contiguous())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "GIF", "TIFF"])
+def test_lossless_formats_keep_28x28_pixels(digits: torch.Tensor, fmt: str) -> None:
+    for digit in digits[:5]:
+        assert np.array_equal(mnist_pixels(encode(digit, fmt)), digit.numpy().astype(np.float32))
+
+
+def test_lossless_webp_and_jpeg_are_close(digits: torch.Tensor) -> None:
+    digit = digits[0]
+    assert np.array_equal(mnist_pixels(encode(digit, "WEBP", lossless=True)), digit.numpy())
+    jpeg = mnist_pixels(encode(digit, "JPEG", quality=95))
+    assert np.abs(jpeg - digit.numpy()).mean() < 4
+
+
+def test_dark_on_light_is_inverted_at_28x28_and_can_be_forced(digits: torch.Tensor) -> None:
+    digit = digits[0]
+    assert np.array_equal(mnist_pixels(encode(black_on_white(digit))), digit.numpy())
+    # invert=false keeps it as sent; invert=true inverts a light-on-dark digit
+    assert np.array_equal(mnist_pixels(encode(black_on_white(digit)), Invert.FALSE), black_on_white(digit))
+    assert np.array_equal(mnist_pixels(encode(digit), Invert.TRUE), black_on_white(digit))
+
+
+def test_other_sizes_are_brought_into_mnist_form(digits: torch.Tensor) -> None:
+    pixels = mnist_pixels(encode(larger(digits[0])))
+    assert pixels.shape == (28, 28)
+    rows, cols = np.nonzero(pixels > 0.25 * pixels.max())
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 21  # 20 px box (+ rounding)
+    ys, xs = np.indices(pixels.shape)
+    centre = ((ys * pixels).sum() / pixels.sum(), (xs * pixels).sum() / pixels.sum())
+    assert abs(centre[0] - 14) < 1 and abs(centre[1] - 14) < 1
+
+
+def test_rgb_and_transparency(digits: torch.Tensor) -> None:
+    digit = digits[0]
+    colour = mnist_pixels(encode(rgb(digit)))
+    assert np.corrcoef(colour.ravel(), digit.numpy().ravel())[0, 1] > 0.99
+    # Black ink on a transparent background, as a drawing canvas exports it.
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[..., 3] = digit.numpy()
+    drawn = mnist_pixels(encode(rgba))
+    assert np.abs(drawn - digit.numpy()).max() <= 1
+
+
+def test_16_bit_greyscale(digits: torch.Tensor) -> None:
+    wide = digits[0].numpy().astype(np.uint16) * 257
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, "PNG")
+    assert np.abs(mnist_pixels(buffer.getvalue()) - digits[0].numpy()).max() <= 1
+
+
+def test_gif_uses_its_first_frame(digits: torch.Tensor) -> None:
+    frames = [Image.fromarray(d.numpy()).convert("P") for d in digits[:3]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert np.array_equal(mnist_pixels(buffer.getvalue()), digits[0].numpy())
+
+
+def test_refusals(digits: torch.Tensor) -> None:
+    png = encode(digits[0])
+    with pytest.raises(InvalidImage, match="empty"):
+        preprocess(b"")
+    with pytest.raises(NotAnImage):
+        preprocess(b"%PDF-1.4 this is a document, not an image")
+    with pytest.raises(NotAnImage):
+        preprocess(encode(digits[0], "ICO"))  # a real image, in a format we do not take
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
+        preprocess(png[: len(png) // 2])
+    with pytest.raises(BlankImage):
+        preprocess(encode(np.zeros((28, 28))))
+    with pytest.raises(BlankImage):
+        preprocess(encode(np.full((300, 200), 255)))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size (a decompression bomb's first bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bombs_are_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="10000x10000 pixels; the limit is 16777216"):
+        preprocess(png_header_only(10000, 10000), max_pixels=4096 * 4096)
+    with pytest.raises(ImageTooLarge):  # past Pillow's own guard too
+        preprocess(png_header_only(30000, 30000), max_pixels=4096 * 4096)
