@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     train_token: str | None = None
     state_dir: Path = Path("state")
     data_dir: Path | None = None
+    train_threads: int = Field(1, ge=1, description="torch threads of a training job's process")
+    job_heartbeat_s: float = Field(2.0, gt=0, description="how often a job's owner proves it is alive")
+    job_stale_after_s: float = Field(15.0, gt=0, description="silence after which a job is 'interrupted'")
+    model_poll_s: float = Field(1.0, gt=0, description="how often the active checkpoint is checked")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(default_factory=default_workers, ge=1)

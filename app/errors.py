@@ -110,3 +110,24 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+
+
+class JobConflict(ServiceError):
+    status_code = 409
+
+    def __init__(self, detail: str, job_id: str) -> None:
+        super().__init__(detail)
+        self.job_id = job_id
+
+
+class JobNotFound(ServiceError):
+    status_code = 404
+
+
+class VersionNotFound(ServiceError):
+    status_code = 404
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}

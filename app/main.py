@@ -12,8 +12,12 @@ from fastapi import FastAPI
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.jobs.runner import JobManager
+from app.jobs.store import JobStore
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import health, model, predict
+from app.routes import health, model, predict, train
+from app.versions import ModelVersions
+from app.watcher import ModelWatcher
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger("app")
@@ -57,6 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = serving_device(settings.device)
         checkpoint, reason = await asyncio.to_thread(try_load, settings, device)
         metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
+
+        def swapped(new: LoadedCheckpoint) -> None:
+            metrics.set_model(new.version, new.arch)
+            versions.adopt(new.version)  # e.g. a model written by `python -m training` by hand
+
+        if not settings.train_token:
+            log.warning(
+                "MNIST_TRAIN_TOKEN is not set: anyone who can reach the server can train and swap models"
+            )
         log.info(
             "serving model %s on %s (torch threads %d); settings: %s",
             checkpoint.version if checkpoint else f"NONE ({reason})",
@@ -73,13 +86,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             observers=metrics.engine_observers(),
             unavailable_reason=reason,
         )
+        store = JobStore(settings.state_dir, stale_after_s=settings.job_stale_after_s)
+        await asyncio.to_thread(store.reap)  # jobs whose server died while they ran
+        versions = ModelVersions(settings.state_dir, settings.model_path)
+        if checkpoint is not None:
+            await asyncio.to_thread(versions.adopt, checkpoint.version)
         async with engine:
-            app.state.engine = engine
+            watcher = ModelWatcher(settings.model_path, engine, device, swapped, settings.model_poll_s)
+            jobs = JobManager(
+                store,
+                versions,
+                watcher.check,
+                device=settings.device,
+                threads=settings.train_threads,
+                data_dir=settings.data_dir,
+                heartbeat_s=settings.job_heartbeat_s,
+            )
+            app.state.engine, app.state.store, app.state.versions = engine, store, versions
+            app.state.watcher, app.state.jobs = watcher, jobs
+            watcher.start()
             # Everything allocated so far (torch, the app, the model) lives as long as the process:
             # move it out of the collector's sight, so full collections under load stay short.
             gc.collect()
             gc.freeze()
             yield
+            await jobs.stop()
+            await watcher.stop()
         log.info("inference engine stopped")
 
     app = FastAPI(
@@ -96,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(model.router)
+    app.include_router(train.router)
     app.include_router(health.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

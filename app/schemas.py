@@ -1,6 +1,6 @@
 """Response shapes, as the OpenAPI docs at /docs describe them."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -40,3 +40,58 @@ class Status(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="what went wrong, in words")
+
+
+class TrainRequest(BaseModel):
+    """Hyperparameters for a training job; each one left out takes the recipe's value."""
+
+    model_config = {"extra": "forbid"}
+
+    epochs: int | None = Field(None, ge=1, le=50)
+    lr: float | None = Field(None, gt=0, le=10)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    arch: Literal["net", "lenet5"] | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    recipe: Literal["tutorial", "accurate"] | None = None
+    limit_train: int | None = Field(None, ge=1, le=60000, description="train on the first N images only")
+    min_accuracy: float | None = Field(
+        None, ge=0, le=100, description="test accuracy (percent) the new model needs to be promoted"
+    )
+
+
+class JobProgress(BaseModel):
+    model_config = {"extra": "allow"}
+
+    epoch: int | None = None
+    epochs: int | None = None
+    fraction: float | None = Field(None, description="share of all training batches done")
+    loss: float | None = Field(None, description="latest training loss")
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    history: list[dict[str, float]] = Field(default_factory=list, description="test figures after each epoch")
+
+
+class JobPublic(BaseModel):
+    """A training job's state."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "rejected"]
+    hyperparameters: dict[str, Any]
+    progress: JobProgress
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    model_version: str | None = Field(description="the promoted model's version, on success")
+    test_accuracy: float | None
+    pid: int | None = Field(description="the training process")
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+
+
+class VersionList(BaseModel):
+    versions: list[dict[str, Any]]
+    active: str | None

@@ -11,6 +11,7 @@ Needs `wrk` (Debian: apt-get install wrk); LitServe is measured when it is insta
 """
 
 import argparse
+import contextlib
 import io
 import os
 import re
@@ -148,9 +149,46 @@ def measure(server: Server, levels: list[int], duration: int, script: Path, body
         return results
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # Whatever the server left behind in its process group (LitServe's inference workers
+        # outlive their parent) must not keep a core busy during the next measurement.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        time.sleep(1)
+
+
+def measure_during_training(server: Server, duration: int, script: Path, body: Path) -> tuple[Result, Result]:
+    """/predict at concurrency 16 on an idle server, then while a training job runs on it."""
+    process = subprocess.Popen(
+        server.command,
+        env={**os.environ, **server.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        wait_ready(server, process)
+        wrk(server.port, 16, 2, script, body)  # warm-up
+        idle = wrk(server.port, 16, duration, script, body)
+        job = httpx.post(f"{url}/train", json={"epochs": 20}).json()  # outlasts the measurement
+        deadline = time.monotonic() + 60
+        while not httpx.get(f"{url}/train/{job['id']}").json()["progress"].get("fraction"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the training job did not start")
+            time.sleep(0.2)
+        during = wrk(server.port, 16, duration, script, body)
+        state = httpx.get(f"{url}/train/{job['id']}").json()
+        if state["status"] != "running":
+            raise RuntimeError(f"the training job was not running throughout: {state['status']}")
+        httpx.delete(f"{url}/train/{job['id']}", timeout=30)
+        return idle, during
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -181,6 +219,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--servers", default="ours,ours-1proc,naive,litserve")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-training-row", action="store_true", help="skip the 'during training' row")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     python = sys.executable
@@ -229,6 +268,7 @@ def main() -> None:
                 "/health",
             ),
         }
+        training_rows: list[tuple[Result, Result]] = []
         chosen = [name for name in args.servers.split(",") if name != "litserve" or litserve_installed()]
         runs: dict[str, dict[int, list[Result]]] = {name: {c: [] for c in levels} for name in chosen}
         for _ in range(args.repeats):  # rounds, so drift in machine load hits every server alike
@@ -250,6 +290,15 @@ def main() -> None:
                 f"| {servers[name].name} | {concurrency} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
                 f"| {r.errors} | {batch} |"
             )
+    if training_rows:
+        idle = median_result([i for i, _ in training_rows])
+        during = median_result([d for _, d in training_rows])
+        print()
+        print("| ours (python -m app), concurrency 16 | req/s | p50 ms | p99 ms | errors |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for label, r in (("idle", idle), ("during training", during)):
+            print(f"| {label} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
+        print(f"\np99 during training / idle: {during.p99_ms / idle.p99_ms:.2f}x")
     print()
     if "ours" in table:
         ours = table["ours"]

@@ -1,12 +1,13 @@
 """GET /model: what is being served, and how."""
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 
-from app.deps import EngineDep, SettingsDep
+from app.deps import EngineDep, SettingsDep, TokenDep, VersionsDep, WatcherDep
 from app.errors import NoModel
-from app.schemas import ErrorBody, ModelInfo
+from app.schemas import ErrorBody, ModelInfo, VersionList
 
 router = APIRouter(tags=["model"])
 
@@ -22,3 +23,25 @@ async def read_model(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]
         "model_version": checkpoint.version,
         "serving": {"device": str(engine.device), "settings": settings.public()},
     }
+
+
+@router.get("/model/versions", response_model=VersionList)
+async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[str, Any]:
+    """Every model version kept (each promoted checkpoint), newest first, and which one is served."""
+    active = engine.checkpoint.version if engine.checkpoint else None
+    return {"versions": await asyncio.to_thread(versions.list, active), "active": active}
+
+
+@router.post(
+    "/model/versions/{version}/activate",
+    response_model=VersionList,
+    dependencies=[TokenDep],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+)
+async def activate_model_version(
+    version: str, engine: EngineDep, versions: VersionsDep, watcher: WatcherDep
+) -> dict[str, Any]:
+    """Serve an earlier (or later) kept version: a rollback. Every replica follows within seconds."""
+    await asyncio.to_thread(versions.activate, version)
+    await watcher.check()
+    return await read_model_versions(engine, versions)

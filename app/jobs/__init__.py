@@ -1,0 +1,1 @@
+"""Background training jobs: durable records (store), the child process (runner), model versions."""

@@ -1,0 +1,261 @@
+"""Runs a training job as a child process: `python -m training ... --events -`, never in the server.
+
+The child gets a limited thread count and the idle CPU class, so serving keeps the cores it needs.
+Its JSON-lines events become the job's progress; its exit decides the outcome. A successful model
+is filed as a version and promoted only if it meets `min_accuracy`.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from app.jobs.store import Job, JobStore, now_iso
+from app.versions import ModelVersions
+from models.checkpoint import CheckpointError, read_metadata
+
+log = logging.getLogger("app.jobs")
+
+# Hyperparameters the API takes, as `python -m training` flags.
+FLAGS = {
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "momentum": "--momentum",
+    "batch_size": "--batch-size",
+    "arch": "--arch",
+    "seed": "--seed",
+    "recipe": "--recipe",
+    "limit_train": "--limit-train",
+}
+
+
+def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "training", "--events", "-", "--out", str(out), "--device", device]
+    for key, flag in FLAGS.items():
+        if params.get(key) is not None:
+            command += [flag, str(params[key])]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    return command
+
+
+def lower_priority(pid: int) -> None:
+    """Idle CPU class where the OS has one (threads the child starts later inherit it), else nice 19."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+class JobManager:
+    """Starts, watches and stops the training jobs this server process owns."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        versions: ModelVersions,
+        promoted: Callable[[], Awaitable[None]],
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        data_dir: Path | None = None,
+        heartbeat_s: float = 2.0,
+        kill_grace_s: float = 5.0,
+    ) -> None:
+        self.store, self.versions, self.promoted = store, versions, promoted
+        self.device, self.threads, self.data_dir = device, threads, data_dir
+        self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, params: dict[str, Any]) -> Job:
+        """Record a queued job (or JobConflict) and start it in the background."""
+        job = await asyncio.to_thread(self.store.create, params, self.owner)
+        task = asyncio.create_task(self._run(job), name=f"training-job-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """Stop a queued or running job; the served model is untouched. Finished jobs stay as they are."""
+        job = await asyncio.to_thread(self.store.request_cancel, job_id)
+        if job.status not in ("queued", "running"):
+            return job
+        child = self._children.get(job_id)
+        if child is not None:
+            await self._terminate(child)
+        # The owner (this process or another) records the end; wait a little for it.
+        for _ in range(int((self.kill_grace_s + 3 * self.heartbeat_s) / 0.1)):
+            job = await asyncio.to_thread(self.store.get, job_id)
+            if job.status not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.1)
+        return job
+
+    async def stop(self) -> None:
+        """Server shutdown: stop our children; their jobs end failed, since nobody will finish them."""
+        for job_id, child in list(self._children.items()):
+            await asyncio.to_thread(
+                self.store.update, job_id, error="interrupted: the server shut down", cancel_requested=1
+            )
+            await self._terminate(child)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.kill_grace_s + 5)
+
+    async def _terminate(self, child: asyncio.subprocess.Process) -> None:
+        """SIGTERM, then SIGKILL after the grace period."""
+        if child.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.wait(), self.kill_grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self._run_child(job)
+        except Exception as exc:  # the job must never stay "running" because of our own error
+            log.exception("training job %s failed in the server", job.id)
+            await asyncio.to_thread(
+                self.store.update,
+                job.id,
+                status="failed",
+                finished_at=now_iso(),
+                error=f"internal error: {type(exc).__name__}",
+            )
+
+    async def _run_child(self, job: Job) -> None:
+        out = self.versions.incoming_path(job.id)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        child = await asyncio.create_subprocess_exec(
+            *training_command(job.params, out, self.device, self.data_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        lower_priority(child.pid)
+        self._children[job.id] = child
+        await asyncio.to_thread(
+            self.store.update, job.id, status="running", started_at=now_iso(), pid=child.pid
+        )
+        log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
+        errors: deque[str] = deque(maxlen=20)
+        state: dict[str, Any] = {"saved": None, "progress": {}}
+        beating = asyncio.create_task(self._heartbeat(job.id, child))
+        try:
+            await asyncio.gather(self._read_events(job.id, child, state), self._read_errors(child, errors))
+            returncode = await child.wait()
+        finally:
+            beating.cancel()
+            self._children.pop(job.id, None)
+        await self._finish(job, returncode, state, errors, out)
+
+    async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
+        while child.returncode is None:
+            if await asyncio.to_thread(self.store.beat, job_id):
+                await self._terminate(child)
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _read_events(
+        self, job_id: str, child: asyncio.subprocess.Process, state: dict[str, Any]
+    ) -> None:
+        assert child.stdout is not None
+        async for line in child.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            progress = state["progress"]
+            if event.get("event") == "progress":
+                progress.update(
+                    epoch=event["epoch"],
+                    epochs=event["epochs"],
+                    fraction=round(event["fraction"], 4),
+                    loss=event["loss"],
+                )
+            elif event.get("event") == "epoch":
+                progress.update(
+                    epoch=event["epoch"],
+                    epochs=event["epochs"],
+                    test_loss=event["test_loss"],
+                    test_accuracy=event["test_accuracy"],
+                )
+                progress.setdefault("history", []).append(
+                    {
+                        "epoch": event["epoch"],
+                        "test_loss": event["test_loss"],
+                        "test_accuracy": event["test_accuracy"],
+                    }
+                )
+            elif event.get("event") == "saved":
+                state["saved"] = event
+                continue
+            else:
+                continue
+            await asyncio.to_thread(self.store.update, job_id, progress=progress)
+
+    async def _read_errors(self, child: asyncio.subprocess.Process, errors: deque[str]) -> None:
+        assert child.stderr is not None
+        async for line in child.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if text and not text.startswith(("Train Epoch", "Test set", "Training ", "Saved ")):
+                errors.append(text)
+
+    async def _finish(
+        self, job: Job, returncode: int, state: dict[str, Any], errors: deque[str], out: Path
+    ) -> None:
+        current = await asyncio.to_thread(self.store.get, job.id)
+        end: dict[str, Any] = {"finished_at": now_iso()}
+        if current.cancel_requested:
+            self.versions.discard(out)
+            end.update(status="cancelled" if current.error is None else "failed")
+        elif returncode != 0:
+            self.versions.discard(out)
+            reason = (
+                f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+            )
+            end.update(status="failed", error="\n".join([f"training process {reason}", *errors]))
+        else:
+            end.update(await self._judge(job, out))
+        await asyncio.to_thread(self.store.update, job.id, **end)
+        log.info("training job %s ended %s", job.id, end["status"])
+
+    async def _judge(self, job: Job, out: Path) -> dict[str, Any]:
+        """Promote the new model, or reject it when it misses min_accuracy."""
+        metadata = read_metadata(out) or {}
+        accuracy = metadata.get("test_accuracy")
+        minimum = job.params.get("min_accuracy")
+        if minimum is not None and (accuracy is None or accuracy < minimum):
+            self.versions.discard(out)
+            return {
+                "status": "rejected",
+                "test_accuracy": accuracy,
+                "error": f"test accuracy {accuracy}% is below min_accuracy {minimum}%: not promoted",
+            }
+        try:
+            version = await asyncio.to_thread(self.versions.keep, out)
+            await asyncio.to_thread(self.versions.activate, version)
+        except CheckpointError as exc:
+            return {"status": "failed", "error": f"the new checkpoint did not load: {exc}"}
+        await self.promoted()
+        return {"status": "succeeded", "model_version": version, "test_accuracy": accuracy}

@@ -1,0 +1,263 @@
+"""Training jobs over real HTTP on real server processes: the whole life of a job and every refusal."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from models.checkpoint import load_checkpoint, metadata_path
+from tests.images import encode
+from tests.server import ServerProcess
+from training.data import Mnist
+
+QUICK = {"epochs": 1, "limit_train": 2000}
+FAST_CLOCKS = {"MNIST_JOB_HEARTBEAT_S": "0.5", "MNIST_MODEL_POLL_S": "0.5"}
+
+
+def fresh_deployment(tmp_path: Path, checkpoint: Path) -> dict[str, str]:
+    """A model folder holding a copy of `checkpoint`, and an empty state folder."""
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copy(checkpoint, models / "mnist_cnn.pt")
+    shutil.copy(metadata_path(checkpoint), models / "mnist_cnn.json")
+    return {
+        "MNIST_MODEL_PATH": str(models / "mnist_cnn.pt"),
+        "MNIST_STATE_DIR": str(tmp_path / "state"),
+        **FAST_CLOCKS,
+    }
+
+
+def wait_for(
+    client: httpx.Client,
+    job_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 120,
+    seen: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        if seen is not None:
+            seen.append(job)
+        if done(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not get there in {timeout_s} s: {job}")
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled", "rejected")
+
+
+@pytest.fixture
+def server(tmp_path: Path, small_checkpoint: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(fresh_deployment(tmp_path, small_checkpoint), ready_path="/readyz") as running:
+        yield running
+
+
+class PredictLoad:
+    """A client that keeps sending /predict until stopped, recording every answer."""
+
+    def __init__(self, url: str, body: bytes) -> None:
+        self.url, self.body = url, body
+        self.statuses: list[int] = []
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                response = client.post("/predict", files={"file": ("d.png", self.body, "image/png")})
+                self.statuses.append(response.status_code)
+                if response.status_code == 200:
+                    self.versions.append(response.json()["model_version"])
+
+    def __enter__(self) -> "PredictLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_quick_job_trains_promotes_and_swaps_with_no_failed_request(
+    server: ServerProcess, small_checkpoint: Path, mnist: Mnist
+) -> None:
+    old = load_checkpoint(small_checkpoint).version
+    client = httpx.Client(base_url=server.url, timeout=30)
+    with PredictLoad(server.url, encode(mnist.test_images[0])) as load:
+        response = client.post("/train", json=QUICK)
+        assert response.status_code == 202
+        job = response.json()
+        assert response.headers["location"] == f"/train/{job['id']}"
+        assert job["status"] in ("queued", "running")
+        assert job["hyperparameters"] == QUICK
+        seen: list[dict[str, Any]] = []
+        job = wait_for(client, job["id"], finished, seen=seen)
+        time.sleep(0.5)  # a few more requests on the new model
+    assert job["status"] == "succeeded", job
+    running = [j for j in seen if j["status"] == "running"]
+    assert any((j["progress"]["fraction"] or 0) > 0 for j in running), "no progress seen while running"
+    assert job["progress"]["epoch"] == 1 and job["progress"]["history"][0]["test_accuracy"] > 50
+    assert job["started_at"] and job["finished_at"] and job["test_accuracy"] > 50
+
+    new = job["model_version"]
+    assert new != old
+    assert client.get("/model").json()["model_version"] == new
+    prediction = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]), "image/png")})
+    assert prediction.json()["model_version"] == new
+    # Not one request failed through the job and the swap; each was answered by a whole model.
+    assert load.statuses and set(load.statuses) == {200}
+    assert set(load.versions) <= {old, new} and load.versions[-1] == new
+
+    listed = client.get("/train").json()["jobs"]
+    assert listed[0]["id"] == job["id"]
+    versions = client.get("/model/versions").json()
+    assert versions["active"] == new
+    assert {v["model_version"] for v in versions["versions"]} == {old, new}
+
+
+def test_one_job_at_a_time_and_cancel(server: ServerProcess, small_checkpoint: Path) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    first = client.post("/train", json={"epochs": 3}).json()
+    second = client.post("/train", json=QUICK)
+    assert second.status_code == 409
+    assert first["id"] in second.json()["detail"]
+    wait_for(client, first["id"], lambda j: j["status"] == "running")
+    cancelled = client.delete(f"/train/{first['id']}")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version
+    # Cancelling a finished job changes nothing; after it, a new job may start.
+    assert client.delete(f"/train/{first['id']}").json()["status"] == "cancelled"
+    third = client.post("/train", json=QUICK)
+    assert third.status_code == 202
+    client.delete(f"/train/{third.json()['id']}")
+
+
+def test_unknown_jobs_and_bad_bodies(server: ServerProcess) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    assert client.get("/train/nosuchjob").status_code == 404
+    assert client.delete("/train/nosuchjob").status_code == 404
+    for body in (
+        {"epochs": 0},
+        {"lr": -1},
+        {"lr": 0},
+        {"momentum": 1.5},
+        {"arch": "resnet"},
+        {"recipe": "magic"},
+        {"limit_train": 0},
+        {"min_accuracy": 101},
+        {"epochs": "many"},
+        {"unknown": 1},
+        [1, 2],
+    ):
+        response = client.post("/train", json=body)
+        assert response.status_code == 422, body
+    response = client.post("/train", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert client.get("/train", params={"limit": 0}).status_code == 422
+    assert client.get("/train").json() == {"jobs": []}  # none of these made a job
+
+
+def test_min_accuracy_rejects_without_promoting(server: ServerProcess, small_checkpoint: Path) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    job = client.post("/train", json={**QUICK, "limit_train": 500, "min_accuracy": 99.9}).json()
+    job = wait_for(client, job["id"], finished)
+    assert job["status"] == "rejected"
+    assert job["test_accuracy"] < 99.9 and "below min_accuracy" in job["error"]
+    assert job["model_version"] is None
+    old = load_checkpoint(small_checkpoint).version
+    assert client.get("/model").json()["model_version"] == old
+    assert [v["model_version"] for v in client.get("/model/versions").json()["versions"]] == [old]
+
+
+def test_a_killed_child_fails_the_job_and_leaves_the_model(
+    server: ServerProcess, small_checkpoint: Path
+) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    job = client.post("/train", json={"epochs": 5}).json()
+    job = wait_for(client, job["id"], lambda j: j["status"] == "running" and j["progress"].get("fraction"))
+    os.kill(job["pid"], signal.SIGKILL)
+    job = wait_for(client, job["id"], finished)
+    assert job["status"] == "failed"
+    assert "killed by signal 9" in job["error"]
+    assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version
+    assert client.post("/train", json=QUICK).status_code == 202  # the slot is free again
+
+
+def test_rollback_to_an_earlier_version(server: ServerProcess, small_checkpoint: Path, mnist: Mnist) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    old = load_checkpoint(small_checkpoint).version
+    job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+    assert job["status"] == "succeeded"
+    assert client.post("/model/versions/nosuchversion/activate").status_code == 404
+    response = client.post(f"/model/versions/{old}/activate")
+    assert response.status_code == 200
+    assert response.json()["active"] == old
+    assert client.get("/model").json()["model_version"] == old
+    body = encode(mnist.test_images[0])
+    assert client.post("/predict", files={"file": ("d.png", body)}).json()["model_version"] == old
+
+
+def test_records_survive_a_restart_and_interrupted_jobs_are_marked(
+    tmp_path: Path, small_checkpoint: Path
+) -> None:
+    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_JOB_STALE_AFTER_S": "2"}
+    with ServerProcess(env, ready_path="/readyz") as first:
+        client = httpx.Client(base_url=first.url, timeout=30)
+        done = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+        running = client.post("/train", json={"epochs": 5}).json()
+        wait_for(client, running["id"], lambda j: j["status"] == "running")
+        # A sibling replica starting on the same state folder leaves the live job alone.
+        with ServerProcess(env, ready_path="/readyz") as sibling:
+            assert httpx.get(f"{sibling.url}/train/{running['id']}").json()["status"] == "running"
+            assert (
+                httpx.post(f"{sibling.url}/train", json=QUICK).status_code == 409
+            )  # the rule spans processes
+        pid = client.get(f"/train/{running['id']}").json()["pid"]
+        assert first.process is not None
+        os.killpg(first.process.pid, signal.SIGKILL)  # the server dies without a word
+        os.kill(pid, signal.SIGKILL)
+        first.process.wait()
+    time.sleep(2.5)
+    with ServerProcess(env, ready_path="/readyz") as second:
+        client = httpx.Client(base_url=second.url, timeout=30)
+        assert client.get(f"/train/{done['id']}").json() == done
+        interrupted = client.get(f"/train/{running['id']}").json()
+        assert interrupted["status"] == "failed"
+        assert interrupted["error"].startswith("interrupted")
+        assert [j["id"] for j in client.get("/train").json()["jobs"]] == [running["id"], done["id"]]
+        assert client.get("/model").json()["model_version"] == done["model_version"]
+
+
+def test_a_token_guards_training_and_model_changes(tmp_path: Path, small_checkpoint: Path) -> None:
+    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
+    with ServerProcess(env, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        good = {"Authorization": "Bearer s3cret"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            response = client.post("/train", json=QUICK, headers=headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert client.delete("/train/x", headers=headers).status_code == 401
+            assert client.post("/model/versions/x/activate", headers=headers).status_code == 401
+        assert client.get("/train").status_code == 200  # reading stays open
+        job = client.post("/train", json=QUICK, headers=good)
+        assert job.status_code == 202
+        assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
+        log = server.stop()
+    assert "MNIST_TRAIN_TOKEN is not set" not in log
+
+
+def test_an_open_server_warns_at_startup(server: ServerProcess) -> None:
+    assert "MNIST_TRAIN_TOKEN is not set" in server.stop()
