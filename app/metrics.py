@@ -67,7 +67,7 @@ class Metrics:
             "mnist_model_info",
             "the model being served (value 1)",
             ["version", "arch"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="liveall",
             registry=r,
         )
         self._model_labels: tuple[str, str] | None = None
@@ -82,7 +82,10 @@ class Metrics:
 
     def set_model(self, version: str | None, arch: str | None) -> None:
         if self._model_labels is not None:
-            self.model_info.remove(*self._model_labels)
+            if multiprocess_dir():  # values live in files there: zero the old series, per process
+                self.model_info.labels(*self._model_labels).set(0)
+            else:
+                self.model_info.remove(*self._model_labels)
             self._model_labels = None
         if version is not None and arch is not None:
             self._model_labels = (version, arch)

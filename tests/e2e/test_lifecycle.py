@@ -34,6 +34,7 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
             if line.startswith('mnist_http_requests_total{method="POST",route="/predict",status="200"}')
         )
         assert total == 100
+        assert metrics.count("mnist_model_info{") == 2  # one series per process (label pid)
         log = server.stop()
     version = load_checkpoint(small_checkpoint).version
     assert log.count(f"serving model {version} on cpu") == 2  # one startup line per process

@@ -261,3 +261,32 @@ def test_a_token_guards_training_and_model_changes(tmp_path: Path, small_checkpo
 
 def test_an_open_server_warns_at_startup(server: ServerProcess) -> None:
     assert "MNIST_TRAIN_TOKEN is not set" in server.stop()
+
+
+def test_every_server_process_picks_up_a_promoted_model(
+    tmp_path: Path, small_checkpoint: Path, mnist: Mnist
+) -> None:
+    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_WORKERS": "2"}
+    with ServerProcess(env, production=True, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+        assert job["status"] == "succeeded"
+        time.sleep(2)  # the other process's watcher polls every 0.5 s here
+
+        def versions_seen() -> set[str]:
+            # Fresh connections, so requests spread over both processes.
+            body = encode(mnist.test_images[0])
+            return {
+                httpx.post(f"{server.url}/predict", files={"file": ("d.png", body)}).json()["model_version"]
+                for _ in range(40)
+            }
+
+        assert versions_seen() == {job["model_version"]}
+        # Each process reports what it serves (label pid): both moved to the new version.
+        served = [
+            line
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("mnist_model_info{") and line.endswith(" 1.0")
+        ]
+        assert len(served) == 2, served
+        assert all(f'version="{job["model_version"]}"' in line for line in served)
