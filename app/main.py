@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app.batching import BatchingEngine
 from app.config import Settings
@@ -15,7 +16,7 @@ from app.errors import install_error_handlers
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import health, model, predict, train
+from app.routes import health, model, page, predict, train
 from app.versions import ModelVersions
 from app.watcher import ModelWatcher
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(model.router)
     app.include_router(train.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.include_router(health.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -5,6 +5,7 @@ their centre of mass. A 28x28 upload is taken as already in that form (no crop, 
 other size is brought into it the way MNIST itself was made. Dark-on-light images are inverted.
 """
 
+import base64
 import io
 from enum import StrEnum
 
@@ -116,3 +117,10 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
 def preprocess(data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = 4096 * 4096) -> torch.Tensor:
     """Image bytes -> normalised 1 x 28 x 28 tensor, or a 4xx-mapped error saying what is wrong."""
     return to_tensor(mnist_pixels(data, invert, max_pixels))
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    """The 28x28 grey levels as a PNG data URL: what the model saw, for people to look at."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -13,6 +13,9 @@ class Prediction(BaseModel):
     log_probs: list[float] = Field(min_length=10, max_length=10, description="log-softmax output, digits 0-9")
     probs: list[float] = Field(min_length=10, max_length=10, description="exp(log_probs), summing to 1")
     model_version: str = Field(description="first 12 hex digits of the weights' sha256")
+    input_image: str | None = Field(
+        None, description="with return_input=true: the preprocessed 28x28 image as a PNG data URL"
+    )
 
 
 class BatchPrediction(BaseModel):

@@ -277,6 +277,8 @@ def main() -> None:
                     servers[name], levels, args.duration, script, body
                 ).items():
                     runs[name][concurrency].append(result)
+            if "ours" in chosen and not args.no_training_row:
+                training_rows.append(measure_during_training(servers["ours"], args.duration, script, body))
 
     table = {name: {c: median_result(rs) for c, rs in by_c.items()} for name, by_c in runs.items()}
     print(f"{args.repeats} rounds x {args.duration} s per cell, medians; wrk -t1; device {args.device}")

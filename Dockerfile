@@ -1,0 +1,43 @@
+# mnist-serve: one image for the API (`python -m app`, the default command) and the trainer
+# (`python -m training`). PyTorch comes from TORCH_INDEX_URL: by default PyTorch's CPU-only wheels
+# (a much smaller image); for NVIDIA GPUs pass a CUDA index, e.g.
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
+# (PyPI's own torch wheels are CUDA builds too: --build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+
+FROM python:3.11-slim AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone, so source edits do not reinstall PyTorch.
+# Empty package folders stand in for the source until it is copied below.
+COPY pyproject.toml README.md ./
+RUN mkdir app training models \
+ && pip install --extra-index-url "$TORCH_INDEX_URL" . \
+ && pip uninstall -y mnist-serve
+COPY app ./app
+COPY training ./training
+COPY models ./models
+RUN pip install --no-deps . && rm -rf /src
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MNIST_HOST=0.0.0.0 \
+    MNIST_PORT=8000 \
+    MNIST_MODEL_PATH=/models/mnist_cnn.pt \
+    MNIST_STATE_DIR=/state \
+    MNIST_DATA_DIR=/data
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app \
+ && mkdir -p /models /state /data \
+ && chown app:app /models /state /data
+COPY --from=build /opt/venv /opt/venv
+USER app
+WORKDIR /home/app
+EXPOSE 8000
+# No curl in slim images: ask /readyz with Python's standard library.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MNIST_PORT', '8000'), timeout=4)"]
+CMD ["python", "-m", "app"]

@@ -1,0 +1,125 @@
+"""The draw-a-digit page in a real browser (Chromium through Playwright) against a real server."""
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_train import fresh_deployment
+from tests.images import encode
+from tests.server import ServerProcess
+from training.data import Mnist
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("SCREENSHOT_DIR", "artifacts/screenshots"))
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path) -> Iterator[ServerProcess]:
+    env = fresh_deployment(tmp_path_factory.mktemp("page"), trained_checkpoint)
+    with ServerProcess(env, ready_path="/readyz") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server: ServerProcess) -> Iterator["playwright_api.Page"]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model-version').textContent.length > 3")
+        yield page
+        browser.close()
+
+
+def draw(page: "playwright_api.Page", strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw strokes with the mouse; coordinates are fractions of the canvas."""
+    box = page.locator("#pad").bounding_box()
+    assert box is not None
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for (x0, y0), (x1, y1) in itertools.pairwise(stroke):
+            for step in range(1, 11):
+                t = step / 10
+                page.mouse.move(
+                    box["x"] + (x0 + (x1 - x0) * t) * box["width"],
+                    box["y"] + (y0 + (y1 - y0) * t) * box["height"],
+                )
+        page.mouse.up()
+
+
+def predicted(page: "playwright_api.Page", digit: str) -> None:
+    page.wait_for_function(f"document.getElementById('digit').textContent === '{digit}'", timeout=10000)
+
+
+@pytest.mark.parametrize(
+    ("digit", "strokes"),
+    [
+        ("1", [[(0.5, 0.15), (0.5, 0.85)]]),
+        ("7", [[(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]]),
+    ],
+)
+def test_drawing_a_digit_shows_its_prediction(page: "playwright_api.Page", digit: str, strokes) -> None:
+    page.click("#clear")
+    draw(page, strokes)
+    predicted(page, digit)
+    assert page.locator("#bars li").count() == 10
+    assert page.locator("#confidence").inner_text().endswith("%")
+    assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("#error").inner_text() == ""
+    page.screenshot(path=str(SHOTS / f"drawn-{digit}.png"), full_page=True)
+
+
+def test_uploading_a_real_mnist_png(page: "playwright_api.Page", mnist: Mnist) -> None:
+    label = str(int(mnist.test_labels[3]))
+    page.set_input_files(
+        "#file",
+        files=[{"name": "digit.png", "mimeType": "image/png", "buffer": encode(mnist.test_images[3])}],
+    )
+    predicted(page, label)
+    page.screenshot(path=str(SHOTS / "uploaded.png"), full_page=True)
+
+
+def test_api_errors_are_shown_in_words(page: "playwright_api.Page") -> None:
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.wait_for_function("document.getElementById('error').textContent.includes('not an image')")
+
+
+def test_training_from_the_panel(page: "playwright_api.Page") -> None:
+    before = page.locator("#model-version").inner_text()
+    page.fill("input[name=epochs]", "1")
+    page.fill("input[name=limit_train]", "2000")
+    page.click("#train")
+    page.wait_for_function(
+        "document.getElementById('job-status').textContent.includes('running')", timeout=60000
+    )
+    page.wait_for_function(
+        "document.getElementById('job-status').textContent.includes('succeeded')", timeout=180000
+    )
+    assert "promoted" in page.locator("#job-detail").inner_text()
+    page.wait_for_function(f"document.getElementById('model-version').textContent !== '{before}'")
+    page.screenshot(path=str(SHOTS / "trained.png"), full_page=True)
