@@ -111,7 +111,7 @@ def mnist_pixels(data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = 40
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """ToTensor's scaling and the training Normalize: 1 x 28 x 28 float32."""
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0)
-    return x.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x.div(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)  # div, not div_: `pixels` stays as it is
 
 
 def preprocess(data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = 4096 * 4096) -> torch.Tensor:

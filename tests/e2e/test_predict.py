@@ -1,6 +1,8 @@
 """POST /predict and /predict/batch over real HTTP against a real server and a real checkpoint."""
 
 import asyncio
+import base64
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.checkpoint import load_checkpoint
 from tests.images import black_on_white, encode, larger, rgb
@@ -56,6 +59,22 @@ def test_predict_matches_the_model_in_process(
         assert abs(sum(body["probs"]) - 1) < 1e-5
         assert body["confidence"] == max(body["probs"])
         assert np.allclose(np.exp(body["log_probs"]), body["probs"], atol=1e-7)
+
+
+def test_return_input_shows_what_the_model_saw(server: ServerProcess, mnist: Mnist) -> None:
+    digit = mnist.test_images[5]
+    plain = httpx.post(server.url + "/predict", files={"file": ("d.png", encode(digit))}).json()
+    assert "input_image" not in plain
+    shown = httpx.post(
+        server.url + "/predict",
+        params={"return_input": "true"},
+        files={"file": ("d.png", encode(255 - digit.numpy()))},
+    ).json()
+    header, data = shown["input_image"].split(",", 1)
+    assert header == "data:image/png;base64"
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
+    assert np.array_equal(seen, digit.numpy())  # inverted back: exactly the MNIST digit
+    assert shown["log_probs"] == plain["log_probs"]
 
 
 def test_batch_agrees_with_single(server: ServerProcess, mnist: Mnist) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
-from app.preprocess import Invert, mnist_pixels, preprocess
+from app.preprocess import Invert, mnist_pixels, preprocess, to_tensor
 from tests.images import black_on_white, encode, larger, rgb
 from training.data import Mnist
 from training.loop import to_model_input
@@ -119,3 +119,11 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
         preprocess(png_header_only(10000, 10000), max_pixels=4096 * 4096)
     with pytest.raises(ImageTooLarge, match="30000x30000"):  # what Pillow's own guard would refuse
         preprocess(png_header_only(30000, 30000), max_pixels=4096 * 4096)
+
+
+def test_to_tensor_leaves_the_pixels_alone(digits: torch.Tensor) -> None:
+    """The 28x28 image is also shown to people (return_input): normalising must not overwrite it."""
+    pixels = mnist_pixels(encode(digits[0]))
+    before = pixels.copy()
+    to_tensor(pixels)
+    assert np.array_equal(pixels, before)
