@@ -10,12 +10,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so source edits do not reinstall PyTorch.
-# Empty package folders stand in for the source until it is copied below.
-COPY pyproject.toml README.md ./
-RUN mkdir app training models \
+# Dependencies first, from pyproject.toml alone, so source or README edits do not reinstall
+# PyTorch. Empty package folders and README stand in for the real ones until they are copied below.
+COPY pyproject.toml ./
+RUN mkdir app training models && touch README.md \
  && pip install --extra-index-url "$TORCH_INDEX_URL" . \
  && pip uninstall -y mnist-serve
+COPY README.md ./
 COPY app ./app
 COPY training ./training
 COPY models ./models

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) ->
     return Result(rps, p50, p99, errors, None)
 
 
-def measure(server: Server, levels: list[int], duration: int, script: Path, body: Path) -> dict[int, Result]:
+@contextlib.contextmanager
+def running(server: Server, script: Path, body: Path) -> Iterator[None]:
+    """The server started in its own process group, ready; on exit the whole group is gone."""
     process = subprocess.Popen(
         server.command,
         env={**os.environ, **server.env},
@@ -137,16 +140,7 @@ def measure(server: Server, levels: list[int], duration: int, script: Path, body
     try:
         wait_ready(server, process)
         wrk(server.port, 16, 2, script, body)  # warm-up
-        results = {}
-        for concurrency in levels:
-            before = batch_totals(server.port) if server.batch_metric else (0.0, 0.0)
-            result = wrk(server.port, concurrency, duration, script, body)
-            if server.batch_metric:
-                after = batch_totals(server.port)
-                rows, batches = after[0] - before[0], after[1] - before[1]
-                result.mean_batch = rows / batches if batches else None
-            results[concurrency] = result
-        return results
+        yield
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -158,19 +152,24 @@ def measure(server: Server, levels: list[int], duration: int, script: Path, body
         time.sleep(1)
 
 
+def measure(server: Server, levels: list[int], duration: int, script: Path, body: Path) -> dict[int, Result]:
+    results = {}
+    with running(server, script, body):
+        for concurrency in levels:
+            before = batch_totals(server.port) if server.batch_metric else (0.0, 0.0)
+            result = wrk(server.port, concurrency, duration, script, body)
+            if server.batch_metric:
+                after = batch_totals(server.port)
+                rows, batches = after[0] - before[0], after[1] - before[1]
+                result.mean_batch = rows / batches if batches else None
+            results[concurrency] = result
+    return results
+
+
 def measure_during_training(server: Server, duration: int, script: Path, body: Path) -> tuple[Result, Result]:
     """/predict at concurrency 16 on an idle server, then while a training job runs on it."""
-    process = subprocess.Popen(
-        server.command,
-        env={**os.environ, **server.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{server.port}"
-    try:
-        wait_ready(server, process)
-        wrk(server.port, 16, 2, script, body)  # warm-up
+    with running(server, script, body):
         idle = wrk(server.port, 16, duration, script, body)
         job = httpx.post(f"{url}/train", json={"epochs": 20}).json()  # outlasts the measurement
         deadline = time.monotonic() + 60
@@ -183,13 +182,7 @@ def measure_during_training(server: Server, duration: int, script: Path, body: P
         if state["status"] != "running":
             raise RuntimeError(f"the training job was not running throughout: {state['status']}")
         httpx.delete(f"{url}/train/{job['id']}", timeout=30)
-        return idle, during
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    return idle, during
 
 
 def litserve_installed() -> bool:

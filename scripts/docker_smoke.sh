@@ -35,11 +35,8 @@ trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "build"
-docker compose build
-
-step "up (the trainer trains a first model, then the api starts)"
-docker compose up -d --wait --wait-timeout 600
+step "up: builds the image, the trainer trains a first model, then the api starts"
+docker compose up -d --build --wait --wait-timeout 900
 docker compose ps
 
 step "checks over HTTP"
