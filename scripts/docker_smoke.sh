@@ -7,7 +7,8 @@
 #   MNIST_DATA_DIR=/path/to/mnist scripts/docker_smoke.sh
 #
 # TORCH_INDEX_URL picks where PyTorch comes from at build time (see Dockerfile); PYTHON is a Python
-# with Pillow and httpx for the client side (default: the project's .venv).
+# with Pillow and httpx for the client side (default: the project's .venv); SMOKE_REMOVE_IMAGE=1
+# also removes the image at the end (CI: it is several GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MNIST_DATA_DIR:?set MNIST_DATA_DIR to the folder with the MNIST IDX files}"
@@ -27,7 +28,7 @@ cleanup() {
     echo "--- smoke test failed (exit $status); service logs:" >&2
     docker compose logs --no-color --tail 60 >&2 || true
   fi
-  docker compose down -v --remove-orphans >/dev/null 2>&1 || true
+  docker compose down -v --remove-orphans ${SMOKE_REMOVE_IMAGE:+--rmi all} >/dev/null 2>&1 || true
   rm -rf "$MNIST_DATA_HOST_DIR" "$JOB_FILE"
   exit $status
 }
