@@ -12,6 +12,13 @@ from app.errors import VersionNotFound
 from models.checkpoint import atomic_write_bytes, load_checkpoint, metadata_path, read_metadata
 
 
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Weights, then metadata when there is any, each written atomically."""
+    atomic_write_bytes(target, source.read_bytes())
+    if metadata_path(source).is_file():
+        atomic_write_bytes(metadata_path(target), metadata_path(source).read_bytes())
+
+
 class ModelVersions:
     """The kept versions, and which one is active."""
 
@@ -36,21 +43,15 @@ class ModelVersions:
     def adopt(self, version: str) -> None:
         """Keep a copy of the active checkpoint (one trained outside a job), so it can be rolled back to."""
         kept = self.folder / f"{version}.pt"
-        if kept.exists() or not self.model_path.is_file():
-            return
-        atomic_write_bytes(kept, self.model_path.read_bytes())
-        if metadata_path(self.model_path).is_file():
-            atomic_write_bytes(metadata_path(kept), metadata_path(self.model_path).read_bytes())
+        if not kept.exists() and self.model_path.is_file():
+            copy_checkpoint(self.model_path, kept)
 
-    def activate(self, version: str) -> dict[str, Any]:
-        """Make `version` the active checkpoint; return its metadata."""
+    def activate(self, version: str) -> None:
+        """Make `version` the active checkpoint."""
         weights = self.folder / f"{version}.pt"
         if not version.isalnum() or not weights.is_file():
             raise VersionNotFound(f"no model version {version}")
-        metadata = read_metadata(weights) or {}
-        atomic_write_bytes(self.model_path, weights.read_bytes())
-        atomic_write_bytes(metadata_path(self.model_path), metadata_path(weights).read_bytes())
-        return metadata
+        copy_checkpoint(weights, self.model_path)
 
     def discard(self, weights: Path) -> None:
         weights.unlink(missing_ok=True)

@@ -72,8 +72,7 @@ class ModelWatcher:
                 if self.engine.checkpoint is None:
                     self.engine.unavailable_reason = str(exc)
                 log.warning("not swapping to %s: %s", self.path, exc)
-                # A half-written pair settles within a poll; try again then unless it is unchanged.
-                self.seen = current
+                self.seen = current  # retried once either file changes again
                 return
             self.seen = current  # if it changed again while loading, the next poll sees that
             serving = self.engine.checkpoint

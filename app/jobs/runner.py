@@ -160,15 +160,15 @@ class JobManager:
         )
         log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
         errors: deque[str] = deque(maxlen=20)
-        state: dict[str, Any] = {"saved": None, "progress": {}}
+        progress: dict[str, Any] = {}
         beating = asyncio.create_task(self._heartbeat(job.id, child))
         try:
-            await asyncio.gather(self._read_events(job.id, child, state), self._read_errors(child, errors))
+            await asyncio.gather(self._read_events(job.id, child, progress), self._read_errors(child, errors))
             returncode = await child.wait()
         finally:
             beating.cancel()
             self._children.pop(job.id, None)
-        await self._finish(job, returncode, state, errors, out)
+        await self._finish(job, returncode, errors, out)
 
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
         while child.returncode is None:
@@ -177,15 +177,15 @@ class JobManager:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _read_events(
-        self, job_id: str, child: asyncio.subprocess.Process, state: dict[str, Any]
+        self, job_id: str, child: asyncio.subprocess.Process, progress: dict[str, Any]
     ) -> None:
+        """The child's JSON-lines events, folded into the job's stored progress as they come."""
         assert child.stdout is not None
         async for line in child.stdout:
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            progress = state["progress"]
             if event.get("event") == "progress":
                 progress.update(
                     epoch=event["epoch"],
@@ -207,10 +207,7 @@ class JobManager:
                         "test_accuracy": event["test_accuracy"],
                     }
                 )
-            elif event.get("event") == "saved":
-                state["saved"] = event
-                continue
-            else:
+            else:  # start and saved: the outcome is judged from the checkpoint file itself
                 continue
             await asyncio.to_thread(self.store.update, job_id, progress=progress)
 
@@ -221,9 +218,7 @@ class JobManager:
             if text and not text.startswith(("Train Epoch", "Test set", "Training ", "Saved ")):
                 errors.append(text)
 
-    async def _finish(
-        self, job: Job, returncode: int, state: dict[str, Any], errors: deque[str], out: Path
-    ) -> None:
+    async def _finish(self, job: Job, returncode: int, errors: deque[str], out: Path) -> None:
         current = await asyncio.to_thread(self.store.get, job.id)
         end: dict[str, Any] = {"finished_at": now_iso()}
         if current.cancel_requested:
