@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-train", type=positive_int, help="train on the first N training images only")
     parser.add_argument("--events", metavar="FILE", help="write JSON-lines events here ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="one batch per epoch, one epoch")
+    parser.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        default=None,
+        help="on CUDA, run each step eagerly instead of replaying it as a CUDA graph",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,7 +94,8 @@ class Reporter:
             )
         elif kind == "start":
             self._line(
-                f"Training {event['arch']} ({event['recipe']} recipe) on {event['device']}, "
+                f"Training {event['arch']} ({event['recipe']} recipe) on {event['device']}"
+                f"{' (CUDA graph)' if event.get('cuda_graph') else ''}, "
                 f"{event['train_samples']} images, {event['epochs']} epochs"
             )
         elif kind == "saved":
@@ -135,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "device",
             "limit_train",
             "dry_run",
+            "cuda_graph",
             "data_dir",
             "out",
         )

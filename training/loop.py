@@ -19,6 +19,7 @@ from torch import nn
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
+from training import cuda_graph
 from training.data import load_mnist
 from training.recipes import RECIPES, Recipe
 
@@ -42,6 +43,7 @@ class TrainConfig:
     recipe: str = "tutorial"
     limit_train: int | None = None
     dry_run: bool = False
+    cuda_graph: bool = True  # how steps run on a GPU, not what they compute: not a hyperparameter
     data_dir: str | None = None
     out: str = "mnist_cnn.pt"
 
@@ -156,8 +158,12 @@ def train_epoch(
     epoch: int,
     jitter: torch.Generator,
     on_event: EventCallback,
+    graphed: cuda_graph.GraphedStep | None = None,
 ) -> None:
-    """One pass over the training set in the tutorial's order, reporting every log_interval."""
+    """One pass over the training set in the tutorial's order, reporting every log_interval.
+
+    With `graphed`, each full batch is one CUDA graph replay of the same step.
+    """
     recipe = RECIPES[config.recipe]
     model.train()
     n = len(x_train)
@@ -165,13 +171,17 @@ def train_epoch(
     order = epoch_order(n).to(x_train.device)
     for batch_idx in range(batches):
         index = order[batch_idx * config.batch_size : (batch_idx + 1) * config.batch_size]
-        data, target = x_train[index], y_train[index]
-        if recipe.augment:
-            data = augment(data, recipe, jitter)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(model(data), target)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        if graphed is not None and len(index) == config.batch_size:
+            loss = graphed(index)
+        else:
+            data, target = x_train[index], y_train[index]
+            if recipe.augment:
+                data = augment(data, recipe, jitter)
+            # Zeroed, not released: a graph's gradients must stay where the graph writes them.
+            optimizer.zero_grad(set_to_none=graphed is None)
+            loss = F.nll_loss(model(data), target)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if batch_idx % config.log_interval == 0 or batch_idx == batches - 1:
@@ -211,10 +221,18 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
     batches = math.ceil(n / config.batch_size)
     optimizer, scheduler = build_optimizer(model, config, recipe, steps=config.epochs * batches)
     jitter = torch.Generator(device=device).manual_seed(config.seed)
+    graphed, graph_error = None, None
+    if config.cuda_graph and cuda_graph.supports(device, recipe.augment, scheduler is not None):
+        try:
+            graphed = cuda_graph.GraphedStep(model, optimizer, x_train, y_train, config.batch_size)
+        except RuntimeError as exc:  # the eager step computes the same; say why and go on
+            graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     on_event(
         {
             "event": "start",
             "device": str(device),
+            "cuda_graph": graphed is not None,
+            **({"cuda_graph_error": graph_error} if graph_error else {}),
             "train_samples": n,
             "test_samples": len(x_test),
             "batches_per_epoch": batches,
@@ -224,7 +242,7 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
 
     test_loss, correct = math.inf, 0
     for epoch in range(1, config.epochs + 1):
-        train_epoch(model, optimizer, scheduler, x_train, y_train, config, epoch, jitter, on_event)
+        train_epoch(model, optimizer, scheduler, x_train, y_train, config, epoch, jitter, on_event, graphed)
         test_loss, correct = evaluate(model, x_test, y_test, config.test_batch_size)
         on_event(
             {

@@ -1,6 +1,7 @@
 """The training loop: the tutorial's sample order, determinism, augmentation, and the accuracy bars."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torchvision import transforms
 
 from models.checkpoint import read_metadata
 from training.data import Mnist
-from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
+from training.loop import Event, TrainConfig, augment, epoch_order, run, to_model_input
 from training.recipes import RECIPES
 
 
@@ -144,3 +145,42 @@ def test_training_on_cuda_keeps_the_data_on_the_gpu(tmp_path: Path, mnist_dir: P
     meta = run(config)
     assert meta["device"].startswith("cuda")
     assert meta["test_accuracy"] >= 97.5
+
+
+def train_twice_on_cuda(tmp_path: Path, mnist_dir: Path, **config: Any) -> list[tuple[dict[str, Any], Event]]:
+    """The same run with CUDA graph steps, then eager steps: (metadata, start event) of each."""
+    results = []
+    for graph in (True, False):
+        starts: list[Event] = []
+        out = tmp_path / f"graph-{graph}.pt"
+        meta = run(
+            TrainConfig(device="cuda", cuda_graph=graph, data_dir=str(mnist_dir), out=str(out), **config),
+            lambda event: starts.append(event) if event["event"] == "start" else None,  # noqa: B023
+        )
+        results.append((meta, starts[0]))
+    return results
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_compute_what_eager_steps_compute(tmp_path: Path, mnist_dir: Path) -> None:
+    # Deterministic cuDNN, so eager runs repeat exactly; 330 images = 10 graph replays, then a
+    # partial batch of 10 that runs eagerly between them.
+    torch.backends.cudnn.deterministic = True
+    try:
+        (_, graph_start), (_, eager_start) = train_twice_on_cuda(
+            tmp_path, mnist_dir, epochs=2, limit_train=330
+        )
+    finally:
+        torch.backends.cudnn.deterministic = False
+    assert graph_start["cuda_graph"] is True and eager_start["cuda_graph"] is False, graph_start
+    graphed = torch.load(tmp_path / "graph-True.pt", weights_only=True)
+    eager = torch.load(tmp_path / "graph-False.pt", weights_only=True)
+    for name, tensor in eager.items():
+        torch.testing.assert_close(graphed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_training_reaches_the_eager_accuracy(tmp_path: Path, mnist_dir: Path) -> None:
+    (graphed, _), (eager, _) = train_twice_on_cuda(tmp_path, mnist_dir, epochs=1)
+    assert graphed["test_accuracy"] >= 97.5
+    assert graphed["test_accuracy"] == pytest.approx(eager["test_accuracy"], abs=0.3)
