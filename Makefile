@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= mnist_cnn.pt
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-quick lint format bench-train bench-serve clean
+.PHONY: install model run test test-quick lint format bench-train bench-serve gpu-wheels gpu-data gpu-rehearsal clean
 
 install: $(VENV)/.installed
 
@@ -50,5 +50,32 @@ bench-serve: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m bench.serve_load
 
+# The GPU check (bench/gpu_check.sh) runs on a machine with its own Python 3.12 and PyTorch and no
+# network: it takes our other runtime packages as wheels from .whl/ and MNIST from ./data.
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
+
+gpu-data:
+	mkdir -p data
+	cp -n "$${MNIST_DATA_DIR:-../shared/mnist}"/*-ubyte* data/
+	@du -sh data
+
+# The GPU check on the CPU, as that machine would run it: Python 3.12 with the PyTorch it has
+# (2.11) and what it ships beside it (numpy, pillow, httpx, click, uvloop, pytest), plus the carried wheels.
+GPU_VENV ?= .venv-gpu
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+
+$(GPU_VENV)/.installed:
+	@test -n "$(PYTHON312)" || { echo "gpu-rehearsal needs python3.12 (set PYTHON312)"; exit 1; }
+	$(PYTHON312) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q --no-deps torch==2.11.0 torchvision==0.26.0
+	$(GPU_VENV)/bin/pip install -q filelock sympy networkx jinja2 fsspec numpy pillow httpx click uvloop pytest \
+	  nvidia-cudnn-cu13 nvidia-nccl-cu13 nvidia-nvshmem-cu13 nvidia-cusparselt-cu13 cuda-bindings \
+	  "cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]"
+	touch $@
+
+gpu-rehearsal: gpu-wheels gpu-data $(GPU_VENV)/.installed
+	GPU_CHECK_ALLOW_CPU=1 PYTHON=$(GPU_VENV)/bin/python bash bench/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) .whl .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,29 +1,34 @@
-"""Serving load: real HTTP from wrk against our server, a naive FastAPI endpoint and LitServe.
+"""Serving load: real HTTP against our server, a naive FastAPI endpoint and LitServe.
 
 For each server and concurrency it prints requests/s, p50 and p99 latency, errors and the mean
-batch size, then the ratios the serving targets are stated in. wrk (C, one thread) generates the
-load; every server gets the same real MNIST digit as a multipart PNG upload.
+batch size, then the ratios the serving targets are stated in. Every server gets the same real
+MNIST digit as a multipart PNG upload. The load comes from `wrk` (C, one thread) where it is
+installed, else from `bench/loadgen.py` (Python, several processes); `--client` chooses.
 
-    MNIST_DATA_DIR=../shared/mnist python -m bench.serve_load [--duration 10] [--repeats 3]
+    MNIST_DATA_DIR=../shared/mnist python -m bench.serve_load [--duration 10] [--repeats 3] [--json F]
 
-Needs `wrk` (Debian: apt-get install wrk); LitServe is measured when it is installed
-(`pip install -e .[bench]`). Without --model it trains a quick model into a temporary folder.
+LitServe is measured when it is installed (`pip install -e .[bench]`). Without --model it trains a
+quick model into a temporary folder.
 """
 
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 
 import httpx
 from PIL import Image
@@ -32,12 +37,13 @@ from training.data import load_mnist
 from training.loop import TrainConfig, run
 
 BOUNDARY = "mnistservebenchboundary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 LUA = f"""
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
+wrk.headers["Content-Type"] = "{CONTENT_TYPE}"
 """
 
 
@@ -58,6 +64,10 @@ class Server:
     port: int
     ready_path: str
     batch_metric: bool = False
+
+
+# (port, concurrency, seconds) -> one measurement of POST /predict
+LoadClient = Callable[[int, int, int], Result]
 
 
 def multipart_png(path: Path) -> None:
@@ -81,7 +91,12 @@ def wait_ready(server: Server, process: subprocess.Popen[bytes], timeout_s: floa
         if process.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {process.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{server.port}{server.ready_path}", timeout=1).status_code == 200:
+            if (
+                httpx.get(
+                    f"http://127.0.0.1:{server.port}{server.ready_path}", timeout=1, trust_env=False
+                ).status_code
+                == 200
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -90,7 +105,7 @@ def wait_ready(server: Server, process: subprocess.Popen[bytes], timeout_s: floa
 
 
 def batch_totals(port: int) -> tuple[float, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
     total = re.search(r"^mnist_batch_size_sum (\S+)", text, re.M)
     count = re.search(r"^mnist_batch_size_count (\S+)", text, re.M)
     return (float(total.group(1)) if total else 0.0), (float(count.group(1)) if count else 0.0)
@@ -102,6 +117,7 @@ def to_ms(text: str) -> float:
 
 
 def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) -> Result:
+    """One `wrk -t1` run; its latency percentiles are over every request."""
     out = subprocess.run(
         [
             "wrk",
@@ -127,21 +143,47 @@ def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) ->
     return Result(rps, p50, p99, errors, None)
 
 
+def make_client(kind: str, script: Path, body: Path) -> tuple[str, LoadClient]:
+    """`wrk` if asked for (or, with 'auto', if installed), else the Python load generator."""
+    if kind == "wrk" or (kind == "auto" and shutil.which("wrk")):
+        return "wrk -t1", lambda port, concurrency, duration: wrk(port, concurrency, duration, script, body)
+
+    def python_load(port: int, concurrency: int, duration: int) -> Result:
+        # Its own process: the generator's workers then start without importing torch.
+        command = [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--body", str(body)]
+        command += ["--content-type", CONTENT_TYPE, "-c", str(concurrency), "-d", str(duration)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 120)
+        r = json.loads(out.stdout)
+        return Result(r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], None)
+
+    return "bench/loadgen.py", python_load
+
+
 @contextlib.contextmanager
-def running(server: Server, script: Path, body: Path) -> Iterator[None]:
+def running(server: Server, client: LoadClient) -> Iterator[None]:
     """The server started in its own process group, ready; on exit the whole group is gone."""
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - a file, so a chatty server never blocks
     process = subprocess.Popen(
         server.command,
         env={**os.environ, **server.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
+        started = time.monotonic()
         wait_ready(server, process)
-        wrk(server.port, 16, 2, script, body)  # warm-up
+        print(f"{server.name}: ready in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        client(server.port, 16, 2)  # warm-up
         yield
+    except Exception:
+        output.seek(0)
+        print(
+            f"{server.name} failed; the end of its output:\n{output.read()[-3000:].decode(errors='replace')}"
+        )
+        raise
     finally:
+        output.close()
         os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
@@ -152,12 +194,13 @@ def running(server: Server, script: Path, body: Path) -> Iterator[None]:
         time.sleep(1)
 
 
-def measure(server: Server, levels: list[int], duration: int, script: Path, body: Path) -> dict[int, Result]:
+def measure(server: Server, levels: list[int], duration: int, client: LoadClient) -> dict[int, Result]:
     results = {}
-    with running(server, script, body):
+    with running(server, client):
         for concurrency in levels:
             before = batch_totals(server.port) if server.batch_metric else (0.0, 0.0)
-            result = wrk(server.port, concurrency, duration, script, body)
+            result = client(server.port, concurrency, duration)
+            print(f"  {concurrency} clients: {result.rps:.0f} req/s", file=sys.stderr, flush=True)
             if server.batch_metric:
                 after = batch_totals(server.port)
                 rows, batches = after[0] - before[0], after[1] - before[1]
@@ -166,18 +209,18 @@ def measure(server: Server, levels: list[int], duration: int, script: Path, body
     return results
 
 
-def measure_during_training(server: Server, duration: int, script: Path, body: Path) -> tuple[Result, Result]:
+def measure_during_training(server: Server, duration: int, client: LoadClient) -> tuple[Result, Result]:
     """/predict at concurrency 16 on an idle server, then while a training job runs on it."""
     url = f"http://127.0.0.1:{server.port}"
-    with running(server, script, body):
-        idle = wrk(server.port, 16, duration, script, body)
+    with running(server, client):
+        idle = client(server.port, 16, duration)
         job = httpx.post(f"{url}/train", json={"epochs": 20}).json()  # outlasts the measurement
         deadline = time.monotonic() + 60
         while not httpx.get(f"{url}/train/{job['id']}").json()["progress"].get("fraction"):
             if time.monotonic() > deadline:
                 raise RuntimeError("the training job did not start")
             time.sleep(0.2)
-        during = wrk(server.port, 16, duration, script, body)
+        during = client(server.port, 16, duration)
         state = httpx.get(f"{url}/train/{job['id']}").json()
         if state["status"] != "running":
             raise RuntimeError(f"the training job was not running throughout: {state['status']}")
@@ -211,9 +254,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all servers; medians shown")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--servers", default="ours,ours-1proc,naive,litserve")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="MNIST_DEVICE for our servers but ours-cpu")
+    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto", help="load generator")
     parser.add_argument("--no-training-row", action="store_true", help="skip the 'during training' row")
+    parser.add_argument("--json", help="also write the table to this file as JSON")
     args = parser.parse_args()
+
+    # A SIGTERM (a stage timeout) says where it found us, then unwinds normally, so every server's
+    # process group is stopped.
+    def stop(signum: int, frame: FrameType | None) -> None:
+        traceback.print_stack(frame)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     levels = [int(c) for c in args.concurrency.split(",")]
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -224,6 +277,7 @@ def main() -> None:
         script, body = tmp / "post.lua", tmp / "body.bin"
         script.write_text(LUA)
         multipart_png(body)
+        client_name, client = make_client(args.client, script, body)
         env = {
             "MNIST_MODEL_PATH": str(model),
             "MNIST_DEVICE": args.device,
@@ -235,6 +289,14 @@ def main() -> None:
                 [python, "-m", "app"],
                 {**env, "MNIST_PORT": "8011"},
                 8011,
+                "/readyz",
+                batch_metric=True,
+            ),
+            "ours-cpu": Server(
+                "ours (python -m app) on the CPU",
+                [python, "-m", "app"],
+                {**env, "MNIST_PORT": "8015", "MNIST_DEVICE": "cpu"},
+                8015,
                 "/readyz",
                 batch_metric=True,
             ),
@@ -266,15 +328,13 @@ def main() -> None:
         runs: dict[str, dict[int, list[Result]]] = {name: {c: [] for c in levels} for name in chosen}
         for _ in range(args.repeats):  # rounds, so drift in machine load hits every server alike
             for name in chosen:
-                for concurrency, result in measure(
-                    servers[name], levels, args.duration, script, body
-                ).items():
+                for concurrency, result in measure(servers[name], levels, args.duration, client).items():
                     runs[name][concurrency].append(result)
             if "ours" in chosen and not args.no_training_row:
-                training_rows.append(measure_during_training(servers["ours"], args.duration, script, body))
+                training_rows.append(measure_during_training(servers["ours"], args.duration, client))
 
     table = {name: {c: median_result(rs) for c, rs in by_c.items()} for name, by_c in runs.items()}
-    print(f"{args.repeats} rounds x {args.duration} s per cell, medians; wrk -t1; device {args.device}")
+    print(f"{args.repeats} rounds x {args.duration} s per cell, medians; {client_name}; device {args.device}")
     print()
     print("| server | concurrency | req/s | p50 ms | p99 ms | errors | mean batch |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -294,11 +354,24 @@ def main() -> None:
         for label, r in (("idle", idle), ("during training", during)):
             print(f"| {label} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |")
         print(f"\np99 during training / idle: {during.p99_ms / idle.p99_ms:.2f}x")
+    if args.json:
+        report = {
+            "device": args.device,
+            "client": client_name,
+            "duration_s": args.duration,
+            "repeats": args.repeats,
+            "rows": [
+                {"server": servers[name].name, "key": name, "concurrency": c, **asdict(r)}
+                for name, by_c in table.items()
+                for c, r in by_c.items()
+            ],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
     print()
     if "ours" in table:
         ours = table["ours"]
         top, low = max(levels), min(levels)
-        for other in ("naive", "litserve"):
+        for other in ("naive", "litserve", "ours-cpu"):
             if other in table:
                 theirs = table[other]
                 print(

@@ -1,0 +1,142 @@
+"""Gathers what bench/gpu_check.sh's stages wrote into one JSON file and one text table.
+
+Each goal of the GPU check is printed beside its figure. Standard library only, so it runs
+whatever else failed.
+
+    python -m bench.gpu_report WORK_DIR RESULTS_DIR [--seconds N]
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+# The CPU figure the README quotes for `python -m app` at 64 clients (2-core CPU, wrk).
+README_CPU_RPS_AT_64 = 4666
+TRAINING_GOAL = 10.0  # our epoch at least this many times faster than the tutorial's pipeline
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def serving_rows(serve: dict[str, Any] | None) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(row["key"], row["concurrency"]): row for row in (serve or {}).get("rows", [])}
+
+
+def goals(train: Any, serve: Any, model: Any) -> list[tuple[str, str, str]]:
+    """(goal, figure, verdict) for each goal of the check."""
+    out = []
+    if train:
+        speedup = train["speedup"]
+        verdict = "met" if speedup >= TRAINING_GOAL else "not met"
+        best = min([train["ours_s_per_epoch"]] + [x["s_per_epoch"] for x in train.get("extra_rows", [])])
+        figure = f"{speedup:.2f}x ({train['tutorial_s_per_epoch']:.2f} s -> {best:.2f} s)"
+        out.append((f"training epoch >= {TRAINING_GOAL:g}x the tutorial's pipeline", figure, verdict))
+    rows = serving_rows(serve)
+    if ("ours", 64) in rows:
+        rps = rows[("ours", 64)]["rps"]
+        verdict = "met" if rps > README_CPU_RPS_AT_64 else "not met"
+        out.append(
+            (
+                f"serving at 64 clients above the CPU figure ({README_CPU_RPS_AT_64} req/s)",
+                f"{rps:.0f} req/s",
+                verdict,
+            )
+        )
+        if ("ours-cpu", 64) in rows:
+            cpu = rows[("ours-cpu", 64)]["rps"]
+            out.append(
+                (
+                    "... and above the same machine's CPU serving",
+                    f"{rps:.0f} vs {cpu:.0f} req/s",
+                    "met" if rps > cpu else "not met",
+                )
+            )
+    if model:
+        at_1024 = [r for r in model["rows"] if r["batch"] == 1024 and r["path"] == "model"]
+        if at_1024:
+            out.append(
+                (
+                    "model-alone images/s at batch 1024 reported",
+                    f"{at_1024[0]['images_per_s']:,.0f} images/s",
+                    "reported",
+                )
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--seconds", type=int, default=0)
+    args = parser.parse_args()
+    stages = []
+    if (args.work / "stages.tsv").exists():
+        for line in (args.work / "stages.tsv").read_text().splitlines():
+            name, result, seconds = line.split("\t")
+            stages.append({"stage": name, "result": result, "seconds": int(seconds)})
+    env = read_json(args.work / "env.json")
+    model = read_json(args.work / "model_speed.json")
+    train = read_json(args.work / "train_speed.json")
+    serve = read_json(args.work / "serve.json")
+    checked = goals(train, serve, model)
+    report = {
+        "env": env,
+        "stages": stages,
+        "seconds": args.seconds,
+        "model_speed": model,
+        "train_speed": train,
+        "serve": serve,
+        "goals": [{"goal": g, "figure": f, "verdict": v} for g, f, v in checked],
+    }
+    (args.results / "gpu_check.json").write_text(json.dumps(report, indent=2))
+
+    lines = [f"GPU check: {json.dumps(env)}", f"whole run: {args.seconds} s", ""]
+    lines += ["| stage | result | seconds |", "| --- | --- | ---: |"]
+    lines += [f"| {s['stage']} | {s['result']} | {s['seconds']} |" for s in stages]
+    if model:
+        lines += ["", f"model alone ({model['device']}, {model['name']}), fp32, channels-last:", ""]
+        lines += ["| path | batch | images/s | ms per batch |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            f"| {r['path']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['ms_per_batch']:.3f} |"
+            for r in model["rows"]
+        ]
+    if train:
+        lines += [
+            "",
+            f"training, one epoch ({train['device']}, {train['name']}), medians of {train['repeats']}:",
+            "",
+        ]
+        lines += ["| pipeline | s/epoch | test accuracy |", "| --- | ---: | ---: |"]
+        pipelines = [
+            ("tutorial (DataLoader)", train["tutorial_s_per_epoch"], train["tutorial_accuracy"]),
+            ("ours (tensor on device)", train["ours_s_per_epoch"], train["ours_accuracy"]),
+        ]
+        pipelines += [(x["pipeline"], x["s_per_epoch"], x["accuracy"]) for x in train.get("extra_rows", [])]
+        lines += [f"| {name} | {seconds:.2f} | {accuracy:.2f}% |" for name, seconds, accuracy in pipelines]
+    if serve:
+        lines += ["", f"serving ({serve['client']}, {serve['duration_s']} s per cell):", ""]
+        lines += [
+            "| server | clients | req/s | p50 ms | p99 ms | errors | mean batch |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in serve["rows"]:
+            batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
+            lines.append(
+                f"| {r['server']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} "
+                f"| {r['p99_ms']:.2f} | {r['errors']} | {batch} |"
+            )
+    lines += ["", "| goal | figure | verdict |", "| --- | --- | --- |"]
+    lines += [f"| {g} | {f} | {v} |" for g, f, v in checked]
+    text = "\n".join(lines) + "\n"
+    (args.results / "gpu_check.txt").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
