@@ -29,7 +29,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_path = ready_path
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "MNIST_PORT": str(self.port), **env}
+        # The repository first, then whatever path the caller runs with (a --target folder of wheels).
+        python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": python_path, "MNIST_PORT": str(self.port), **env}
         if production:
             self.command = [sys.executable, "-m", "app"]
         else:
