@@ -112,4 +112,7 @@ stage serve 165 bash -c '
 
 echo
 "$PY" -m bench.gpu_report "$WORK" "$RESULTS" --seconds "$((SECONDS - STARTED))"
+failed=$(cut -f2 "$WORK/stages.tsv" | grep -c -E '^(failed|timeout)')
 rm -rf "$WORK"
+# Non-zero when a stage failed, so a rehearsal or a CI-style caller sees it.
+[ "$failed" -eq 0 ] || { echo "$failed stage(s) failed"; exit 1; }
