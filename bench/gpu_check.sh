@@ -10,7 +10,7 @@
 #   model-speed  the model alone: images/s at batch 1, 64, 256, 1024
 #   train-speed  one epoch of the tutorial's pipeline against ours, same seed
 #   ddp          1 GPU against all GPUs (only where there are several)
-#   serve        `python -m app` on CUDA under 1, 16, 64 and 256 clients (bench/loadgen.py, no wrk)
+#   serve        `python -m app` on CUDA under 1, 16, 64 and 256 clients (load from bench/loadgen.py)
 # Writes gpu_check.json, gpu_check.txt (the tables) and gpu_check.log to $OUT when it is set, else to
 # artifacts/gpu_check/. GPU_CHECK_ALLOW_CPU=1 runs it on the CPU, skipping only what needs CUDA
 # (that is `make gpu-rehearsal`).
