@@ -57,7 +57,7 @@ gpu-wheels:
 
 gpu-data:
 	mkdir -p data
-	cp -n "$${MNIST_DATA_DIR:-../shared/mnist}"/*-ubyte* data/
+	for f in "$${MNIST_DATA_DIR:-../shared/mnist}"/*-ubyte*; do [ -e "data/$${f##*/}" ] || cp "$$f" data/; done
 	@du -sh data
 
 # The GPU check on the CPU, as that machine would run it: Python 3.12 with the PyTorch it has

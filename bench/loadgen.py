@@ -39,7 +39,9 @@ def build_request(host: str, port: int, path: str, body: bytes, content_type: st
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one whole HTTP/1.1 response with a Content-Length body; return its status code."""
+    """Read one whole HTTP/1.1 response with a Content-Length body; return its status code.
+
+    The servers measured here always send Content-Length; a chunked answer counts as a failure."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -48,6 +50,8 @@ async def read_response(reader: asyncio.StreamReader) -> int:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+        elif name.strip().lower() == b"transfer-encoding":
+            raise ValueError("chunked responses are not read")
     if length:
         await reader.readexactly(length)
     return status
@@ -69,7 +73,14 @@ async def client(
                 latencies.append(time.perf_counter() - started)
             else:
                 failures.append(status)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            IndexError,
+        ):
             failures.append(0)
             if writer is not None:
                 writer.close()

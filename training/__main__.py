@@ -93,9 +93,11 @@ class Reporter:
                 f"{event['correct']}/{event['test_samples']} ({event['test_accuracy']:.2f}%)\n"
             )
         elif kind == "start":
+            graph = " (CUDA graph)" if event.get("cuda_graph") else ""
+            if event.get("cuda_graph_error"):
+                graph = f" (eager steps; no CUDA graph: {event['cuda_graph_error']})"
             self._line(
-                f"Training {event['arch']} ({event['recipe']} recipe) on {event['device']}"
-                f"{' (CUDA graph)' if event.get('cuda_graph') else ''}, "
+                f"Training {event['arch']} ({event['recipe']} recipe) on {event['device']}{graph}, "
                 f"{event['train_samples']} images, {event['epochs']} epochs"
             )
         elif kind == "saved":

@@ -28,8 +28,10 @@ class GraphedStep:
     ) -> None:
         self.x_train, self.y_train, self.model = x_train, y_train, model
         self.index = torch.zeros(batch_size, dtype=torch.long, device=x_train.device)
+        if optimizer.state or any(group.get("dampening", 0) != 0 for group in optimizer.param_groups):
+            raise RuntimeError("a CUDA graph step needs a fresh SGD optimizer without dampening")
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        saved = [p.detach().clone() for p in params]
+        saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
         try:
             # Capture needs the step's allocations (gradients, momentum buffers) made on a side
             # stream first.
@@ -45,11 +47,13 @@ class GraphedStep:
             with torch.cuda.graph(self.graph):
                 self.loss = self._step(optimizer)
         finally:
-            # Undo the warm-up: the weights as they were, and momentum as before a first step (a
-            # zero buffer gives exactly the first eager update, momentum * 0 + grad).
+            # Undo the warm-up: weights and buffers as they were (copied in place: the graph holds
+            # their addresses), momentum as before a first step (a zero buffer gives exactly the
+            # first eager update, momentum * 0 + grad).
             with torch.no_grad():
-                for param, before in zip(params, saved, strict=True):
-                    param.copy_(before)
+                for name, value in model.state_dict().items():
+                    value.copy_(saved[name])
+                for param in params:
                     buffer = optimizer.state.get(param, {}).get("momentum_buffer")
                     if buffer is not None:
                         buffer.zero_()
@@ -67,6 +71,7 @@ class GraphedStep:
         return self.loss
 
 
-def supports(device: torch.device, augment: bool, scheduled: bool) -> bool:
-    """Whether a run can use the graph: CUDA, no per-step randomness, no per-step learning rate."""
-    return device.type == "cuda" and not augment and not scheduled
+def supports(device: torch.device, augment: bool, scheduled: bool, full_batches: int) -> bool:
+    """Whether a run can use the graph: CUDA, no per-step randomness, no per-step learning rate, and
+    at least one full batch to replay it on."""
+    return device.type == "cuda" and not augment and not scheduled and full_batches > 0

@@ -222,7 +222,8 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
     optimizer, scheduler = build_optimizer(model, config, recipe, steps=config.epochs * batches)
     jitter = torch.Generator(device=device).manual_seed(config.seed)
     graphed, graph_error = None, None
-    if config.cuda_graph and cuda_graph.supports(device, recipe.augment, scheduler is not None):
+    full_batches = n // config.batch_size
+    if config.cuda_graph and cuda_graph.supports(device, recipe.augment, scheduler is not None, full_batches):
         try:
             graphed = cuda_graph.GraphedStep(model, optimizer, x_train, y_train, config.batch_size)
         except RuntimeError as exc:  # the eager step computes the same; say why and go on

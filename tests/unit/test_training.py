@@ -165,13 +165,13 @@ def train_twice_on_cuda(tmp_path: Path, mnist_dir: Path, **config: Any) -> list[
 def test_cuda_graph_steps_compute_what_eager_steps_compute(tmp_path: Path, mnist_dir: Path) -> None:
     # Deterministic cuDNN, so eager runs repeat exactly; 330 images = 10 graph replays, then a
     # partial batch of 10 that runs eagerly between them.
-    torch.backends.cudnn.deterministic = True
+    deterministic, torch.backends.cudnn.deterministic = torch.backends.cudnn.deterministic, True
     try:
         (_, graph_start), (_, eager_start) = train_twice_on_cuda(
             tmp_path, mnist_dir, epochs=2, limit_train=330
         )
     finally:
-        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.deterministic = deterministic
     assert graph_start["cuda_graph"] is True and eager_start["cuda_graph"] is False, graph_start
     graphed = torch.load(tmp_path / "graph-True.pt", weights_only=True)
     eager = torch.load(tmp_path / "graph-False.pt", weights_only=True)
