@@ -76,6 +76,28 @@ def predicted(page: "playwright_api.Page", digit: str) -> None:
     page.wait_for_function(f"document.getElementById('digit').textContent === '{digit}'", timeout=10000)
 
 
+def bar_widths(page: "playwright_api.Page") -> list[tuple[float, float]]:
+    """Each bar's rendered fill as a fraction of its track, beside the probability it shows."""
+    rows: list[tuple[float, float]] = page.evaluate(
+        """[...document.querySelectorAll('#bars li')].map(li => [
+            li.querySelector('.fill').getBoundingClientRect().width
+              / li.querySelector('.track').getBoundingClientRect().width,
+            parseFloat(li.lastElementChild.textContent) / 100])"""
+    )
+    return rows
+
+
+def assert_bars_drawn(page: "playwright_api.Page", digit: str) -> None:
+    """Each bar as wide as its probability says (so together they fill one track), the predicted
+    digit's the widest."""
+    bars = bar_widths(page)
+    assert len(bars) == 10
+    assert max(bars) == bars[int(digit)], bars
+    assert sum(width for width, _ in bars) == pytest.approx(1.0, abs=0.02), bars
+    for width, probability in bars:
+        assert width == pytest.approx(probability, abs=0.01), bars
+
+
 @pytest.mark.parametrize(
     ("digit", "strokes"),
     [
@@ -87,7 +109,7 @@ def test_drawing_a_digit_shows_its_prediction(page: "playwright_api.Page", digit
     page.click("#clear")
     draw(page, strokes)
     predicted(page, digit)
-    assert page.locator("#bars li").count() == 10
+    assert_bars_drawn(page, digit)
     assert page.locator("#confidence").inner_text().endswith("%")
     assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
     assert page.locator("#error").inner_text() == ""
@@ -101,6 +123,7 @@ def test_uploading_a_real_mnist_png(page: "playwright_api.Page", mnist: Mnist) -
         files=[{"name": "digit.png", "mimeType": "image/png", "buffer": encode(mnist.test_images[3])}],
     )
     predicted(page, label)
+    assert_bars_drawn(page, label)
     page.screenshot(path=str(SHOTS / "uploaded.png"), full_page=True)
 
 
