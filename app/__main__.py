@@ -7,17 +7,14 @@ import tempfile
 
 import uvicorn
 
-from app.config import Settings
+from app.config import LOG_FORMAT, Settings, available_cores
 
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     # Server processes share the cores: give each its slice, so torch's threads don't fight.
-    os.environ.setdefault("MNIST_TORCH_THREADS", str(max(1, cores // settings.workers)))
+    os.environ.setdefault("MNIST_TORCH_THREADS", str(max(1, available_cores() // settings.workers)))
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="mnist-metrics-")

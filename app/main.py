@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.config import Settings
+from app.config import LOG_FORMAT, Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import health, model, page, predict, train
@@ -21,7 +21,7 @@ def configure_logging(level: str) -> None:
     """Give our logger a handler when nobody configured logging (plain `uvicorn app.main:app`)."""
     if not logging.getLogger().handlers and not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
         log.addHandler(handler)
     log.setLevel(level.upper())
 

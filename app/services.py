@@ -17,6 +17,7 @@ from app.metrics import Metrics
 from app.versions import ModelVersions
 from app.watcher import ModelWatcher
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from models.device import resolve_device
 
 log = logging.getLogger("app")
 
@@ -28,14 +29,6 @@ class Services:
     versions: ModelVersions
     watcher: ModelWatcher
     jobs: JobManager
-
-
-def serving_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("MNIST_DEVICE=cuda but CUDA is not available on this machine")
-    return torch.device(requested)
 
 
 def try_load(settings: Settings, device: torch.device) -> tuple[LoadedCheckpoint | None, str]:
@@ -52,7 +45,7 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
     """Load the model off the event loop, start everything; on exit stop jobs, watcher and engine."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    device = serving_device(settings.device)
+    device = resolve_device(settings.device, setting="MNIST_DEVICE")
     checkpoint, reason = await asyncio.to_thread(try_load, settings, device)
     metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
     if not settings.train_token:

@@ -22,7 +22,6 @@ class Upload:
 
     name: str
     filename: str | None
-    content_type: str | None
     data: bytes = b""
 
 
@@ -92,12 +91,10 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[Upload]:
     def on_part_end() -> None:
         _, options = parse_options_header(state.headers.get(b"content-disposition", b""))
         filename = options.get(b"filename")
-        content_type = state.headers.get(b"content-type")
         state.parts.append(
             Upload(
                 name=options.get(b"name", b"").decode("utf-8", "replace"),
                 filename=filename.decode("utf-8", "replace") if filename is not None else None,
-                content_type=content_type.decode("latin-1") if content_type else None,
                 data=b"".join(state.chunks),
             )
         )

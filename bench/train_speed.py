@@ -25,9 +25,10 @@ from torchvision import datasets, transforms
 
 from models.cnn import Net
 from models.constants import MNIST_MEAN, MNIST_STD
+from models.device import resolve_device
 from training.cuda_graph import GraphedStep
 from training.data import FILES, _find_file, load_mnist
-from training.loop import TrainConfig, evaluate, resolve_device, to_model_input, train_epoch
+from training.loop import TrainConfig, evaluate, to_model_input, train_epoch
 
 
 def torchvision_root(source: Path, into: Path) -> Path:

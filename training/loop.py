@@ -19,6 +19,7 @@ from torch import nn
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
+from models.device import resolve_device
 from training import cuda_graph
 from training.data import load_mnist
 from training.recipes import RECIPES, Recipe
@@ -66,17 +67,6 @@ class TrainConfig:
         """What determines the weights, as recorded in the checkpoint's metadata."""
         keep = ("epochs", "batch_size", "lr", "momentum", "seed", "arch", "recipe", "limit_train")
         return {key: value for key, value in asdict(self).items() if key in keep}
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r} (use auto, cpu or cuda)")
-    return torch.device(name)
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,1 +1,3 @@
-"""Background training jobs: durable records (store), the child process (runner), model versions."""
+"""Background training jobs: durable records (store) and the training child process (runner).
+
+Model versions live beside them in app/versions.py."""
