@@ -2,7 +2,9 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.store import JobStatus
 
 
 class Prediction(BaseModel):
@@ -76,11 +78,13 @@ class JobProgress(BaseModel):
 
 
 class JobPublic(BaseModel):
-    """A training job's state."""
+    """A training job's state, read from its record (owner, heartbeat and cancel flag stay internal)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "rejected"]
-    hyperparameters: dict[str, Any]
+    status: JobStatus
+    hyperparameters: dict[str, Any] = Field(validation_alias="params")
     progress: JobProgress
     created_at: str
     started_at: str | None

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from app.jobs.store import Job, JobStore, now_iso
+from app.jobs.store import Job, JobStatus, JobStore, now_iso
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
 
@@ -90,7 +90,7 @@ class JobManager:
     async def cancel(self, job_id: str) -> Job:
         """Stop a queued or running job; the served model is untouched. Finished jobs stay as they are."""
         job = await asyncio.to_thread(self.store.request_cancel, job_id)
-        if job.status not in ("queued", "running"):
+        if not job.status.active:
             return job
         child = self._children.get(job_id)
         if child is not None:
@@ -98,7 +98,7 @@ class JobManager:
         # The owner (this process or another) records the end; wait a little for it.
         for _ in range(int((self.kill_grace_s + 3 * self.heartbeat_s) / 0.1)):
             job = await asyncio.to_thread(self.store.get, job_id)
-            if job.status not in ("queued", "running"):
+            if not job.status.active:
                 break
             await asyncio.sleep(0.1)
         return job
@@ -133,7 +133,7 @@ class JobManager:
             await asyncio.to_thread(
                 self.store.update,
                 job.id,
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=now_iso(),
                 error=f"internal error: {type(exc).__name__}",
             )
@@ -156,7 +156,7 @@ class JobManager:
         lower_priority(child.pid)
         self._children[job.id] = child
         await asyncio.to_thread(
-            self.store.update, job.id, status="running", started_at=now_iso(), pid=child.pid
+            self.store.update, job.id, status=JobStatus.RUNNING, started_at=now_iso(), pid=child.pid
         )
         log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
         errors: deque[str] = deque(maxlen=20)
@@ -223,13 +223,13 @@ class JobManager:
         end: dict[str, Any] = {"finished_at": now_iso()}
         if current.cancel_requested:
             self.versions.discard(out)
-            end.update(status="cancelled" if current.error is None else "failed")
+            end.update(status=JobStatus.CANCELLED if current.error is None else JobStatus.FAILED)
         elif returncode != 0:
             self.versions.discard(out)
             reason = (
                 f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
             )
-            end.update(status="failed", error="\n".join([f"training process {reason}", *errors]))
+            end.update(status=JobStatus.FAILED, error="\n".join([f"training process {reason}", *errors]))
         else:
             end.update(await self._judge(job, out))
         await asyncio.to_thread(self.store.update, job.id, **end)
@@ -243,7 +243,7 @@ class JobManager:
         if minimum is not None and (accuracy is None or accuracy < minimum):
             self.versions.discard(out)
             return {
-                "status": "rejected",
+                "status": JobStatus.REJECTED,
                 "test_accuracy": accuracy,
                 "error": f"test accuracy {accuracy}% is below min_accuracy {minimum}%: not promoted",
             }
@@ -251,6 +251,6 @@ class JobManager:
             version = await asyncio.to_thread(self.versions.keep, out)
             await asyncio.to_thread(self.versions.activate, version)
         except CheckpointError as exc:
-            return {"status": "failed", "error": f"the new checkpoint did not load: {exc}"}
+            return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
         await self.promoted()
-        return {"status": "succeeded", "model_version": version, "test_accuracy": accuracy}
+        return {"status": JobStatus.SUCCEEDED, "model_version": version, "test_accuracy": accuracy}

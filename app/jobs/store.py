@@ -14,13 +14,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from app.errors import JobConflict, JobNotFound
 
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled", "rejected")
+
+class JobStatus(StrEnum):
+    """A job's state; stored as its text, shown as it is by the API."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: the job still holds the one-job slot."""
+        return self in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+ACTIVE_SQL = "('queued', 'running')"  # JobStatus members whose `active` is True, for WHERE clauses
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,7 +69,7 @@ class Job:
     """One training job as stored."""
 
     id: str
-    status: str
+    status: JobStatus
     params: dict[str, Any]
     progress: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -72,23 +89,8 @@ class Job:
         data["params"] = json.loads(data["params"])
         data["progress"] = json.loads(data["progress"])
         data["cancel_requested"] = bool(data["cancel_requested"])
+        data["status"] = JobStatus(data["status"])
         return cls(**data)
-
-    def public(self) -> dict[str, Any]:
-        """The job as the API shows it (owner and heartbeat are internal)."""
-        return {
-            "id": self.id,
-            "status": self.status,
-            "hyperparameters": self.params,
-            "progress": self.progress,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "error": self.error,
-            "model_version": self.model_version,
-            "test_accuracy": self.test_accuracy,
-            "pid": self.pid,
-        }
 
 
 class JobStore:
@@ -130,7 +132,7 @@ class JobStore:
         db.execute(
             "UPDATE jobs SET status = 'failed', finished_at = ?, "
             "error = 'interrupted: the server running this job stopped before it finished' "
-            "WHERE status IN ('queued', 'running') AND heartbeat < ?",
+            f"WHERE status IN {ACTIVE_SQL} AND heartbeat < ?",
             (now_iso(), cutoff),
         )
 
@@ -138,9 +140,7 @@ class JobStore:
         """A new queued job, or JobConflict naming the job that is already queued or running."""
         with self._write() as db:
             self._reap(db)
-            active = db.execute(
-                "SELECT id, status FROM jobs WHERE status IN ('queued', 'running')"
-            ).fetchone()
+            active = db.execute(f"SELECT id, status FROM jobs WHERE status IN {ACTIVE_SQL}").fetchone()
             if active is not None:
                 raise JobConflict(
                     f"training job {active['id']} is {active['status']}; one job runs at a time",
@@ -192,6 +192,6 @@ class JobStore:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(f"no training job {job_id}")
-            if row["status"] in ACTIVE:
+            if JobStatus(row["status"]).active:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return self.get(job_id)

@@ -32,31 +32,31 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descrip
 )
 async def create_training_job(
     response: Response, jobs: JobsDep, request: Annotated[TrainRequest, Body(default_factory=TrainRequest)]
-) -> dict[str, Any]:
+) -> JobPublic:
     """Start a background training job (the same code as `python -m training`) and answer at once."""
     job = await jobs.submit(request.model_dump(exclude_none=True))
     response.headers["Location"] = f"/train/{job.id}"
-    return job.public()
+    return JobPublic.model_validate(job)
 
 
 @router.get("", response_model=JobList)
-async def read_training_jobs(store: StoreDep, limit: int = Query(20, ge=1, le=500)) -> dict[str, Any]:
+async def read_training_jobs(store: StoreDep, limit: int = Query(20, ge=1, le=500)) -> JobList:
     """Training jobs, newest first."""
     found = await asyncio.to_thread(store.list, limit)
-    return {"jobs": [job.public() for job in found]}
+    return JobList(jobs=[JobPublic.model_validate(job) for job in found])
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-async def read_training_job(job_id: str, store: StoreDep) -> dict[str, Any]:
+async def read_training_job(job_id: str, store: StoreDep) -> JobPublic:
     """One job: status, hyperparameters, progress, times, error, and the new model's version."""
     job = await asyncio.to_thread(store.get, job_id)
-    return job.public()
+    return JobPublic.model_validate(job)
 
 
 @router.delete(
     "/{job_id}", response_model=JobPublic, dependencies=[TokenDep], responses={**AUTH, **NOT_FOUND}
 )
-async def cancel_training_job(job_id: str, jobs: JobsDep) -> dict[str, Any]:
+async def cancel_training_job(job_id: str, jobs: JobsDep) -> JobPublic:
     """Cancel a queued or running job (its process is stopped; the served model is untouched)."""
     job = await jobs.cancel(job_id)
-    return job.public()
+    return JobPublic.model_validate(job)
