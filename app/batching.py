@@ -94,7 +94,7 @@ class BatchingEngine:
         self.timeout_s = timeout_s
         self.observe = observers or EngineObservers()
         self._checkpoint = for_serving(checkpoint) if checkpoint else None
-        self.unavailable_reason = unavailable_reason
+        self._unavailable_reason = unavailable_reason
         self._waiting: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -112,6 +112,18 @@ class BatchingEngine:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done() and not self._closing
+
+    def serving(self) -> LoadedCheckpoint:
+        """The checkpoint in use, or NoModel saying why there is none: readiness, /model and
+        /predict all give this one reason."""
+        if self._checkpoint is None:
+            raise NoModel(no_model_detail(self._unavailable_reason))
+        return self._checkpoint
+
+    def unavailable(self, reason: str) -> None:
+        """Why no model could be loaded (a file that failed to load); ignored while one is served."""
+        if self._checkpoint is None:
+            self._unavailable_reason = reason
 
     def swap(self, checkpoint: LoadedCheckpoint) -> None:
         """Serve `checkpoint` from the next batch on; the batch in flight finishes on the old one."""
@@ -142,8 +154,7 @@ class BatchingEngine:
 
     async def infer(self, inputs: torch.Tensor) -> tuple[torch.Tensor, str]:
         """Log-probabilities (k x 10, on the CPU) for k preprocessed images, and the model version."""
-        if self._checkpoint is None:
-            raise NoModel(no_model_detail(self.unavailable_reason))
+        self.serving()  # NoModel when there is none
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         chunks = torch.split(inputs, self.max_batch_size)

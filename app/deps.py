@@ -1,7 +1,8 @@
-"""Typed accessors for the services that live on `app.state`, as FastAPI dependencies.
+"""The services on `app.state`, for routes: one accessor, and typed dependencies built on it.
 
-They are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool, a
-thread hop per request that cost more than the whole prediction under load.
+The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop per request that cost more than the whole prediction under load. The predict
+routes call `services_of` directly: dependency solving there cost 12% throughput.
 """
 
 import hmac
@@ -15,48 +16,48 @@ from app.errors import Unauthorized
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
+from app.services import Services
 from app.versions import ModelVersions
 from app.watcher import ModelWatcher
 
 
+def services_of(request: Request) -> Services:
+    """What the lifespan started for this app."""
+    services: Services = request.app.state.services
+    return services
+
+
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return services_of(request).settings
 
 
 async def get_engine(request: Request) -> BatchingEngine:
-    engine: BatchingEngine = request.app.state.engine
-    return engine
+    return services_of(request).engine
 
 
 async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+    return services_of(request).metrics
 
 
 async def get_jobs(request: Request) -> JobManager:
-    jobs: JobManager = request.app.state.jobs
-    return jobs
+    return services_of(request).jobs
 
 
 async def get_store(request: Request) -> JobStore:
-    store: JobStore = request.app.state.store
-    return store
+    return services_of(request).store
 
 
 async def get_versions(request: Request) -> ModelVersions:
-    versions: ModelVersions = request.app.state.versions
-    return versions
+    return services_of(request).versions
 
 
 async def get_watcher(request: Request) -> ModelWatcher:
-    watcher: ModelWatcher = request.app.state.watcher
-    return watcher
+    return services_of(request).watcher
 
 
 async def require_token(request: Request) -> None:
     """With MNIST_TRAIN_TOKEN set, changes to training and models need `Authorization: Bearer <token>`."""
-    expected: str | None = request.app.state.settings.train_token
+    expected = services_of(request).settings.train_token
     if not expected:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

@@ -1,7 +1,7 @@
 """Domain errors raised below the routes, and the one place that maps them to HTTP answers."""
 
 import logging
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,6 +18,15 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def in_file(self, index: int, filename: str | None) -> Self:
+        """The same error (class, status, every attribute), its message naming which upload of a
+        batch it is about."""
+        named = type(self).__new__(type(self))  # not __init__: subclasses take other arguments
+        named.__dict__.update(vars(self))
+        named.detail = f"files[{index}] ({filename or 'no filename'}): {self.detail}"
+        named.args = (named.detail,)
+        return named
 
 
 class BadRequest(ServiceError):
@@ -86,12 +95,6 @@ class InferenceTimeout(ServiceError):
 
 class InferenceFailed(ServiceError):
     status_code = 500
-
-
-def in_file(error: ServiceError, index: int, filename: str | None) -> ServiceError:
-    """The same error, its message naming which upload of a batch it is about."""
-    named = type(error)(f"files[{index}] ({filename or 'no filename'}): {error.detail}")
-    return named
 
 
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -34,9 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_services(settings, metrics) as services:
-            state = app.state
-            state.engine, state.store, state.versions = services.engine, services.store, services.versions
-            state.watcher, state.jobs = services.watcher, services.jobs
+            app.state.services = services
             # Everything allocated so far (torch, the app, the model) lives as long as the process:
             # move it out of the collector's sight, so full collections under load stay short.
             gc.collect()
@@ -52,8 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # provider lookup on every request when nothing is configured to receive them.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(model.router)

@@ -5,6 +5,7 @@ their centre of mass. A 28x28 upload is taken as already in that form (no crop, 
 other size is brought into it the way MNIST itself was made. Dark-on-light images are inverted.
 """
 
+import asyncio
 import base64
 import io
 from enum import StrEnum
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
+from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
+from app.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -124,3 +126,25 @@ def png_data_url(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def preprocess_uploads(
+    uploads: list[Upload], invert: Invert, inline_limit: int, max_pixels: int
+) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Preprocess every upload: the model's input stack and each 28x28 image; small uploads are
+    decoded inline, large ones on a worker thread."""
+
+    def run() -> tuple[torch.Tensor, list[np.ndarray]]:
+        images = []
+        for index, upload in enumerate(uploads):
+            try:
+                images.append(mnist_pixels(upload.data, invert, max_pixels))
+            except ServiceError as error:
+                if len(uploads) == 1:
+                    raise
+                raise error.in_file(index, upload.filename) from None
+        return torch.stack([to_tensor(image) for image in images]), images
+
+    if sum(len(upload.data) for upload in uploads) <= inline_limit:
+        return run()
+    return await asyncio.to_thread(run)

@@ -24,6 +24,10 @@ log = logging.getLogger("app")
 
 @dataclass(frozen=True)
 class Services:
+    """Everything a request may need, put on `app.state.services` by the lifespan."""
+
+    settings: Settings
+    metrics: Metrics
     engine: BatchingEngine
     store: JobStore
     versions: ModelVersions
@@ -89,7 +93,7 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
         )
         watcher.start()
         try:
-            yield Services(engine, store, versions, watcher, jobs)
+            yield Services(settings, metrics, engine, store, versions, watcher, jobs)
         finally:
             await jobs.stop()
             await watcher.stop()

@@ -69,8 +69,7 @@ class ModelWatcher:
             try:
                 checkpoint = await asyncio.to_thread(load_checkpoint, self.path, self.device)
             except CheckpointError as exc:
-                if self.engine.checkpoint is None:
-                    self.engine.unavailable_reason = str(exc)
+                self.engine.unavailable(str(exc))
                 log.warning("not swapping to %s: %s", self.path, exc)
                 self.seen = current  # retried once either file changes again
                 return

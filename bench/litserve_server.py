@@ -11,8 +11,8 @@ import litserve as ls
 import torch
 from fastapi import Request
 
+from app.predictions import prediction
 from app.preprocess import preprocess
-from app.routes.predict import prediction
 from models.checkpoint import load_checkpoint
 
 

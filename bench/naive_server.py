@@ -12,8 +12,8 @@ from typing import Annotated
 import torch
 from fastapi import FastAPI, File, UploadFile
 
+from app.predictions import prediction
 from app.preprocess import preprocess
-from app.routes.predict import prediction
 from models.checkpoint import load_checkpoint
 
 device = torch.device("cuda" if os.environ.get("MNIST_DEVICE") == "cuda" else "cpu")

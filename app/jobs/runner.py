@@ -3,6 +3,26 @@
 The child gets a limited thread count and the idle CPU class, so serving keeps the cores it needs.
 Its JSON-lines events become the job's progress; its exit decides the outcome. A successful model
 is filed as a version and promoted only if it meets `min_accuracy`.
+
+What happens when a job succeeds, step by step:
+
+1. `POST /train` (app/routes/train.py) validates the body (`TrainRequest`, app/schemas.py) and calls
+   `JobManager.submit` (here).
+2. `JobStore.create` (app/jobs/store.py) inserts a `queued` record in one write transaction, or
+   refuses with 409 while another job is queued or running, in any process sharing the store.
+3. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
+   the job's flags, `--out` in `<state>/incoming/` (app/versions.py) and `--events -`, marks the
+   job `running` and keeps its heartbeat while the child lives.
+4. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
+   lines are kept only to explain a crash.
+5. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
+6. `_finish` -> `_judge`: below `min_accuracy` the file is discarded and the job `rejected`; else
+   `ModelVersions.keep` files it as `<state>/models/<version>.pt` and `activate` copies it
+   atomically onto MNIST_MODEL_PATH (app/versions.py).
+7. `promoted` is `ModelWatcher.check` (app/watcher.py): it loads the new file off the event loop
+   and `BatchingEngine.swap` (app/batching.py) serves it from the next batch; the watchers of
+   other processes and replicas do the same within MNIST_MODEL_POLL_S.
+8. The record ends `succeeded` with the new `model_version` and its `test_accuracy`.
 """
 
 import asyncio

@@ -2,7 +2,6 @@
 
 from fastapi import APIRouter, Response
 
-from app.batching import no_model_detail
 from app.deps import EngineDep, MetricsDep
 from app.errors import NoModel
 from app.schemas import ErrorBody, Status
@@ -19,9 +18,7 @@ async def read_liveness() -> Status:
 @router.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}})
 async def read_readiness(engine: EngineDep) -> Status:
     """Ready to predict: a model is loaded and the batching engine runs; 503 saying why otherwise."""
-    checkpoint = engine.checkpoint
-    if checkpoint is None:
-        raise NoModel(no_model_detail(engine.unavailable_reason))
+    checkpoint = engine.serving()
     if not engine.running:
         raise NoModel("the inference engine is not running")
     return Status(status="ready", model_version=checkpoint.version)

@@ -6,7 +6,6 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.deps import EngineDep, SettingsDep, TokenDep, VersionsDep, WatcherDep
-from app.errors import NoModel
 from app.schemas import ErrorBody, ModelInfo, VersionList
 
 router = APIRouter(tags=["model"])
@@ -15,9 +14,7 @@ router = APIRouter(tags=["model"])
 @router.get("/model", response_model=ModelInfo, responses={503: {"model": ErrorBody}})
 async def read_model(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
     """The served checkpoint's metadata (version, accuracy, hyperparameters...) and the settings in force."""
-    checkpoint = engine.checkpoint
-    if checkpoint is None:
-        raise NoModel(f"no model loaded: {engine.unavailable_reason}")
+    checkpoint = engine.serving()
     return {
         **checkpoint.metadata,
         "model_version": checkpoint.version,

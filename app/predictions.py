@@ -1,0 +1,27 @@
+"""A prediction as the API answers it, from one row of the model's log-softmax output."""
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.preprocess import png_data_url
+
+
+def prediction(log_probs: torch.Tensor, version: str, image: np.ndarray | None = None) -> dict[str, Any]:
+    """One row of log-softmax output as the API's prediction (plain floats: ten torch ops on a
+    10-element tensor would cost more than the list arithmetic)."""
+    logs: list[float] = log_probs.tolist()
+    probs = [math.exp(value) for value in logs]
+    digit = max(range(len(probs)), key=probs.__getitem__)
+    result = {
+        "digit": digit,
+        "confidence": probs[digit],
+        "log_probs": logs,
+        "probs": probs,
+        "model_version": version,
+    }
+    if image is not None:
+        result["input_image"] = png_data_url(image)
+    return result
