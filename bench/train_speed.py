@@ -26,6 +26,7 @@ from torchvision import datasets, transforms
 from models.cnn import Net
 from models.constants import MNIST_MEAN, MNIST_STD
 from models.device import resolve_device
+from models.events import TrainingEvent
 from training.cuda_graph import GraphedStep
 from training.data import FILES, _find_file, load_mnist
 from training.loop import TrainConfig, evaluate, to_model_input, train_epoch
@@ -100,7 +101,7 @@ def ours_epochs(epochs: int, device: torch.device, graph: bool = False) -> tuple
     setup = time.perf_counter() - setup_start
     times = []
 
-    def ignore(event: dict[str, object]) -> None:
+    def ignore(event: TrainingEvent) -> None:
         pass
 
     for epoch in range(1, epochs + 1):

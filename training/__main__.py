@@ -1,7 +1,8 @@
 """`python -m training`: train a digit network and save it as a checkpoint.
 
 Prints the tutorial's lines (or a progress bar on a terminal); `--events FILE` also writes one JSON
-object per line for programs, and with `--events -` stdout carries only those (text goes to stderr).
+object per line for programs (models/events.py), and with `--events -` stdout carries only those
+(text goes to stderr; `--quiet` drops it).
 """
 
 import argparse
@@ -11,8 +12,9 @@ from typing import Any, TextIO
 
 from models.checkpoint import CheckpointError
 from models.cnn import ARCHITECTURES
+from models.events import ErrorEvent, ProgressEvent, TrainingEvent
 from training.data import DataError
-from training.loop import Event, TrainConfig, run
+from training.loop import TrainConfig, run
 from training.recipes import RECIPES
 
 
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-train", type=positive_int, help="train on the first N training images only")
     parser.add_argument("--events", metavar="FILE", help="write JSON-lines events here ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="one batch per epoch, one epoch")
+    parser.add_argument("--quiet", action="store_true", help="no text output (errors still go to stderr)")
     parser.add_argument(
         "--no-cuda-graph",
         dest="cuda_graph",
@@ -76,37 +79,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Reporter:
     """Shows training events: JSON lines, a terminal progress bar, or the tutorial's lines."""
 
-    def __init__(self, text: TextIO, events: TextIO | None) -> None:
+    def __init__(self, text: TextIO | None, events: TextIO | None) -> None:
         self.text, self.events = text, events
-        self.bar = text.isatty()
+        self.bar = text is not None and text.isatty()
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: TrainingEvent) -> None:
         if self.events is not None:
             self.events.write(json.dumps(event) + "\n")
             self.events.flush()
-        kind = event["event"]
-        if kind == "progress":
+        if event["event"] == "progress":
             self._progress(event)
-        elif kind == "epoch":
+        elif event["event"] == "epoch":
             self._line(
                 f"\nTest set: Average loss: {event['test_loss']:.4f}, Accuracy: "
                 f"{event['correct']}/{event['test_samples']} ({event['test_accuracy']:.2f}%)\n"
             )
-        elif kind == "start":
-            graph = " (CUDA graph)" if event.get("cuda_graph") else ""
-            if event.get("cuda_graph_error"):
+        elif event["event"] == "start":
+            graph = " (CUDA graph)" if event["cuda_graph"] else ""
+            if "cuda_graph_error" in event:
                 graph = f" (eager steps; no CUDA graph: {event['cuda_graph_error']})"
+            hyper = event["hyperparameters"]
             self._line(
-                f"Training {event['arch']} ({event['recipe']} recipe) on {event['device']}{graph}, "
-                f"{event['train_samples']} images, {event['epochs']} epochs"
+                f"Training {hyper['arch']} ({hyper['recipe']} recipe) on {event['device']}{graph}, "
+                f"{event['train_samples']} images, {hyper['epochs']} epochs"
             )
-        elif kind == "saved":
+        elif event["event"] == "saved":
             self._line(
                 f"Saved {event['path']} (version {event['version']}, "
                 f"test accuracy {event['test_accuracy']:.2f}%)"
             )
 
-    def _progress(self, event: Event) -> None:
+    def _progress(self, event: ProgressEvent) -> None:
+        if self.text is None:
+            return
         if self.bar:
             width = 30
             filled = int(width * event["fraction"])
@@ -123,6 +128,8 @@ class Reporter:
             )
 
     def _line(self, text: str) -> None:
+        if self.text is None:
+            return
         if self.bar:
             self.text.write("\n")
         self.text.write(text + "\n")
@@ -151,16 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     }
     events: TextIO | None = None
-    text: TextIO = sys.stdout
+    text: TextIO | None = sys.stdout
     try:
-        config = TrainConfig.from_recipe(args.recipe, **overrides)
         if args.events == "-":
             events, text = sys.stdout, sys.stderr
         elif args.events:
             events = open(args.events, "w")  # noqa: SIM115 - closed in finally
+        if args.quiet:
+            text = None
+        config = TrainConfig.from_recipe(args.recipe, **overrides)
         run(config, Reporter(text, events))
     except (ValueError, DataError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if events is not None:  # programs read the reason here, not from our text
+            events.write(json.dumps(ErrorEvent(event="error", message=str(exc))) + "\n")
+            events.flush()
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: no checkpoint written", file=sys.stderr)

@@ -20,12 +20,12 @@ from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
 from models.device import resolve_device
+from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
 from training import cuda_graph
 from training.data import load_mnist
 from training.recipes import RECIPES, Recipe
 
-Event = dict[str, Any]
-EventCallback = Callable[[Event], None]
+EventCallback = Callable[[TrainingEvent], None]
 
 
 @dataclass(frozen=True)
@@ -177,17 +177,17 @@ def train_epoch(
         if batch_idx % config.log_interval == 0 or batch_idx == batches - 1:
             done = ((epoch - 1) * batches + batch_idx + 1) / (config.epochs * batches)
             on_event(
-                {
-                    "event": "progress",
-                    "epoch": epoch,
-                    "epochs": config.epochs,
-                    "batch": batch_idx,
-                    "batches": batches,
-                    "samples": batch_idx * config.batch_size,
-                    "total": n,
-                    "fraction": done,
-                    "loss": loss.item(),
-                }
+                ProgressEvent(
+                    event="progress",
+                    epoch=epoch,
+                    epochs=config.epochs,
+                    batch=batch_idx,
+                    batches=batches,
+                    samples=batch_idx * config.batch_size,
+                    total=n,
+                    fraction=done,
+                    loss=loss.item(),
+                )
             )
         if config.dry_run:
             break
@@ -218,33 +218,33 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
             graphed = cuda_graph.GraphedStep(model, optimizer, x_train, y_train, config.batch_size)
         except RuntimeError as exc:  # the eager step computes the same; say why and go on
             graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    on_event(
-        {
-            "event": "start",
-            "device": str(device),
-            "cuda_graph": graphed is not None,
-            **({"cuda_graph_error": graph_error} if graph_error else {}),
-            "train_samples": n,
-            "test_samples": len(x_test),
-            "batches_per_epoch": batches,
-            **config.hyperparameters(),
-        }
+    start = StartEvent(
+        event="start",
+        device=str(device),
+        cuda_graph=graphed is not None,
+        train_samples=n,
+        test_samples=len(x_test),
+        batches_per_epoch=batches,
+        hyperparameters=config.hyperparameters(),
     )
+    if graph_error:
+        start["cuda_graph_error"] = graph_error
+    on_event(start)
 
     test_loss, correct = math.inf, 0
     for epoch in range(1, config.epochs + 1):
         train_epoch(model, optimizer, scheduler, x_train, y_train, config, epoch, jitter, on_event, graphed)
         test_loss, correct = evaluate(model, x_test, y_test, config.test_batch_size)
         on_event(
-            {
-                "event": "epoch",
-                "epoch": epoch,
-                "epochs": config.epochs,
-                "test_loss": test_loss,
-                "correct": correct,
-                "test_samples": len(x_test),
-                "test_accuracy": 100.0 * correct / len(x_test),
-            }
+            EpochEvent(
+                event="epoch",
+                epoch=epoch,
+                epochs=config.epochs,
+                test_loss=test_loss,
+                correct=correct,
+                test_samples=len(x_test),
+                test_accuracy=100.0 * correct / len(x_test),
+            )
         )
         if config.dry_run:
             break
@@ -263,5 +263,13 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
             "training_seconds": round(time.perf_counter() - started, 1),
         },
     )
-    on_event({"event": "saved", "path": config.out, **metadata})
+    on_event(
+        SavedEvent(
+            event="saved",
+            path=config.out,
+            version=metadata["version"],
+            test_accuracy=metadata["test_accuracy"],
+            metadata=metadata,
+        )
+    )
     return metadata

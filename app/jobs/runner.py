@@ -37,11 +37,12 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from app.jobs.store import Job, JobStatus, JobStore, now_iso
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
+from models.events import TrainingEvent
 
 log = logging.getLogger("app.jobs")
 
@@ -59,7 +60,18 @@ FLAGS = {
 
 
 def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
-    command = [sys.executable, "-m", "training", "--events", "-", "--out", str(out), "--device", device]
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "--events",
+        "-",
+        "--quiet",
+        "--out",
+        str(out),
+        "--device",
+        device,
+    ]
     for key, flag in FLAGS.items():
         if params.get(key) is not None:
             command += [flag, str(params[key])]
@@ -179,16 +191,19 @@ class JobManager:
             self.store.update, job.id, status=JobStatus.RUNNING, started_at=now_iso(), pid=child.pid
         )
         log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
-        errors: deque[str] = deque(maxlen=20)
+        stderr: deque[str] = deque(maxlen=20)
+        failure: list[str] = []
         progress: dict[str, Any] = {}
         beating = asyncio.create_task(self._heartbeat(job.id, child))
         try:
-            await asyncio.gather(self._read_events(job.id, child, progress), self._read_errors(child, errors))
+            await asyncio.gather(
+                self._read_events(job.id, child, progress, failure), self._read_stderr(child, stderr)
+            )
             returncode = await child.wait()
         finally:
             beating.cancel()
             self._children.pop(job.id, None)
-        await self._finish(job, returncode, errors, out)
+        await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out)
 
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
         while child.returncode is None:
@@ -197,23 +212,30 @@ class JobManager:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _read_events(
-        self, job_id: str, child: asyncio.subprocess.Process, progress: dict[str, Any]
+        self, job_id: str, child: asyncio.subprocess.Process, progress: dict[str, Any], failure: list[str]
     ) -> None:
-        """The child's JSON-lines events, folded into the job's stored progress as they come."""
+        """The child's JSON-lines events (models/events.py), folded into the job's stored progress as
+        they come; an `error` event's message goes to `failure`."""
         assert child.stdout is not None
         async for line in child.stdout:
             try:
-                event = json.loads(line)
+                parsed = json.loads(line)
             except ValueError:
                 continue
-            if event.get("event") == "progress":
+            if not isinstance(parsed, dict):
+                continue
+            event = cast(TrainingEvent, parsed)
+            if event["event"] == "error":
+                failure.append(event["message"])
+                continue
+            if event["event"] == "progress":
                 progress.update(
                     epoch=event["epoch"],
                     epochs=event["epochs"],
                     fraction=round(event["fraction"], 4),
                     loss=event["loss"],
                 )
-            elif event.get("event") == "epoch":
+            elif event["event"] == "epoch":
                 progress.update(
                     epoch=event["epoch"],
                     epochs=event["epochs"],
@@ -231,14 +253,19 @@ class JobManager:
                 continue
             await asyncio.to_thread(self.store.update, job_id, progress=progress)
 
-    async def _read_errors(self, child: asyncio.subprocess.Process, errors: deque[str]) -> None:
+    async def _read_stderr(self, child: asyncio.subprocess.Process, lines: deque[str]) -> None:
+        """The child's last stderr lines (it prints no text with --quiet): what explains a crash."""
         assert child.stderr is not None
         async for line in child.stderr:
             text = line.decode(errors="replace").rstrip()
-            if text and not text.startswith(("Train Epoch", "Test set", "Training ", "Saved ")):
-                errors.append(text)
+            if text:
+                lines.append(text)
 
-    async def _finish(self, job: Job, returncode: int, errors: deque[str], out: Path) -> None:
+    async def _finish(
+        self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
+    ) -> None:
+        """Record how the job ended. A failure's reason is the child's own error event; its raw
+        stderr only when it crashed without one."""
         current = await asyncio.to_thread(self.store.get, job.id)
         end: dict[str, Any] = {"finished_at": now_iso()}
         if current.cancel_requested:
@@ -246,10 +273,16 @@ class JobManager:
             end.update(status=JobStatus.CANCELLED if current.error is None else JobStatus.FAILED)
         elif returncode != 0:
             self.versions.discard(out)
-            reason = (
-                f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
-            )
-            end.update(status=JobStatus.FAILED, error="\n".join([f"training process {reason}", *errors]))
+            if reported is not None:
+                error = reported
+            else:
+                how = (
+                    f"killed by signal {-returncode}"
+                    if returncode < 0
+                    else f"exited with status {returncode}"
+                )
+                error = "\n".join([f"training process {how}", *stderr])
+            end.update(status=JobStatus.FAILED, error=error)
         else:
             end.update(await self._judge(job, out))
         await asyncio.to_thread(self.store.update, job.id, **end)

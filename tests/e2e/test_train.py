@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from models.checkpoint import load_checkpoint, metadata_path
+from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.server import ServerProcess
 from training.data import Mnist
@@ -193,6 +194,19 @@ def test_a_killed_child_fails_the_job_and_leaves_the_model(
     assert "killed by signal 9" in job["error"]
     assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version
     assert client.post("/train", json=QUICK).status_code == 202  # the slot is free again
+
+
+def test_a_child_that_cannot_train_fails_the_job_with_its_own_message(
+    tmp_path: Path, small_checkpoint: Path
+) -> None:
+    bad = unreadable_mnist(tmp_path / "bad-data")
+    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_DATA_DIR": str(bad)}
+    with ServerProcess(env, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+    assert job["status"] == "failed"
+    # The child's error event, word for word: no training text, no traceback.
+    assert job["error"].startswith(f"{bad}") and "\n" not in job["error"], job["error"]
 
 
 def test_rollback_to_an_earlier_version(server: ServerProcess, small_checkpoint: Path, mnist: Mnist) -> None:

@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from models.checkpoint import read_metadata
+from models.events import TrainingEvent
 from training.data import Mnist
-from training.loop import Event, TrainConfig, augment, epoch_order, run, to_model_input
+from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
 from training.recipes import RECIPES
 
 
@@ -147,11 +148,13 @@ def test_training_on_cuda_keeps_the_data_on_the_gpu(tmp_path: Path, mnist_dir: P
     assert meta["test_accuracy"] >= 97.5
 
 
-def train_twice_on_cuda(tmp_path: Path, mnist_dir: Path, **config: Any) -> list[tuple[dict[str, Any], Event]]:
+def train_twice_on_cuda(
+    tmp_path: Path, mnist_dir: Path, **config: Any
+) -> list[tuple[dict[str, Any], TrainingEvent]]:
     """The same run with CUDA graph steps, then eager steps: (metadata, start event) of each."""
     results = []
     for graph in (True, False):
-        starts: list[Event] = []
+        starts: list[TrainingEvent] = []
         out = tmp_path / f"graph-{graph}.pt"
         meta = run(
             TrainConfig(device="cuda", cuda_graph=graph, data_dir=str(mnist_dir), out=str(out), **config),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from tests.datasets import unreadable_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +68,16 @@ def test_events_on_stdout_are_pure_json(tmp_path: Path, mnist_dir: Path) -> None
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["event"] == "saved"
     assert "Test set" in result.stderr
+
+
+def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Path) -> None:
+    bad = unreadable_mnist(tmp_path / "bad")
+    result = train("--data-dir", str(bad), "--events", "-", "--quiet", mnist_dir=mnist_dir, cwd=tmp_path)
+    assert result.returncode == 1
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [event["event"] for event in events] == ["error"]
+    assert str(bad) in events[0]["message"]
+    assert result.stderr == f"error: {events[0]['message']}\n"  # and --quiet printed nothing else
 
 
 @pytest.mark.parametrize(
