@@ -203,6 +203,7 @@ class JobManager:
         finally:
             beating.cancel()
             self._children.pop(job.id, None)
+            await self._terminate(child)  # an error of ours above must not leave it training alone
         await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out)
 
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
@@ -222,11 +223,11 @@ class JobManager:
                 parsed = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(parsed, dict):
+            if not isinstance(parsed, dict) or "event" not in parsed:
                 continue
             event = cast(TrainingEvent, parsed)
             if event["event"] == "error":
-                failure.append(event["message"])
+                failure.append(str(event.get("message", "the training process reported an error")))
                 continue
             if event["event"] == "progress":
                 progress.update(

@@ -37,7 +37,8 @@ class JobStatus(StrEnum):
         return self in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-ACTIVE_SQL = "('queued', 'running')"  # JobStatus members whose `active` is True, for WHERE clauses
+# The active statuses as an SQL list, for WHERE clauses (the members are fixed strings, not input).
+ACTIVE_SQL = "(" + ", ".join(f"'{status}'" for status in JobStatus if status.active) + ")"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -130,10 +131,10 @@ class JobStore:
         """Fail active jobs whose owner stopped beating (it crashed or was killed)."""
         cutoff = time.time() - self.stale_after_s
         db.execute(
-            "UPDATE jobs SET status = 'failed', finished_at = ?, "
+            "UPDATE jobs SET status = ?, finished_at = ?, "
             "error = 'interrupted: the server running this job stopped before it finished' "
             f"WHERE status IN {ACTIVE_SQL} AND heartbeat < ?",
-            (now_iso(), cutoff),
+            (JobStatus.FAILED, now_iso(), cutoff),
         )
 
     def create(self, params: dict[str, Any], owner: str) -> Job:

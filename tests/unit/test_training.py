@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from models.checkpoint import read_metadata
-from models.events import TrainingEvent
+from models.events import StartEvent
 from training.data import Mnist
 from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
 from training.recipes import RECIPES
@@ -150,11 +150,11 @@ def test_training_on_cuda_keeps_the_data_on_the_gpu(tmp_path: Path, mnist_dir: P
 
 def train_twice_on_cuda(
     tmp_path: Path, mnist_dir: Path, **config: Any
-) -> list[tuple[dict[str, Any], TrainingEvent]]:
+) -> list[tuple[dict[str, Any], StartEvent]]:
     """The same run with CUDA graph steps, then eager steps: (metadata, start event) of each."""
     results = []
     for graph in (True, False):
-        starts: list[TrainingEvent] = []
+        starts: list[StartEvent] = []
         out = tmp_path / f"graph-{graph}.pt"
         meta = run(
             TrainConfig(device="cuda", cuda_graph=graph, data_dir=str(mnist_dir), out=str(out), **config),

@@ -68,6 +68,11 @@ def test_events_on_stdout_are_pure_json(tmp_path: Path, mnist_dir: Path) -> None
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["event"] == "saved"
     assert "Test set" in result.stderr
+    quiet = train(
+        "--limit-train", "300", "--epochs", "1", "--events", "-", "--quiet", mnist_dir=mnist_dir, cwd=tmp_path
+    )
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert [json.loads(line)["event"] for line in quiet.stdout.splitlines()][-1] == "saved"
 
 
 def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Path) -> None:
