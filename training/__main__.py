@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Reporter:
-    """Shows training events: JSON lines, a terminal progress bar, or the tutorial's lines."""
+    """Shows training events: JSON lines, a terminal progress bar, or the tutorial's lines (an
+    error event is a JSON line only: main prints its own `error:` line)."""
 
     def __init__(self, text: TextIO | None, events: TextIO | None) -> None:
         self.text, self.events = text, events
@@ -159,20 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     events: TextIO | None = None
     text: TextIO | None = sys.stdout
+    reporter = Reporter(None, None)
     try:
         if args.events == "-":
             events, text = sys.stdout, sys.stderr
         elif args.events:
             events = open(args.events, "w")  # noqa: SIM115 - closed in finally
-        if args.quiet:
-            text = None
+        reporter = Reporter(None if args.quiet else text, events)
         config = TrainConfig.from_recipe(args.recipe, **overrides)
-        run(config, Reporter(text, events))
+        run(config, reporter)
     except (ValueError, DataError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if events is not None:  # programs read the reason here, not from our text
-            events.write(json.dumps(ErrorEvent(event="error", message=str(exc))) + "\n")
-            events.flush()
+        reporter(ErrorEvent(event="error", message=str(exc)))  # programs read the reason there
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: no checkpoint written", file=sys.stderr)

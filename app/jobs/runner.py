@@ -11,7 +11,7 @@ What happens when a job succeeds, step by step:
 2. `JobStore.create` (app/jobs/store.py) inserts a `queued` record in one write transaction, or
    refuses with 409 while another job is queued or running, in any process sharing the store.
 3. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
-   the job's flags, `--out` in `<state>/incoming/` (app/versions.py) and `--events -`, marks the
+   the job's flags, `--out` in `<state>/incoming/` (app/versions.py) and `--events - --quiet`, marks the
    job `running` and keeps its heartbeat while the child lives.
 4. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
    lines are kept only to explain a crash.
