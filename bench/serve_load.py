@@ -285,31 +285,16 @@ def main() -> None:
             "MNIST_DEVICE": args.device,
             "MNIST_STATE_DIR": str(tmp / "state"),
         }
+
+        def ours(name: str, port: int, **settings: str) -> Server:
+            """`python -m app` on `port`, with these MNIST_* settings on top of the shared ones."""
+            server_env = {**env, "MNIST_PORT": str(port), **settings}
+            return Server(name, [python, "-m", "app"], server_env, port, "/readyz", batch_metric=True)
+
         servers = {
-            "ours": Server(
-                "ours (python -m app)",
-                [python, "-m", "app"],
-                {**env, "MNIST_PORT": "8011"},
-                8011,
-                "/readyz",
-                batch_metric=True,
-            ),
-            "ours-cpu": Server(
-                "ours (python -m app) on the CPU",
-                [python, "-m", "app"],
-                {**env, "MNIST_PORT": "8015", "MNIST_DEVICE": "cpu"},
-                8015,
-                "/readyz",
-                batch_metric=True,
-            ),
-            "ours-1proc": Server(
-                "ours, 1 process",
-                [python, "-m", "app"],
-                {**env, "MNIST_PORT": "8012", "MNIST_WORKERS": "1"},
-                8012,
-                "/readyz",
-                batch_metric=True,
-            ),
+            "ours": ours("ours (python -m app)", 8011),
+            "ours-cpu": ours("ours (python -m app) on the CPU", 8015, MNIST_DEVICE="cpu"),
+            "ours-1proc": ours("ours, 1 process", 8012, MNIST_WORKERS="1"),
             "naive": Server(
                 "naive FastAPI",
                 [python, "-m", "uvicorn", "bench.naive_server:app", "--port", "8013", "--no-access-log"],
