@@ -1,10 +1,12 @@
 """Response shapes, as the OpenAPI docs at /docs describe them."""
 
-from typing import Any, Literal
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.jobs.store import JobStatus
+from models.hyperparameters import bounds_of, hyperparameter_fields, value_type
 
 
 class Prediction(BaseModel):
@@ -47,19 +49,36 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="what went wrong, in words")
 
 
-class TrainRequest(BaseModel):
-    """Hyperparameters for a training job; each one left out takes the recipe's value."""
+def request_field(spec: dataclasses.Field[Any]) -> tuple[Any, Any]:
+    """One hyperparameter as an optional body field, within its bounds and the server's cap."""
+    bounds = bounds_of(spec)
+    kind: Any = Literal.__getitem__(bounds.choices) if bounds.choices else value_type(spec)
+    caps = [cap for cap in (bounds.le, bounds.server_max) if cap is not None]
+    limits: dict[str, Any] = {
+        "ge": bounds.ge,
+        "gt": bounds.gt,
+        "lt": bounds.lt,
+        "le": min(caps) if caps else None,
+    }
+    if kind is float:
+        limits["allow_inf_nan"] = False
+    return kind | None, Field(None, description=bounds.help, **limits)
 
-    model_config = {"extra": "forbid"}
 
-    epochs: int | None = Field(None, ge=1, le=50)
-    lr: float | None = Field(None, gt=0, le=10)
-    momentum: float | None = Field(None, ge=0, lt=1)
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    arch: Literal["net", "lenet5"] | None = None
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    recipe: Literal["tutorial", "accurate"] | None = None
-    limit_train: int | None = Field(None, ge=1, le=60000, description="train on the first N images only")
+if TYPE_CHECKING:
+    HyperparameterFields = BaseModel
+else:
+    HyperparameterFields = create_model(
+        "HyperparameterFields", **{spec.name: request_field(spec) for spec in hyperparameter_fields()}
+    )
+
+
+class TrainRequest(HyperparameterFields):
+    """A training job: hyperparameters (models/hyperparameters.py), each one left out taking the
+    recipe's value, and the accuracy the new model needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
     min_accuracy: float | None = Field(
         None, ge=0, le=100, description="test accuracy (percent) the new model needs to be promoted"
     )

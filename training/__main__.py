@@ -6,16 +6,17 @@ object per line for programs (models/events.py), and with `--events -` stdout ca
 """
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from models.checkpoint import CheckpointError
-from models.cnn import ARCHITECTURES
 from models.events import ErrorEvent, ProgressEvent, TrainingEvent
+from models.hyperparameters import bounds_of, cli_flag, default_text, hyperparameter_fields, value_type
 from training.data import DataError
 from training.loop import TrainConfig, run
-from training.recipes import RECIPES
 
 
 def positive_int(text: str) -> int:
@@ -25,44 +26,43 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+def checked(spec: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """The argparse type of one hyperparameter: its value type, within its bounds."""
+    kind, bounds = value_type(spec), bounds_of(spec)
 
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        if problem := bounds.problem(value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
 
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description="Train an MNIST digit network.")
-    parser.add_argument(
-        "--recipe",
-        choices=sorted(RECIPES),
-        default="tutorial",
-        help="hyperparameter preset (default: tutorial)",
-    )
-    parser.add_argument("--epochs", type=positive_int, help="epochs (tutorial: 2)")
-    parser.add_argument("--batch-size", type=positive_int, help="training batch size (tutorial: 32)")
+    hyper = parser.add_argument_group("hyperparameters (recorded in the checkpoint's metadata)")
+    for spec in hyperparameter_fields():
+        bounds = bounds_of(spec)
+        help = bounds.help if spec.default is None else f"{bounds.help} ({default_text(spec.name)})"
+        if bounds.choices:
+            hyper.add_argument(cli_flag(spec.name), choices=bounds.choices, help=help)
+        else:
+            hyper.add_argument(cli_flag(spec.name), type=checked(spec), help=help)
     parser.add_argument("--test-batch-size", type=positive_int, default=1000)
-    parser.add_argument("--lr", type=positive_float, help="learning rate (tutorial: 0.01)")
-    parser.add_argument("--momentum", type=fraction, help="SGD momentum (tutorial: 0.5)")
-    parser.add_argument("--seed", type=int, default=53113)
     parser.add_argument(
         "--log-interval", type=positive_int, default=100, help="batches between progress reports"
     )
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="net")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument(
         "--data-dir", help="folder with the MNIST IDX files (else $MNIST_DATA_DIR, ./data, then a download)"
     )
     parser.add_argument("--out", default="mnist_cnn.pt", help="checkpoint path (default: mnist_cnn.pt)")
-    parser.add_argument("--limit-train", type=positive_int, help="train on the first N training images only")
     parser.add_argument("--events", metavar="FILE", help="write JSON-lines events here ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="one batch per epoch, one epoch")
     parser.add_argument("--quiet", action="store_true", help="no text output (errors still go to stderr)")
@@ -139,25 +139,8 @@ class Reporter:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides: dict[str, Any] = {
-        key: getattr(args, key)
-        for key in (
-            "epochs",
-            "batch_size",
-            "lr",
-            "momentum",
-            "test_batch_size",
-            "seed",
-            "log_interval",
-            "arch",
-            "device",
-            "limit_train",
-            "dry_run",
-            "cuda_graph",
-            "data_dir",
-            "out",
-        )
-    }
+    # Every TrainConfig field is a flag of the same name; a flag not given keeps the recipe's value.
+    overrides = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
     events: TextIO | None = None
     text: TextIO | None = sys.stdout
     reporter = Reporter(None, None)
@@ -167,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.events:
             events = open(args.events, "w")  # noqa: SIM115 - closed in finally
         reporter = Reporter(None if args.quiet else text, events)
-        config = TrainConfig.from_recipe(args.recipe, **overrides)
+        config = TrainConfig.from_recipe(**overrides)
         run(config, reporter)
     except (ValueError, DataError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

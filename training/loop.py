@@ -9,7 +9,7 @@ Progress goes to a callback; this module never prints.
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,52 +21,24 @@ from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
 from models.device import resolve_device
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
+from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from training import cuda_graph
 from training.data import load_mnist
-from training.recipes import RECIPES, Recipe
 
 EventCallback = Callable[[TrainingEvent], None]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; the tutorial's values by default."""
+class TrainConfig(Hyperparameters):
+    """Everything a training run depends on: the hyperparameters, and how and where this run goes."""
 
-    epochs: int = 2
-    batch_size: int = 32
     test_batch_size: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.5
-    seed: int = 53113
     log_interval: int = 100
-    arch: str = "net"
     device: str = "auto"
-    recipe: str = "tutorial"
-    limit_train: int | None = None
     dry_run: bool = False
-    cuda_graph: bool = True  # how steps run on a GPU, not what they compute: not a hyperparameter
+    cuda_graph: bool = True  # how steps run on a GPU, not what they compute
     data_dir: str | None = None
     out: str = "mnist_cnn.pt"
-
-    @classmethod
-    def from_recipe(cls, recipe: str = "tutorial", **overrides: Any) -> "TrainConfig":
-        """The recipe's hyperparameters, with explicit overrides (None means 'not given')."""
-        if recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
-        chosen = RECIPES[recipe]
-        values: dict[str, Any] = {
-            "epochs": chosen.epochs,
-            "batch_size": chosen.batch_size,
-            "lr": chosen.lr,
-            "momentum": chosen.momentum,
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(recipe=recipe, **values)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """What determines the weights, as recorded in the checkpoint's metadata."""
-        keep = ("epochs", "batch_size", "lr", "momentum", "seed", "arch", "recipe", "limit_train")
-        return {key: value for key, value in asdict(self).items() if key in keep}
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -111,15 +83,15 @@ def build_optimizer(
     model: nn.Module, config: TrainConfig, recipe: Recipe, steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """The tutorial's plain SGD, or Nesterov SGD under a one-cycle schedule."""
-    if recipe.schedule == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum), None
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
         momentum=config.momentum,
-        nesterov=True,
-        weight_decay=recipe.weight_decay,
+        nesterov=recipe.schedule == "onecycle",
+        weight_decay=config.weight_decay,
     )
+    if recipe.schedule == "sgd":
+        return optimizer, None
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
 
 

@@ -6,13 +6,14 @@ is filed as a version and promoted only if it meets `min_accuracy`.
 
 What happens when a job succeeds, step by step:
 
-1. `POST /train` (app/routes/train.py) validates the body (`TrainRequest`, app/schemas.py) and calls
+1. `POST /train` (app/routes/train.py) validates the body (`TrainRequest`, app/schemas.py, whose
+   fields are derived from `Hyperparameters` in models/hyperparameters.py) and calls
    `JobManager.submit` (here).
 2. `JobStore.create` (app/jobs/store.py) inserts a `queued` record in one write transaction, or
    refuses with 409 while another job is queued or running, in any process sharing the store.
 3. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
-   the job's flags, `--out` in `<state>/incoming/` (app/versions.py) and `--events - --quiet`, marks the
-   job `running` and keeps its heartbeat while the child lives.
+   one flag per hyperparameter given (`cli_flag`), `--out` in `<state>/incoming/` (app/versions.py)
+   and `--events - --quiet`, marks the job `running` and keeps its heartbeat while the child lives.
 4. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
    lines are kept only to explain a crash.
 5. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
@@ -43,20 +44,9 @@ from app.jobs.store import Job, JobStatus, JobStore, now_iso
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
 from models.events import TrainingEvent
+from models.hyperparameters import cli_flag, hyperparameter_fields
 
 log = logging.getLogger("app.jobs")
-
-# Hyperparameters the API takes, as `python -m training` flags.
-FLAGS = {
-    "epochs": "--epochs",
-    "lr": "--lr",
-    "momentum": "--momentum",
-    "batch_size": "--batch-size",
-    "arch": "--arch",
-    "seed": "--seed",
-    "recipe": "--recipe",
-    "limit_train": "--limit-train",
-}
 
 
 def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
@@ -72,9 +62,9 @@ def training_command(params: dict[str, Any], out: Path, device: str, data_dir: P
         "--device",
         device,
     ]
-    for key, flag in FLAGS.items():
-        if params.get(key) is not None:
-            command += [flag, str(params[key])]
+    for spec in hyperparameter_fields():
+        if params.get(spec.name) is not None:
+            command += [cli_flag(spec.name), str(params[spec.name])]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
     return command

@@ -18,7 +18,7 @@ from tests.images import encode
 from tests.server import ServerProcess
 from training.data import Mnist
 
-QUICK = {"epochs": 1, "limit_train": 2000}
+QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
 FAST_CLOCKS = {"MNIST_JOB_HEARTBEAT_S": "0.5", "MNIST_MODEL_POLL_S": "0.5"}
 
 
@@ -113,7 +113,9 @@ def test_a_quick_job_trains_promotes_and_swaps_with_no_failed_request(
 
     new = job["model_version"]
     assert new != old
-    assert client.get("/model").json()["model_version"] == new
+    served = client.get("/model").json()
+    assert served["model_version"] == new
+    assert {key: served["hyperparameters"][key] for key in QUICK} == QUICK  # recorded by the run
     prediction = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]), "image/png")})
     assert prediction.json()["model_version"] == new
     # Not one request failed through the job and the swap; each was answered by a whole model.

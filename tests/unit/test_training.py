@@ -12,9 +12,9 @@ from torchvision import transforms
 
 from models.checkpoint import read_metadata
 from models.events import StartEvent
+from models.hyperparameters import RECIPES
 from training.data import Mnist
 from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
-from training.recipes import RECIPES
 
 
 def test_epoch_order_is_the_dataloaders_order() -> None:
@@ -44,9 +44,11 @@ def test_same_seed_same_weights_bit_for_bit(tmp_path: Path, mnist_dir: Path) -> 
     a = quick(tmp_path, mnist_dir, "a.pt")
     b = quick(tmp_path, mnist_dir, "b.pt")
     c = quick(tmp_path, mnist_dir, "c.pt", seed=1)
+    decayed = quick(tmp_path, mnist_dir, "d.pt", weight_decay=0.05)
     assert a["sha256"] == b["sha256"]
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert c["sha256"] != a["sha256"]
+    assert decayed["sha256"] != a["sha256"] and decayed["hyperparameters"]["weight_decay"] == 0.05
 
 
 def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -> None:
