@@ -42,11 +42,16 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
     return out
 
 
+# Tests that start real server processes (and browsers): `make test-quick` leaves them out.
+SLOW_FOLDERS = (REPO / "tests" / "e2e", REPO / "tests" / "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need CUDA; without it they are skipped, saying so."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    """Mark everything in SLOW_FOLDERS `slow`; skip `gpu` tests without CUDA, saying so."""
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
-        if "gpu" in item.keywords:
+        if any(item.path.is_relative_to(folder) for folder in SLOW_FOLDERS):
+            item.add_marker(pytest.mark.slow)
+        if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)

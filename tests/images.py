@@ -1,6 +1,8 @@
 """Real MNIST digits as the image files a client would upload."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -32,3 +34,18 @@ def rgb(digit: torch.Tensor) -> np.ndarray:
     d = digit.numpy().astype(np.float32) / 255
     out = np.stack([60 + 40 * d, 10 + 200 * d, 20 + 235 * d], axis=-1)
     return out.astype(np.uint8)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size (a decompression bomb's first bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )

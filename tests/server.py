@@ -1,6 +1,7 @@
 """A real server process on a free local port, for tests over real HTTP."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +13,23 @@ from types import TracebackType
 
 import httpx
 
+from models.checkpoint import metadata_path
+
 REPO = Path(__file__).resolve().parent.parent
+FAST_CLOCKS = {"MNIST_JOB_HEARTBEAT_S": "0.5", "MNIST_MODEL_POLL_S": "0.5"}
+
+
+def fresh_deployment(tmp_path: Path, checkpoint: Path) -> dict[str, str]:
+    """A model folder holding a copy of `checkpoint`, and an empty state folder."""
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copy(checkpoint, models / "mnist_cnn.pt")
+    shutil.copy(metadata_path(checkpoint), models / "mnist_cnn.json")
+    return {
+        "MNIST_MODEL_PATH": str(models / "mnist_cnn.pt"),
+        "MNIST_STATE_DIR": str(tmp_path / "state"),
+        **FAST_CLOCKS,
+    }
 
 
 def free_port() -> int:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_train import fresh_deployment
 from tests.images import encode
-from tests.server import ServerProcess
+from tests.server import ServerProcess, fresh_deployment
 from training.data import Mnist
 
 playwright_api = pytest.importorskip("playwright.sync_api")

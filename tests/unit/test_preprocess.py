@@ -1,8 +1,6 @@
 """Preprocessing: real MNIST digits in every supported format and shape, and every bad input."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ from PIL import Image
 
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
 from app.preprocess import Invert, mnist_pixels, preprocess, to_tensor
-from tests.images import black_on_white, encode, larger, rgb
+from tests.images import black_on_white, encode, larger, png_header_only, rgb
 from training.data import Mnist
 from training.loop import to_model_input
 
@@ -97,21 +95,6 @@ def test_refusals(digits: torch.Tensor) -> None:
         preprocess(encode(np.zeros((28, 28))))
     with pytest.raises(BlankImage):
         preprocess(encode(np.full((300, 200), 255)))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge size (a decompression bomb's first bytes)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_decompression_bombs_are_refused_before_decoding() -> None:

@@ -1,4 +1,5 @@
-"""`python -m training` as a user runs it: real process, real MNIST, real files."""
+"""`python -m training` as a user runs it: real processes, real MNIST, real files (refusals that need
+no process are checked through `main` itself)."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.datasets import unreadable_mnist
+from training.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +29,7 @@ def train(*args: str, mnist_dir: Path, cwd: Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow
 def test_quick_run_writes_a_checkpoint_and_tutorial_lines(tmp_path: Path, mnist_dir: Path) -> None:
     result = train(
         "--limit-train",
@@ -51,6 +54,7 @@ def test_quick_run_writes_a_checkpoint_and_tutorial_lines(tmp_path: Path, mnist_
     assert events[-1]["version"] == loaded.version
 
 
+@pytest.mark.slow
 def test_events_on_stdout_are_pure_json(tmp_path: Path, mnist_dir: Path) -> None:
     result = train(
         "--limit-train",
@@ -95,33 +99,47 @@ def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Pat
         ["--arch", "resnet"],
         ["--batch-size", "zero"],
         ["--momentum", "1.5"],
+        ["--weight-decay", "-1"],
         ["--recipe", "magic"],
     ],
 )
-def test_bad_flags_exit_nonzero_without_a_traceback(tmp_path: Path, mnist_dir: Path, args) -> None:
-    result = train(*args, mnist_dir=mnist_dir, cwd=tmp_path)
-    assert result.returncode != 0
+def test_bad_flags_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "m.pt")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("python -m training: error: argument ")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_bad_flag_in_a_real_process_has_no_traceback(tmp_path: Path, mnist_dir: Path) -> None:
+    result = train("--epochs", "0", mnist_dir=mnist_dir, cwd=tmp_path)
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "error:" in result.stderr
+    assert (
+        result.stderr.splitlines()[-1] == "python -m training: error: argument --epochs: must be >= 1, got 0"
+    )
     assert not (tmp_path / "mnist_cnn.pt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
-def test_cuda_without_cuda_is_a_one_line_error(tmp_path: Path, mnist_dir: Path) -> None:
-    result = train("--device", "cuda", mnist_dir=mnist_dir, cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+def test_cuda_without_cuda_is_a_one_line_error(capsys: pytest.CaptureFixture[str], mnist_dir: Path) -> None:
+    assert main(["--device", "cuda", "--data-dir", str(mnist_dir)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: --device cuda was requested but CUDA is not available on this machine"
     ]
 
 
-def test_corrupt_data_is_a_one_line_error(tmp_path: Path, mnist_dir: Path) -> None:
+def test_corrupt_data_is_a_one_line_error(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     for path in mnist_dir.glob("*-ubyte.gz"):
         (data / path.name).write_bytes(path.read_bytes())
     (data / "train-labels-idx1-ubyte.gz").write_bytes(b"garbage")
-    result = train("--data-dir", str(data), mnist_dir=mnist_dir, cwd=tmp_path)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "train-labels-idx1-ubyte.gz" in result.stderr
+    assert main(["--data-dir", str(data), "--out", str(tmp_path / "m.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "train-labels-idx1-ubyte.gz" in err[0]
+    assert not (tmp_path / "m.pt").exists()
