@@ -1,1 +1,2 @@
-"""Network definitions, device choice and the checkpoint format shared by training and serving."""
+"""What training and serving share: the networks, the checkpoint format, the hyperparameters it
+records, the training events, and device choice."""

@@ -19,7 +19,8 @@ from models.cnn import ARCHITECTURES
 
 @dataclass(frozen=True)
 class Recipe:
-    """A preset: the hyperparameters it changes from the tutorial's, and the optimisation scheme."""
+    """A preset: the hyperparameters it changes from the tutorial's, and the optimisation scheme
+    and augmentation that go with them (which, with the values, determine the weights)."""
 
     presets: Mapping[str, Any]
     # "sgd": the tutorial's plain SGD at a constant rate.
@@ -71,7 +72,7 @@ class Bounds:
             (self.lt, "<", operator.lt),
         ):
             if limit is not None and not holds(value, limit):
-                return f"must be {sign} {limit:g}, got {value!r}"
+                return f"must be {sign} {limit}, got {value!r}"
         return None
 
 
@@ -141,13 +142,3 @@ def value_type(spec: dataclasses.Field[Any]) -> type:
 def cli_flag(name: str) -> str:
     """`batch_size` -> `--batch-size`, the flag `python -m training` takes it as."""
     return "--" + name.replace("_", "-")
-
-
-def default_text(name: str) -> str:
-    """`default: 53113`, or `tutorial: 32, accurate: 128` where recipes differ, for help texts."""
-    defaults = {
-        recipe: preset.presets.get(name, getattr(Hyperparameters, name)) for recipe, preset in RECIPES.items()
-    }
-    if len(set(defaults.values())) == 1:
-        return f"default: {next(iter(defaults.values()))}"
-    return ", ".join(f"{recipe}: {value}" for recipe, value in defaults.items())

@@ -21,7 +21,8 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of a freshly started app; the app shuts down (lifespan and all) on exit."""
+    """A client of a freshly started app; the app shuts down (lifespan and all) on exit. Whatever
+    the test sent, the app must not have answered 500 by then."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -29,8 +30,10 @@ async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             transport=transport, base_url="http://mnist-serve", timeout=30
         ) as client:
             yield client
+            assert not await answered(client, "500"), "the app answered 500"
 
 
-async def answered_500(client: httpx.AsyncClient) -> bool:
-    """Whether the app ever answered 500 (its own metrics count every response by status)."""
-    return 'status="500"' in (await client.get("/metrics")).text
+async def answered(client: httpx.AsyncClient, status: str) -> bool:
+    """Whether the app ever answered a status starting with `status` (its own metrics count every
+    response by status)."""
+    return f'status="{status}' in (await client.get("/metrics")).text

@@ -1,4 +1,4 @@
-"""Refusals that only a real socket shows: an oversized upload is answered 413, not reset.
+"""Refusals that a real socket shows: an oversized upload, or one file of a batch, is answered 413.
 (Every other bad input is tested in process, in tests/api/test_errors.py.)"""
 
 import socket
@@ -8,8 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.images import encode
 from tests.server import ServerProcess
 from tests.uploads import image_file
+from training.data import Mnist
 
 
 @pytest.fixture(scope="module")
@@ -40,5 +42,16 @@ def test_oversized_upload_over_a_raw_socket(server: ServerProcess) -> None:
     assert reply.startswith(b"HTTP/1.1 413")
 
 
-def test_no_500_was_ever_answered(server: ServerProcess) -> None:
+def test_a_batch_file_over_the_upload_limit_over_a_socket(server: ServerProcess, mnist: Mnist) -> None:
+    files = [
+        ("files", ("ok.png", encode(mnist.test_images[0]), "image/png")),
+        ("files", ("huge.png", b"\0" * 1_100_000, "image/png")),
+    ]
+    response = httpx.post(server.url + "/predict/batch", files=files, timeout=30)
+    assert response.status_code == 413
+    assert "files[1] (huge.png)" in response.json()["detail"]
+
+
+def test_no_5xx_was_ever_answered(server: ServerProcess) -> None:
+    """Run last in this module."""
     assert 'status="5' not in httpx.get(server.url + "/metrics").text

@@ -38,6 +38,7 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
         log = server.stop()
     version = load_checkpoint(small_checkpoint).version
     assert log.count(f"serving model {version} on cpu") == 2  # one startup line per process
+    assert "MNIST_TRAIN_TOKEN is not set" in log  # warnings reach the production log
     assert "max_batch_size" in log
 
 

@@ -46,3 +46,17 @@ async def test_answers_over_http_are_what_the_model_computes(
         assert abs(sum(body["probs"]) - 1) < 1e-5
         assert body["confidence"] == max(body["probs"])
         assert np.allclose(np.exp(body["log_probs"]), body["probs"], atol=1e-7)
+
+
+async def test_a_batch_over_http_agrees_with_single_requests(server: ServerProcess, mnist: Mnist) -> None:
+    """Many files in one multipart body, as a real socket delivers it (in arbitrary chunks)."""
+    images = [encode(image) for image in mnist.test_images[:40]]
+    files = [("files", (f"d{i}.png", body, "image/png")) for i, body in enumerate(images)]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        batch = await client.post("/predict/batch", files=files)
+        singles = await post_all(client, images)
+    assert batch.status_code == 200, batch.text
+    predictions = batch.json()["predictions"]
+    assert [p["digit"] for p in predictions] == [s.json()["digit"] for s in singles]
+    from_batch = torch.tensor([p["log_probs"] for p in predictions])
+    assert_log_probs_close(from_batch, torch.tensor([s.json()["log_probs"] for s in singles]))

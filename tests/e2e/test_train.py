@@ -132,6 +132,18 @@ def test_one_job_at_a_time_and_cancel(server: ServerProcess, small_checkpoint: P
     client.delete(f"/train/{third.json()['id']}")
 
 
+def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoint: Path) -> None:
+    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
+    with ServerProcess(env, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        assert client.post("/train", json=QUICK).status_code == 401  # (every refusal: tests/api)
+        good = {"Authorization": "Bearer s3cret"}
+        job = client.post("/train", json=QUICK, headers=good)
+        assert job.status_code == 202
+        assert client.delete(f"/train/{job.json()['id']}").status_code == 401
+        assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
+
+
 def test_min_accuracy_rejects_without_promoting(server: ServerProcess, small_checkpoint: Path) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     job = client.post("/train", json={**QUICK, "limit_train": 500, "min_accuracy": 99.9}).json()

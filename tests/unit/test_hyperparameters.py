@@ -45,6 +45,12 @@ def test_a_request_reaches_the_recorded_hyperparameters_unchanged(tmp_path: Path
     assert config.out == str(tmp_path / "new.pt") and config.device == "cpu"
 
 
+def test_every_preset_names_a_hyperparameter_within_its_bounds() -> None:
+    for recipe in RECIPES:
+        assert set(RECIPES[recipe].presets) <= set(NAMES), recipe
+        Hyperparameters.from_recipe(recipe)  # raises if a preset is out of bounds
+
+
 def test_left_out_values_come_from_the_recipe() -> None:
     config = TrainConfig.from_recipe("accurate", epochs=1, lr=None)
     assert config.epochs == 1

@@ -99,6 +99,8 @@ def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Pat
         ["--arch", "resnet"],
         ["--batch-size", "zero"],
         ["--momentum", "1.5"],
+        ["--lr", "inf"],
+        ["--seed", "2147483648"],
         ["--weight-decay", "-1"],
         ["--recipe", "magic"],
     ],
@@ -124,8 +126,10 @@ def test_a_bad_flag_in_a_real_process_has_no_traceback(tmp_path: Path, mnist_dir
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
-def test_cuda_without_cuda_is_a_one_line_error(capsys: pytest.CaptureFixture[str], mnist_dir: Path) -> None:
-    assert main(["--device", "cuda", "--data-dir", str(mnist_dir)]) == 1
+def test_cuda_without_cuda_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_dir: Path
+) -> None:
+    assert main(["--device", "cuda", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "m.pt")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --device cuda was requested but CUDA is not available on this machine"
     ]
