@@ -4,8 +4,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -40,6 +42,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
     train_token: str | None = None
     state_dir: Path = Path("state")
+    database_url: str | None = Field(
+        None, description="job records: unset = SQLite in state_dir; postgresql://user:pass@host/db"
+    )
     data_dir: Path | None = None
     train_threads: int = Field(1, ge=1, description="torch threads of a training job's process")
     job_heartbeat_s: float = Field(2.0, gt=0, description="how often a job's owner proves it is alive")
@@ -50,8 +55,23 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=default_workers, ge=1)
     log_level: str = "info"
 
+    @field_validator("database_url")
+    @classmethod
+    def known_database(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        try:
+            backend = make_url(url).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL (postgresql://user:password@host:5432/name)") from None
+        if backend not in ("postgresql", "sqlite"):
+            raise ValueError(f"{backend} is not supported: use postgresql://... or sqlite:///path")
+        return url
+
     def public(self) -> dict[str, object]:
         """The settings in force, safe to show: the token is never echoed."""
         shown = self.model_dump(mode="json")
         shown["train_token"] = "set" if self.train_token else None
+        if self.database_url:
+            shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
         return shown

@@ -115,6 +115,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected_error_handler)
 
 
+class RecordsUnavailable(ServiceError):
+    """The database of job and version records cannot be reached; predictions are not affected."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
 class JobConflict(ServiceError):
     status_code = 409
 

@@ -11,6 +11,7 @@ import torch
 
 from app.batching import BatchingEngine
 from app.config import Settings
+from app.db import Database, database_url
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
@@ -61,7 +62,9 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
         torch.get_num_threads(),
         settings.public(),
     )
-    store = JobStore(settings.state_dir, stale_after_s=settings.job_stale_after_s)
+    database = Database(database_url(settings.database_url, settings.state_dir))
+    await asyncio.to_thread(database.migrate)
+    store = JobStore(database, stale_after_s=settings.job_stale_after_s)
     await asyncio.to_thread(store.reap)  # jobs whose server died while they ran
     versions = ModelVersions(settings.state_dir, settings.model_path)
     if checkpoint is not None:
@@ -97,4 +100,5 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
         finally:
             await jobs.stop()
             await watcher.stop()
+            database.dispose()
     log.info("inference engine stopped")

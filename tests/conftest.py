@@ -1,11 +1,13 @@
 """Shared fixtures: the real MNIST files and a real (quickly trained) checkpoint."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.postgres import PostgresServer
 from training.data import Mnist, load_mnist
 from training.loop import TrainConfig, run
 
@@ -40,6 +42,23 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
     out = tmp_path_factory.mktemp("trained") / "mnist_cnn.pt"
     run(TrainConfig(epochs=1, device="cpu", data_dir=str(mnist_dir), out=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (skipped where none is installed)."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each kind the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 # Tests that start real server processes (and browsers): `make test-quick` leaves them out.

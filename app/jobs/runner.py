@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+from app.errors import RecordsUnavailable
 from app.jobs.store import Job, JobStatus, JobStore, now_iso
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
@@ -198,8 +199,11 @@ class JobManager:
 
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
         while child.returncode is None:
-            if await asyncio.to_thread(self.store.beat, job_id):
-                await self._terminate(child)
+            try:
+                if await asyncio.to_thread(self.store.beat, job_id):
+                    await self._terminate(child)
+            except RecordsUnavailable:
+                pass  # the child trains on; beats resume with the database (logged by app.db)
             await asyncio.sleep(self.heartbeat_s)
 
     async def _read_events(
@@ -242,7 +246,8 @@ class JobManager:
                 )
             else:  # start and saved: the outcome is judged from the checkpoint file itself
                 continue
-            await asyncio.to_thread(self.store.update, job_id, progress=progress)
+            with contextlib.suppress(RecordsUnavailable):  # the next event carries this one's news too
+                await asyncio.to_thread(self.store.update, job_id, progress=progress)
 
     async def _read_stderr(self, child: asyncio.subprocess.Process, lines: deque[str]) -> None:
         """The child's last stderr lines (it prints no text with --quiet): what explains a crash."""

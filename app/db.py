@@ -1,0 +1,119 @@
+"""The database that holds job records: SQLite in the state folder by default, PostgreSQL when
+MNIST_DATABASE_URL names one (several machines). One code path serves both, through SQLAlchemy Core.
+
+Writes that must see a consistent table (the one-job rule, claiming, reaping) run in `write()`:
+on SQLite an immediate transaction (one writer at a time across processes), on PostgreSQL a
+transaction holding an advisory lock, so the rule is enforced by the database, not by a process.
+The schema is versioned with Alembic (app/migrations) and brought up to date at startup.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from app.errors import RecordsUnavailable
+
+log = logging.getLogger("app.db")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Any fixed number: the key of the advisory lock that serialises job-table writes on PostgreSQL.
+WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
+# Today's first schema: a store made before migrations existed holds exactly this.
+FIRST_REVISION = "0001"
+
+
+def database_url(url: str | None, state_dir: Path) -> str:
+    """MNIST_DATABASE_URL as SQLAlchemy takes it; unset means SQLite in the state folder."""
+    if not url:
+        return f"sqlite:///{state_dir / 'jobs.sqlite3'}"
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):  # the usual spelling; psycopg 3 is our driver
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Database:
+    """An engine, transactions for reads and for serialised writes, and schema migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.sqlite = self.url.get_backend_name() == "sqlite"
+        if self.sqlite:
+            if self.url.database:
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 10})
+            self._take_over_sqlite_transactions(self.engine)
+        else:
+            # pre_ping: after a database restart, pooled connections are found dead and replaced.
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+    @staticmethod
+    def _take_over_sqlite_transactions(engine: Engine) -> None:
+        """Let us emit BEGIN ourselves (the driver's own is deferred), as SQLAlchemy documents."""
+
+        @event.listens_for(engine, "connect")
+        def connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA busy_timeout = 10000")
+
+        @event.listens_for(engine, "begin")
+        def begin(connection: Connection) -> None:
+            immediate = connection.get_execution_options().get("write", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._reachable(), self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction no other writer runs beside, in any process on any machine."""
+        with self._reachable(), self.engine.connect() as connection:
+            connection.execution_options(write=True)
+            with connection.begin():
+                if not self.sqlite:
+                    connection.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
+                yield connection
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A lost or refused connection is RecordsUnavailable (503 to clients); the pool replaces
+        dead connections, so the next call after the database is back simply works."""
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("database unavailable: %s", str(exc).splitlines()[0])
+            raise RecordsUnavailable(
+                "job and model-version records are unavailable: the database cannot be reached "
+                "(predictions are not affected); try again shortly"
+            ) from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision; a store from before migrations is adopted as
+        the first revision, its rows kept. Safe when several processes start at once (one writer)."""
+        with self.write() as connection:
+            tables = set(inspect(connection).get_table_names())
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            if "jobs" in tables and "alembic_version" not in tables:
+                command.stamp(config, FIRST_REVISION)
+            command.upgrade(config, "head")
+
+    def revision(self) -> str | None:
+        with self.read() as connection:
+            if "alembic_version" not in inspect(connection).get_table_names():
+                return None
+            return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,68 @@
+"""Job records in PostgreSQL, in process: the same API as on SQLite, and a database outage that
+fails no prediction (job routes answer 503 with the reason, then recover by themselves)."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.db import Database, database_url
+from app.jobs.store import JobStore
+from tests.asgi import Serve
+from tests.postgres import PostgresServer
+from tests.uploads import image_file
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of this test's own, to stop and start."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+def recorded_job(url: str) -> str:
+    """A job record written by another process of the deployment."""
+    database = Database(database_url(url, Path("unused")))
+    database.migrate()
+    job = JobStore(database).create({"epochs": 3}, owner="elsewhere:1:0")
+    database.dispose()
+    return job.id
+
+
+async def test_job_routes_on_postgresql(serve: Serve, postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    job_id = recorded_job(url)
+    async with serve(DATABASE_URL=url) as client:
+        listed = (await client.get("/train")).json()["jobs"]
+        assert [job["id"] for job in listed] == [job_id]
+        assert listed[0]["hyperparameters"] == {"epochs": 3} and listed[0]["status"] == "queued"
+        conflict = await client.post("/train", json={"epochs": 1})
+        assert conflict.status_code == 409 and job_id in conflict.json()["detail"]
+        assert (await client.post("/train", json={"epochs": 0})).status_code == 422
+        assert (await client.get("/train/nosuchjob")).status_code == 404
+
+
+async def test_a_database_outage_fails_no_prediction(
+    serve: Serve, own_postgres: PostgresServer, digit: bytes
+) -> None:
+    job_id = recorded_job(own_postgres.url())
+    async with serve(DATABASE_URL=own_postgres.url()) as client:
+        assert (await client.get(f"/train/{job_id}")).status_code == 200
+        own_postgres.stop()
+        assert (await client.post("/predict", files=image_file(digit))).status_code == 200
+        for route in (f"/train/{job_id}", "/train"):
+            down = await client.get(route)
+            assert down.status_code == 503, down.text
+            assert "database cannot be reached" in down.json()["detail"]
+            assert down.headers["retry-after"] == "5"
+        assert (await client.post("/train", json={"epochs": 1})).status_code == 503
+        assert (await client.post("/predict", files=image_file(digit))).status_code == 200
+        own_postgres.start()
+        deadline = time.monotonic() + 15
+        while (back := await client.get(f"/train/{job_id}")).status_code != 200:
+            assert time.monotonic() < deadline, back.text
+            await asyncio.sleep(0.1)
+        assert back.json()["hyperparameters"] == {"epochs": 3}  # the record outlived the outage
