@@ -10,6 +10,7 @@ The schema is versioned with Alembic (app/migrations) and brought up to date at 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
 # Today's first schema: a store made before migrations existed holds exactly this.
 FIRST_REVISION = "0001"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")  # sorts jobs made in one millisecond
 
 
 def database_url(url: str | None, state_dir: Path) -> str:

@@ -12,6 +12,7 @@ import torch
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.db import Database, database_url
+from app.errors import RecordsUnavailable
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
@@ -66,13 +67,17 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
     await asyncio.to_thread(database.migrate)
     store = JobStore(database, stale_after_s=settings.job_stale_after_s)
     await asyncio.to_thread(store.reap)  # jobs whose server died while they ran
-    versions = ModelVersions(settings.state_dir, settings.model_path)
+    versions = ModelVersions(database, settings.state_dir, settings.model_path)
+    await asyncio.to_thread(versions.record_kept_files)  # a state folder from before version records
     if checkpoint is not None:
-        await asyncio.to_thread(versions.adopt, checkpoint.version)
+        await asyncio.to_thread(versions.adopt, checkpoint.version, f"{settings.model_path} at startup")
 
     def swapped(new: LoadedCheckpoint) -> None:
         metrics.set_model(new.version, new.arch)
-        versions.adopt(new.version)  # e.g. a model written by `python -m training` by hand
+        try:  # e.g. a model written by `python -m training` by hand; a promotion is recorded already
+            versions.adopt(new.version, f"{settings.model_path} changed")
+        except RecordsUnavailable:
+            log.warning("serving %s, not yet recorded: the database cannot be reached", new.version)
 
     engine = BatchingEngine(
         checkpoint,

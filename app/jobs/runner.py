@@ -18,8 +18,8 @@ What happens when a job succeeds, step by step:
    lines are kept only to explain a crash.
 5. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
 6. `_finish` -> `_judge`: below `min_accuracy` the file is discarded and the job `rejected`; else
-   `ModelVersions.keep` files it as `<state>/models/<version>.pt` and `activate` copies it
-   atomically onto MNIST_MODEL_PATH (app/versions.py).
+   `ModelVersions.keep` files it as `<state>/models/<version>.pt` and records it, and `activate`
+   records it as the active version and copies it atomically onto MNIST_MODEL_PATH (app/versions.py).
 7. `promoted` is `ModelWatcher.check` (app/watcher.py): it loads the new file off the event loop
    and `BatchingEngine.swap` (app/batching.py) serves it from the next batch; the watchers of
    other processes and replicas do the same within MNIST_MODEL_POLL_S.
@@ -40,8 +40,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
+from app.db import now_iso
 from app.errors import RecordsUnavailable
-from app.jobs.store import Job, JobStatus, JobStore, now_iso
+from app.jobs.store import Job, JobStatus, JobStore
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
 from models.events import TrainingEvent
@@ -298,7 +299,7 @@ class JobManager:
             }
         try:
             version = await asyncio.to_thread(self.versions.keep, out)
-            await asyncio.to_thread(self.versions.activate, version)
+            await asyncio.to_thread(self.versions.activate, version, f"training job {job.id}")
         except CheckpointError as exc:
             return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
         await self.promoted()

@@ -9,7 +9,6 @@ beating is marked failed ("interrupted"), so a replica that restarts never fails
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -28,7 +27,7 @@ from sqlalchemy import (
     update,
 )
 
-from app.db import Database
+from app.db import Database, now_iso
 from app.errors import JobConflict, JobNotFound
 
 
@@ -69,10 +68,6 @@ jobs = Table(
     Column("pid", Integer),
     Column("cancel_requested", Boolean, nullable=False),
 )
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")  # sorts jobs made in one millisecond
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.deps import EngineDep, SettingsDep, TokenDep, VersionsDep, WatcherDep
 from app.schemas import ErrorBody, ModelInfo, VersionList
@@ -24,9 +24,10 @@ async def read_model(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]
 
 @router.get("/model/versions", response_model=VersionList)
 async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[str, Any]:
-    """Every model version kept (each promoted checkpoint), newest first, and which one is served."""
-    active = engine.checkpoint.version if engine.checkpoint else None
-    return {"versions": await asyncio.to_thread(versions.list, active), "active": active}
+    """Every model version kept (each promoted checkpoint), newest first, the active one with when
+    and by whom it was activated, and which one this server serves."""
+    served = engine.checkpoint.version if engine.checkpoint else None
+    return {"versions": await asyncio.to_thread(versions.list), "active": served}
 
 
 @router.post(
@@ -36,9 +37,12 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
     responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
 async def activate_model_version(
-    version: str, engine: EngineDep, versions: VersionsDep, watcher: WatcherDep
+    version: str, request: Request, engine: EngineDep, versions: VersionsDep, watcher: WatcherDep
 ) -> dict[str, Any]:
     """Serve an earlier (or later) kept version: a rollback. Every replica follows within seconds."""
-    await asyncio.to_thread(versions.activate, version)
+    client = request.client.host if request.client else "unknown"
+    await asyncio.to_thread(
+        versions.activate, version, f"POST /model/versions/{version}/activate from {client}"
+    )
     await watcher.check()
     return await read_model_versions(engine, versions)

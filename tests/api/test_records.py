@@ -1,15 +1,18 @@
-"""Job records in PostgreSQL, in process: the same API as on SQLite, and a database outage that
-fails no prediction (job routes answer 503 with the reason, then recover by themselves)."""
+"""Job and version records, in process: PostgreSQL behind the same API as SQLite, a database outage
+that fails no prediction (record routes answer 503 with the reason, then recover by themselves),
+and who activated the active version."""
 
 import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.db import Database, database_url
 from app.jobs.store import JobStore
+from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer
 from tests.uploads import image_file
@@ -53,7 +56,7 @@ async def test_a_database_outage_fails_no_prediction(
         assert (await client.get(f"/train/{job_id}")).status_code == 200
         own_postgres.stop()
         assert (await client.post("/predict", files=image_file(digit))).status_code == 200
-        for route in (f"/train/{job_id}", "/train"):
+        for route in (f"/train/{job_id}", "/train", "/model/versions"):
             down = await client.get(route)
             assert down.status_code == 503, down.text
             assert "database cannot be reached" in down.json()["detail"]
@@ -66,3 +69,16 @@ async def test_a_database_outage_fails_no_prediction(
             assert time.monotonic() < deadline, back.text
             await asyncio.sleep(0.1)
         assert back.json()["hyperparameters"] == {"epochs": 3}  # the record outlived the outage
+
+
+async def test_versions_say_which_is_active_and_who_activated_it(
+    api: httpx.AsyncClient, small_checkpoint: Path
+) -> None:
+    version = load_checkpoint(small_checkpoint).version
+    listed = (await api.get("/model/versions")).json()
+    [entry] = listed["versions"]
+    assert listed["active"] == entry["model_version"] == version and entry["active"]
+    assert entry["activated_by"].endswith("at startup") and entry["activated_at"]
+    again = (await api.post(f"/model/versions/{version}/activate")).json()["versions"][0]
+    assert again["activated_by"] == f"POST /model/versions/{version}/activate from 127.0.0.1"
+    assert again["activated_at"] > entry["activated_at"]

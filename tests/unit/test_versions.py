@@ -1,0 +1,96 @@
+"""Model versions recorded in the database of each kind: keep, activate (with when and by whom),
+adopt a hand-written checkpoint, and a state folder from before version records."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.db import Database, database_url
+from app.errors import VersionNotFound
+from app.versions import ModelVersions
+from models.checkpoint import load_checkpoint, metadata_path, save_checkpoint
+
+
+def other_checkpoint(small_checkpoint: Path, target: Path) -> Path:
+    """A second real checkpoint: the small one with one weight changed (so another version)."""
+    model = load_checkpoint(small_checkpoint).model
+    with torch.no_grad():
+        model.fc2.bias[0] += 1.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, target, arch="net", extra={"test_accuracy": 12.5})
+    return target
+
+
+def opened(url: str, state: Path, model_path: Path) -> ModelVersions:
+    database = Database(database_url(url, state))
+    database.migrate()
+    return ModelVersions(database, state, model_path)
+
+
+def test_keep_activate_and_list(database_url: str, tmp_path: Path, small_checkpoint: Path) -> None:
+    state, served = tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt"
+    versions = opened(database_url, state, served)
+    first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
+    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    assert not any(versions.incoming.iterdir())  # filed away, nothing left behind
+    versions.activate(first, "training job a")
+    assert load_checkpoint(served).version == first
+    versions.activate(second, "POST /model/versions/x/activate from 10.0.0.7")
+    assert load_checkpoint(served).version == second
+
+    listed = {entry["model_version"]: entry for entry in versions.list()}
+    assert set(listed) == {first, second}
+    assert listed[second]["active"] and not listed[first]["active"]
+    assert listed[second]["activated_by"] == "POST /model/versions/x/activate from 10.0.0.7"
+    assert listed[second]["activated_at"] and listed[second]["test_accuracy"] == 12.5
+    assert "activated_by" not in listed[first]
+    # Another process of the deployment sees the same records.
+    assert opened(database_url, state, served).active() == second
+
+
+def test_unknown_versions_are_refused(database_url: str, tmp_path: Path) -> None:
+    versions = opened(database_url, tmp_path / "state", tmp_path / "mnist_cnn.pt")
+    for version in ("0123456789ab", "../../etc/passwd", ""):
+        with pytest.raises(VersionNotFound):
+            versions.activate(version, "test")
+    assert versions.active() is None
+
+
+def test_a_checkpoint_written_by_hand_is_adopted_once(
+    database_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    versions = opened(database_url, tmp_path / "state", served)
+    version = load_checkpoint(served).version
+    versions.adopt(version, "startup")
+    versions.adopt(version, "a second process starting")  # already active: recorded once, unchanged
+    [entry] = versions.list()
+    assert entry["model_version"] == version and entry["active"] and entry["activated_by"] == "startup"
+    assert (versions.folder / f"{version}.pt").is_file()  # kept, so it can be rolled back to
+
+
+def test_a_state_folder_from_before_version_records_is_recorded(
+    tmp_path: Path, small_checkpoint: Path
+) -> None:
+    state = tmp_path / "state"
+    kept = state / "models"
+    kept.mkdir(parents=True)
+    old = load_checkpoint(small_checkpoint).version
+    copied(small_checkpoint, kept / f"{old}.pt")
+    newer = load_checkpoint(other_checkpoint(small_checkpoint, tmp_path / "new.pt")).version
+    copied(tmp_path / "new.pt", kept / f"{newer}.pt")
+    versions = opened(f"sqlite:///{state / 'jobs.sqlite3'}", state, tmp_path / "mnist_cnn.pt")
+    versions.record_kept_files()
+    versions.record_kept_files()  # every process does it at startup: once is recorded once
+    assert {entry["model_version"] for entry in versions.list()} == {old, newer}
+    versions.activate(old, "rollback")
+    assert load_checkpoint(tmp_path / "mnist_cnn.pt").version == old
+
+
+def copied(checkpoint: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, target)
+    shutil.copy(metadata_path(checkpoint), metadata_path(target))
+    return target
