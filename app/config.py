@@ -64,7 +64,7 @@ class Settings(BaseSettings):
             backend = make_url(url).get_backend_name()
         except ArgumentError:
             raise ValueError("not a database URL (postgresql://user:password@host:5432/name)") from None
-        if backend not in ("postgresql", "sqlite"):
+        if backend not in ("postgresql", "postgres", "sqlite"):
             raise ValueError(f"{backend} is not supported: use postgresql://... or sqlite:///path")
         return url
 

@@ -19,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import RecordsUnavailable
 
@@ -45,6 +46,12 @@ def database_url(url: str | None, state_dir: Path) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
 class Database:
     """An engine, transactions for reads and for serialised writes, and schema migrations."""
 
@@ -58,7 +65,15 @@ class Database:
             self._take_over_sqlite_transactions(self.engine)
         else:
             # pre_ping: after a database restart, pooled connections are found dead and replaced.
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+            # Timeouts: a database that hangs must become a 503 soon, not hold a thread for ever.
+            self.engine = create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=2,
+                max_overflow=4,
+                pool_timeout=10,
+                connect_args={"connect_timeout": 5, "options": "-c statement_timeout=15000"},
+            )
 
     @staticmethod
     def _take_over_sqlite_transactions(engine: Engine) -> None:
@@ -95,7 +110,7 @@ class Database:
         dead connections, so the next call after the database is back simply works."""
         try:
             yield
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
             log.warning("database unavailable: %s", str(exc).splitlines()[0])
             raise RecordsUnavailable(
                 "job and model-version records are unavailable: the database cannot be reached "
@@ -107,8 +122,7 @@ class Database:
         the first revision, its rows kept. Safe when several processes start at once (one writer)."""
         with self.write() as connection:
             tables = set(inspect(connection).get_table_names())
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
+            config = alembic_config()
             config.attributes["connection"] = connection
             if "jobs" in tables and "alembic_version" not in tables:
                 command.stamp(config, FIRST_REVISION)

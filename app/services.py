@@ -12,7 +12,6 @@ import torch
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.db import Database, database_url
-from app.errors import RecordsUnavailable
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
@@ -74,10 +73,8 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
 
     def swapped(new: LoadedCheckpoint) -> None:
         metrics.set_model(new.version, new.arch)
-        try:  # e.g. a model written by `python -m training` by hand; a promotion is recorded already
-            versions.adopt(new.version, f"{settings.model_path} changed")
-        except RecordsUnavailable:
-            log.warning("serving %s, not yet recorded: the database cannot be reached", new.version)
+        # e.g. a model written by `python -m training` by hand; a promotion is recorded already
+        versions.adopt(new.version, f"{settings.model_path} changed")
 
     engine = BatchingEngine(
         checkpoint,

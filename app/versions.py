@@ -8,6 +8,8 @@ it up (app/watcher.py). A checkpoint that appears there by other means (written 
 `python -m training`) is adopted: recorded and made active.
 """
 
+import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,16 @@ from sqlalchemy import (
 
 from app.db import Database, now_iso
 from app.errors import VersionNotFound
-from models.checkpoint import atomic_write_bytes, load_checkpoint, metadata_path, read_metadata
+from models.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    metadata_path,
+    read_metadata,
+    sha256_bytes,
+)
+
+log = logging.getLogger("app.versions")
 
 tables = MetaData()
 model_versions = Table(
@@ -49,6 +60,16 @@ active_model = Table(
     Column("activated_by", Text, nullable=False),
     CheckConstraint("id = 1", name="one_active_model"),
 )
+
+
+def verified_metadata(weights: Path) -> dict[str, Any]:
+    """The metadata beside `weights` if its sha256 is theirs (cheap: a hash), else what loading
+    them says (the JSON may be stale, e.g. weights replaced before it)."""
+    metadata = read_metadata(weights)
+    fresh = metadata and weights.is_file() and metadata.get("sha256") == sha256_bytes(weights.read_bytes())
+    if metadata and fresh and "version" in metadata:
+        return metadata
+    return load_checkpoint(weights).metadata  # CheckpointError, saying why, if they do not load
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
@@ -82,11 +103,16 @@ class ModelVersions:
         return checkpoint.version
 
     def record_kept_files(self) -> None:
-        """Record the kept files that have no record yet: a state folder from before the database
-        held versions, or a file another process kept a moment ago."""
+        """Record the kept files that have no record yet (a state folder from before the database
+        held versions). A file that does not load is logged and left out, not fatal."""
+        recorded = {entry["model_version"] for entry in self.list()}
         for weights in sorted(self.folder.glob("*.pt")):
-            metadata = read_metadata(weights) or load_checkpoint(weights).metadata
-            self._record(metadata)
+            if weights.stem in recorded:
+                continue
+            try:
+                self._record(verified_metadata(weights))
+            except CheckpointError as exc:
+                log.warning("kept file %s is not recorded: %s", weights.name, exc)
 
     def adopt(self, version: str, by: str) -> None:
         """The active checkpoint file holds `version` (it was there at startup, or written by hand):
@@ -94,12 +120,15 @@ class ModelVersions:
         kept = self.folder / f"{version}.pt"
         if not kept.exists() and self.model_path.is_file():
             copy_checkpoint(self.model_path, kept)
-        self._record(read_metadata(kept) or load_checkpoint(kept).metadata)
-        if self.active() != version:
-            self._set_active(version, by)
+        metadata = verified_metadata(kept)
+        self._record(metadata)
+        if self.active() != metadata["version"]:
+            self._set_active(str(metadata["version"]), by)
 
     def activate(self, version: str, by: str) -> None:
         """Make `version` the active version (recorded) and the active checkpoint (copied)."""
+        if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
+            raise VersionNotFound(f"no model version {version!r}")
         weights = self.folder / f"{version}.pt"
         with self.database.read() as db:
             known = db.execute(

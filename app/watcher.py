@@ -77,7 +77,10 @@ class ModelWatcher:
             serving = self.engine.checkpoint
             if serving is None or serving.metadata != checkpoint.metadata:
                 self.engine.swap(checkpoint)
-                self.on_swap(checkpoint)
+                try:  # bookkeeping (metrics, version records) must not undo or fail the swap
+                    await asyncio.to_thread(self.on_swap, checkpoint)
+                except Exception:
+                    log.exception("swapped to %s, but recording it failed", checkpoint.version)
                 log.info("now serving model %s", checkpoint.version)
 
     async def _poll(self) -> None:

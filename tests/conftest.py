@@ -53,7 +53,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database of each kind the service supports."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite3'}"

@@ -130,9 +130,10 @@ class JobManager:
     async def stop(self) -> None:
         """Server shutdown: stop our children; their jobs end failed, since nobody will finish them."""
         for job_id, child in list(self._children.items()):
-            await asyncio.to_thread(
-                self.store.update, job_id, error="interrupted: the server shut down", cancel_requested=1
-            )
+            with contextlib.suppress(RecordsUnavailable):  # the child is stopped all the same
+                await asyncio.to_thread(
+                    self.store.update, job_id, error="interrupted: the server shut down", cancel_requested=1
+                )
             await self._terminate(child)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.kill_grace_s + 5)
@@ -179,15 +180,15 @@ class JobManager:
         )
         lower_priority(child.pid)
         self._children[job.id] = child
-        await asyncio.to_thread(
-            self.store.update, job.id, status=JobStatus.RUNNING, started_at=now_iso(), pid=child.pid
-        )
-        log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
         stderr: deque[str] = deque(maxlen=20)
         failure: list[str] = []
         progress: dict[str, Any] = {}
         beating = asyncio.create_task(self._heartbeat(job.id, child))
         try:
+            await asyncio.to_thread(
+                self.store.update, job.id, status=JobStatus.RUNNING, started_at=now_iso(), pid=child.pid
+            )
+            log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
             await asyncio.gather(
                 self._read_events(job.id, child, progress, failure), self._read_stderr(child, stderr)
             )

@@ -6,6 +6,7 @@ queued or running job names its owner process and carries a heartbeat; a job who
 beating is marked failed ("interrupted"), so a replica that restarts never fails a sibling's live job.
 """
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class JobStatus(StrEnum):
 
 
 ACTIVE = [status.value for status in JobStatus if status.active]
+JOB_ID = re.compile(r"[0-9a-f]{12}")
 
 # The jobs table as the migrations leave it (app/migrations/versions).
 jobs = Table(
@@ -97,6 +99,13 @@ class Job:
         return cls(**data)
 
 
+def known_shape(job_id: str) -> None:
+    """Ids are 12 hex digits: anything else is not found, before a database sees it (PostgreSQL
+    refuses some text outright, a NUL byte for one)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"no training job {job_id!r}")
+
+
 class JobStore:
     """All job state, in the service's database."""
 
@@ -141,6 +150,7 @@ class JobStore:
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
+        known_shape(job_id)
         with self.database.read() as db:
             row = db.execute(select(jobs).where(jobs.c.id == job_id)).first()
         if row is None:
@@ -171,6 +181,7 @@ class JobStore:
 
     def request_cancel(self, job_id: str) -> Job:
         """Ask for a job to stop: a queued one ends at once, a running one when its owner stops it."""
+        known_shape(job_id)
         with self.database.write() as db:
             status = db.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
             if status is None:

@@ -46,6 +46,8 @@ async def test_job_routes_on_postgresql(serve: Serve, postgres: PostgresServer) 
         assert conflict.status_code == 409 and job_id in conflict.json()["detail"]
         assert (await client.post("/train", json={"epochs": 0})).status_code == 422
         assert (await client.get("/train/nosuchjob")).status_code == 404
+        assert (await client.get("/train/a%00b")).status_code == 404  # PostgreSQL refuses NUL in text
+        assert (await client.post("/model/versions/a%00b/activate")).status_code == 404
 
 
 async def test_a_database_outage_fails_no_prediction(

@@ -29,9 +29,9 @@ def opened(url: str, state: Path, model_path: Path) -> ModelVersions:
     return ModelVersions(database, state, model_path)
 
 
-def test_keep_activate_and_list(database_url: str, tmp_path: Path, small_checkpoint: Path) -> None:
+def test_keep_activate_and_list(records_url: str, tmp_path: Path, small_checkpoint: Path) -> None:
     state, served = tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt"
-    versions = opened(database_url, state, served)
+    versions = opened(records_url, state, served)
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
     second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
     assert not any(versions.incoming.iterdir())  # filed away, nothing left behind
@@ -47,11 +47,11 @@ def test_keep_activate_and_list(database_url: str, tmp_path: Path, small_checkpo
     assert listed[second]["activated_at"] and listed[second]["test_accuracy"] == 12.5
     assert "activated_by" not in listed[first]
     # Another process of the deployment sees the same records.
-    assert opened(database_url, state, served).active() == second
+    assert opened(records_url, state, served).active() == second
 
 
-def test_unknown_versions_are_refused(database_url: str, tmp_path: Path) -> None:
-    versions = opened(database_url, tmp_path / "state", tmp_path / "mnist_cnn.pt")
+def test_unknown_versions_are_refused(records_url: str, tmp_path: Path) -> None:
+    versions = opened(records_url, tmp_path / "state", tmp_path / "mnist_cnn.pt")
     for version in ("0123456789ab", "../../etc/passwd", ""):
         with pytest.raises(VersionNotFound):
             versions.activate(version, "test")
@@ -59,10 +59,10 @@ def test_unknown_versions_are_refused(database_url: str, tmp_path: Path) -> None
 
 
 def test_a_checkpoint_written_by_hand_is_adopted_once(
-    database_url: str, tmp_path: Path, small_checkpoint: Path
+    records_url: str, tmp_path: Path, small_checkpoint: Path
 ) -> None:
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
-    versions = opened(database_url, tmp_path / "state", served)
+    versions = opened(records_url, tmp_path / "state", served)
     version = load_checkpoint(served).version
     versions.adopt(version, "startup")
     versions.adopt(version, "a second process starting")  # already active: recorded once, unchanged
@@ -87,6 +87,23 @@ def test_a_state_folder_from_before_version_records_is_recorded(
     assert {entry["model_version"] for entry in versions.list()} == {old, newer}
     versions.activate(old, "rollback")
     assert load_checkpoint(tmp_path / "mnist_cnn.pt").version == old
+
+
+def test_stale_metadata_and_broken_kept_files(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    """Weights replaced before their JSON: the weights' own version is recorded. A kept file that
+    does not load is left out with a warning; startup goes on."""
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+    shutil.copy(tmp_path / "other.pt", served)  # new weights, old JSON beside them
+    versions = opened(records_url, tmp_path / "state", served)
+    (versions.folder / "0123456789ab.pt").write_bytes(b"not a checkpoint")
+    versions.record_kept_files()
+    truth = load_checkpoint(served).version
+    versions.adopt(truth, "startup")
+    [entry] = versions.list()
+    assert entry["model_version"] == truth == versions.active()
 
 
 def copied(checkpoint: Path, target: Path) -> Path:
