@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     CheckConstraint,
     Column,
+    Connection,
     Float,
     ForeignKey,
     Integer,
@@ -60,6 +61,13 @@ active_model = Table(
     Column("activated_by", Text, nullable=False),
     CheckConstraint("id = 1", name="one_active_model"),
 )
+
+
+def is_recorded(db: Connection, version: str) -> bool:
+    return (
+        db.execute(select(model_versions.c.version).where(model_versions.c.version == version)).first()
+        is not None
+    )
 
 
 def verified_metadata(weights: Path) -> dict[str, Any]:
@@ -131,10 +139,8 @@ class ModelVersions:
             raise VersionNotFound(f"no model version {version!r}")
         weights = self.folder / f"{version}.pt"
         with self.database.read() as db:
-            known = db.execute(
-                select(model_versions.c.version).where(model_versions.c.version == version)
-            ).first()
-        if known is None or not weights.is_file():
+            known = is_recorded(db, version)
+        if not known or not weights.is_file():
             raise VersionNotFound(f"no model version {version}")
         self._set_active(version, by)
         copy_checkpoint(weights, self.model_path)
@@ -165,9 +171,7 @@ class ModelVersions:
     def _record(self, metadata: dict[str, Any]) -> None:
         with self.database.write() as db:
             version = str(metadata["version"])
-            if db.execute(
-                select(model_versions.c.version).where(model_versions.c.version == version)
-            ).first():
+            if is_recorded(db, version):
                 return
             db.execute(
                 model_versions.insert().values(
