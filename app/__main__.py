@@ -13,6 +13,10 @@ from app.config import LOG_FORMAT, Settings, available_cores
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if settings.role == "trainer" and settings.workers != 1:
+        # A trainer's port only answers probes and metrics: one process is plenty.
+        os.environ["MNIST_WORKERS"] = "1"
+        settings = Settings()
     # Server processes share the cores: give each its slice, so torch's threads don't fight.
     os.environ.setdefault("MNIST_TORCH_THREADS", str(max(1, available_cores() // settings.workers)))
     metrics_dir = None

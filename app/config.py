@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="job records: unset = SQLite in state_dir; postgresql://user:pass@host/db"
     )
+    model_store: str | None = Field(
+        None, description="model weights: unset = <state_dir>/models; s3://bucket/prefix (AWS_* settings)"
+    )
+    role: Literal["all", "api", "trainer"] = Field(
+        "all", description="all: serve and train; api: serve and accept jobs; trainer: run jobs only"
+    )
+    train_slots: int = Field(1, ge=1, le=64, description="jobs one trainer runs at once")
+    train_queue: int = Field(0, ge=0, le=10_000, description="jobs that may wait for a free trainer slot")
+    trainer_name: str | None = Field(
+        None, max_length=200, description="trainers of one name share its slots (default: host name)"
+    )
     data_dir: Path | None = None
     train_threads: int = Field(1, ge=1, description="torch threads of a training job's process")
     job_heartbeat_s: float = Field(2.0, gt=0, description="how often a job's owner proves it is alive")
@@ -66,6 +78,16 @@ class Settings(BaseSettings):
             raise ValueError("not a database URL (postgresql://user:password@host:5432/name)") from None
         if backend not in ("postgresql", "postgres", "sqlite"):
             raise ValueError(f"{backend} is not supported: use postgresql://... or sqlite:///path")
+        return url
+
+    @field_validator("model_store")
+    @classmethod
+    def known_store(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError("MNIST_MODEL_STORE must be s3://bucket/prefix (or unset for the state folder)")
         return url
 
     def public(self) -> dict[str, object]:

@@ -7,16 +7,19 @@ transaction holding an advisory lock, so the rule is enforced by the database, n
 The schema is versioned with Alembic (app/migrations) and brought up to date at startup.
 """
 
+import asyncio
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, func, inspect, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -30,6 +33,12 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
 # Today's first schema: a store made before migrations existed holds exactly this.
 FIRST_REVISION = "0001"
+# Threads for record and model-store calls: their own pool, so a database that hangs cannot take
+# the threads that decode uploads (asyncio's default pool) away from /predict.
+RECORD_THREADS = 4
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def now_iso() -> str:
@@ -74,6 +83,19 @@ class Database:
                 pool_timeout=10,
                 connect_args={"connect_timeout": 5, "options": "-c statement_timeout=15000"},
             )
+        self._threads = ThreadPoolExecutor(RECORD_THREADS, thread_name_prefix="records")
+
+    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`call` on the records' own threads, awaited from the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(call, *args, **kwargs))
+
+    def clock(self) -> ColumnElement[Any]:
+        """The database's time in seconds since the epoch: heartbeats of every machine are stamped
+        and judged on this one clock, so a host whose clock is off cannot look alive or dead."""
+        if self.sqlite:
+            return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
+        return func.extract("epoch", func.clock_timestamp())
 
     @staticmethod
     def _take_over_sqlite_transactions(engine: Engine) -> None:
@@ -134,5 +156,11 @@ class Database:
                 return None
             return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
+    def ping(self) -> None:
+        """RecordsUnavailable unless the database answers."""
+        with self.read() as connection:
+            connection.execute(select(literal(1)))
+
     def dispose(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()

@@ -13,12 +13,12 @@ from fastapi import Depends, Request
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.errors import Unauthorized
+from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.services import Services
 from app.versions import ModelVersions
-from app.watcher import ModelWatcher
 
 
 def services_of(request: Request) -> Services:
@@ -51,8 +51,8 @@ async def get_versions(request: Request) -> ModelVersions:
     return services_of(request).versions
 
 
-async def get_watcher(request: Request) -> ModelWatcher:
-    return services_of(request).watcher
+async def get_follower(request: Request) -> ModelFollower:
+    return services_of(request).follower
 
 
 async def require_token(request: Request) -> None:
@@ -72,4 +72,4 @@ JobsDep = Annotated[JobManager, Depends(get_jobs)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 VersionsDep = Annotated[ModelVersions, Depends(get_versions)]
 TokenDep = Depends(require_token)
-WatcherDep = Annotated[ModelWatcher, Depends(get_watcher)]
+FollowerDep = Annotated[ModelFollower, Depends(get_follower)]

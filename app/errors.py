@@ -141,3 +141,23 @@ class VersionNotFound(ServiceError):
 class Unauthorized(ServiceError):
     status_code = 401
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class ModelStoreUnavailable(ServiceError):
+    """The object store that keeps model weights cannot be reached; predictions are not affected."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class ModelObjectCorrupt(ServiceError):
+    """A version's weights are missing or do not match their recorded sha256: never loaded."""
+
+    status_code = 409
+
+
+class NoTrainer(ServiceError):
+    """No live trainer has a slot and no job may wait: nothing could run a new job now."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}

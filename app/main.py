@@ -51,11 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
-    app.include_router(predict.router)
-    app.include_router(model.router)
-    app.include_router(train.router)
-    app.include_router(page.router)
-    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
+    if settings.role != "trainer":  # a trainer answers only health, readiness and metrics
+        app.include_router(predict.router)
+        app.include_router(model.router)
+        app.include_router(train.router)
+        app.include_router(page.router)
+        app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.include_router(health.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

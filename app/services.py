@@ -1,7 +1,10 @@
-"""What a server process runs besides HTTP: the model, the batching engine, the checkpoint watcher,
-the job store and runner, and model versions; started and stopped together by the lifespan."""
+"""What a server process runs besides HTTP: the records, the model store and versions, the model,
+the batching engine, the follower of the active version, and the job manager; started and stopped
+together by the lifespan. MNIST_ROLE decides which of them work: `api` trains nothing, `trainer`
+serves no model."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,11 +15,13 @@ import torch
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.db import Database, database_url
+from app.errors import ModelStoreUnavailable
+from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
-from app.versions import ModelVersions
-from app.watcher import ModelWatcher
+from app.model_store import S3ModelStore, open_model_store
+from app.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 
@@ -32,7 +37,7 @@ class Services:
     engine: BatchingEngine
     store: JobStore
     versions: ModelVersions
-    watcher: ModelWatcher
+    follower: ModelFollower
     jobs: JobManager
 
 
@@ -45,36 +50,41 @@ def try_load(settings: Settings, device: torch.device) -> tuple[LoadedCheckpoint
         return None, str(exc)
 
 
+async def nothing_to_swap() -> None:
+    """A trainer serves no model: a promotion there has nothing to swap."""
+
+
 @asynccontextmanager
 async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
-    """Load the model off the event loop, start everything; on exit stop jobs, watcher and engine."""
+    """Open the records and the model store, load the model off the event loop, start everything;
+    on exit stop jobs, follower and engine."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device, setting="MNIST_DEVICE")
-    checkpoint, reason = await asyncio.to_thread(try_load, settings, device)
-    metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
+    serves = settings.role != "trainer"
     if not settings.train_token:
         log.warning("MNIST_TRAIN_TOKEN is not set: anyone who can reach the server can train and swap models")
-    log.info(
-        "serving model %s on %s (torch threads %d); settings: %s",
-        checkpoint.version if checkpoint else f"NONE ({reason})",
-        device,
-        torch.get_num_threads(),
-        settings.public(),
-    )
     database = Database(database_url(settings.database_url, settings.state_dir))
-    await asyncio.to_thread(database.migrate)
+    await database.run(database.migrate)
     store = JobStore(database, stale_after_s=settings.job_stale_after_s)
-    await asyncio.to_thread(store.reap)  # jobs whose server died while they ran
-    versions = ModelVersions(database, settings.state_dir, settings.model_path)
-    await asyncio.to_thread(versions.record_kept_files)  # a state folder from before version records
-    if checkpoint is not None:
-        await asyncio.to_thread(versions.adopt, checkpoint.version, f"{settings.model_path} at startup")
+    await database.run(store.reap)  # jobs whose trainer died while they ran
+    model_store = open_model_store(settings.model_store, settings.state_dir)
+    if isinstance(model_store, S3ModelStore):
+        with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it
+            await database.run(model_store.create_bucket)
+    versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
+    await database.run(versions.record_kept_files)  # a state folder from before version records
 
-    def swapped(new: LoadedCheckpoint) -> None:
-        metrics.set_model(new.version, new.arch)
-        # e.g. a model written by `python -m training` by hand; a promotion is recorded already
-        versions.adopt(new.version, f"{settings.model_path} changed")
+    checkpoint, reason = None, "this process is a trainer (MNIST_ROLE=trainer): it serves no predictions"
+    if serves:
+        checkpoint, reason = await asyncio.to_thread(try_load, settings, device)
+    if checkpoint is not None:
+        # One machine (SQLite): the file it starts with is served, as it always was. Shared
+        # records: the active version wins; the file is the first version only when there is none.
+        when = Adopt.ALWAYS if database.sqlite else Adopt.FIRST
+        with contextlib.suppress(ModelStoreUnavailable):
+            await database.run(versions.adopt, settings.model_path, f"{settings.model_path} at startup", when)
+    metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
 
     engine = BatchingEngine(
         checkpoint,
@@ -86,21 +96,36 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
         unavailable_reason=reason,
     )
     async with engine:
-        watcher = ModelWatcher(settings.model_path, engine, device, swapped, settings.model_poll_s)
+        follower = ModelFollower(versions, engine, device, metrics, settings.model_poll_s)
+        if serves:
+            await follower.check()  # the active version, before the first request
+            follower.start()
+        log.info(
+            "serving model %s on %s (torch threads %d, role %s); settings: %s",
+            engine.checkpoint.version if engine.checkpoint else f"NONE ({reason})",
+            device,
+            torch.get_num_threads(),
+            settings.role,
+            settings.public(),
+        )
         jobs = JobManager(
             store,
             versions,
-            watcher.check,
+            follower.check if serves else nothing_to_swap,
+            trains=settings.role != "api",
+            trainer=settings.trainer_name or "",
+            slots=settings.train_slots,
+            queue=settings.train_queue,
             device=settings.device,
             threads=settings.train_threads,
             data_dir=settings.data_dir,
             heartbeat_s=settings.job_heartbeat_s,
         )
-        watcher.start()
+        await jobs.start()
         try:
-            yield Services(settings, metrics, engine, store, versions, watcher, jobs)
+            yield Services(settings, metrics, engine, store, versions, follower, jobs)
         finally:
             await jobs.stop()
-            await watcher.stop()
+            await follower.stop()
             database.dispose()
     log.info("inference engine stopped")

@@ -1,16 +1,17 @@
-"""Model versions: every promoted checkpoint is kept as `<state_dir>/models/<version>.pt`, recorded
-in the database (app/db.py) with its metadata, and one of them is the active version there, with
-when and by whom it was activated.
+"""Model versions: every promoted checkpoint's weights are kept in the model store
+(app/model_store.py), its metadata recorded in the database (app/db.py), and one version is the
+active one there, with when and by whom it was activated.
 
-Activating (a promotion or a rollback) records it and copies the version onto the active checkpoint
-(MNIST_MODEL_PATH) atomically, weights then metadata; every server process watching that file picks
-it up (app/watcher.py). A checkpoint that appears there by other means (written by hand with
-`python -m training`) is adopted: recorded and made active.
+The active version is a database fact: every server process follows it (app/follower.py). Activating
+(a promotion or a rollback) checks the weights are sound, records it, and also copies them onto
+MNIST_MODEL_PATH, so that file keeps holding the active model on one machine. A checkpoint found
+at MNIST_MODEL_PATH that the database does not know (the tutorial's file, or one written by hand with
+`python -m training`) is adopted: stored, recorded and, by the rules of `adopt`, made active.
 """
 
 import logging
 import re
-import shutil
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlalchemy import (
 
 from app.db import Database, now_iso
 from app.errors import VersionNotFound
+from app.model_store import LocalModelStore, ModelStore
 from models.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -87,15 +89,21 @@ def copy_checkpoint(source: Path, target: Path) -> None:
         atomic_write_bytes(metadata_path(target), metadata_path(source).read_bytes())
 
 
+class Adopt(Enum):
+    """When a checkpoint found at MNIST_MODEL_PATH becomes the active version."""
+
+    FIRST = "only when no version is active (a replica joining shared records)"
+    NEW = "also when the database did not know it (a new model written there by hand)"
+    ALWAYS = "always (one machine: the file it starts with is the model meant to be served)"
+
+
 class ModelVersions:
     """The kept versions, their records, and which one is active."""
 
-    def __init__(self, database: Database, state_dir: Path, model_path: Path) -> None:
-        self.database = database
-        self.folder = state_dir / "models"
+    def __init__(self, database: Database, store: ModelStore, state_dir: Path, model_path: Path) -> None:
+        self.database, self.store = database, store
         self.incoming = state_dir / "incoming"
         self.model_path = model_path
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     def incoming_path(self, job_id: str) -> Path:
@@ -103,18 +111,20 @@ class ModelVersions:
         return self.incoming / f"{job_id}.pt"
 
     def keep(self, weights: Path) -> str:
-        """Check a new checkpoint loads, file and record it under its version, and return the version."""
+        """Check a new checkpoint loads, store and record it, and return its version. Safe to repeat
+        (a retry after an outage): the store and the records are keyed by content."""
         checkpoint = load_checkpoint(weights)  # refuses a broken file before it goes anywhere
-        shutil.move(weights, self.folder / f"{checkpoint.version}.pt")
-        shutil.move(metadata_path(weights), metadata_path(self.folder / f"{checkpoint.version}.pt"))
+        self.store.put(weights, checkpoint.metadata)
         self._record(checkpoint.metadata)
         return checkpoint.version
 
     def record_kept_files(self) -> None:
-        """Record the kept files that have no record yet (a state folder from before the database
-        held versions). A file that does not load is logged and left out, not fatal."""
+        """Record the kept files of a local store that have no record yet (a state folder from
+        before the database held versions). A file that does not load is logged and left out."""
+        if not isinstance(self.store, LocalModelStore):
+            return
         recorded = {entry["model_version"] for entry in self.list()}
-        for weights in sorted(self.folder.glob("*.pt")):
+        for weights in sorted(self.store.folder.glob("*.pt")):
             if weights.stem in recorded:
                 continue
             try:
@@ -122,28 +132,36 @@ class ModelVersions:
             except CheckpointError as exc:
                 log.warning("kept file %s is not recorded: %s", weights.name, exc)
 
-    def adopt(self, version: str, by: str) -> None:
-        """The active checkpoint file holds `version` (it was there at startup, or written by hand):
-        keep a copy so it can be rolled back to, record it, and make it the active version."""
-        kept = self.folder / f"{version}.pt"
-        if not kept.exists() and self.model_path.is_file():
-            copy_checkpoint(self.model_path, kept)
-        metadata = verified_metadata(kept)
-        self._record(metadata)
-        if self.active() != metadata["version"]:
-            self._set_active(str(metadata["version"]), by)
+    def adopt(self, weights: Path, by: str, when: "Adopt") -> str:
+        """Store and record the checkpoint at `weights` (CheckpointError if it does not load), make
+        it the active version as `when` says, and return its version."""
+        metadata = verified_metadata(weights)
+        self.store.put(weights, metadata)
+        new = self._record(metadata)
+        version = str(metadata["version"])
+        active = self.active()
+        if active != version and (active is None or when is Adopt.ALWAYS or (when is Adopt.NEW and new)):
+            self._set_active(version, by)
+        return version
 
     def activate(self, version: str, by: str) -> None:
-        """Make `version` the active version (recorded) and the active checkpoint (copied)."""
+        """Make `version` the active version, after checking its weights in the store are sound
+        (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
             raise VersionNotFound(f"no model version {version!r}")
-        weights = self.folder / f"{version}.pt"
         with self.database.read() as db:
-            known = is_recorded(db, version)
-        if not known or not weights.is_file():
+            row = db.execute(
+                select(model_versions.c.metadata).where(model_versions.c.version == version)
+            ).first()
+        if row is None:
             raise VersionNotFound(f"no model version {version}")
+        weights = self.store.local_copy(row.metadata)
         self._set_active(version, by)
         copy_checkpoint(weights, self.model_path)
+
+    def local_copy(self, metadata: dict[str, Any]) -> Path:
+        """A verified local checkpoint of a recorded version (fetched from the store if need be)."""
+        return self.store.local_copy(metadata)
 
     def discard(self, weights: Path) -> None:
         weights.unlink(missing_ok=True)
@@ -152,6 +170,16 @@ class ModelVersions:
     def active(self) -> str | None:
         with self.database.read() as db:
             return db.execute(select(active_model.c.version)).scalar()
+
+    def active_metadata(self) -> dict[str, Any] | None:
+        """The active version's recorded metadata (version, sha256, arch...), or None."""
+        with self.database.read() as db:
+            row = db.execute(
+                select(model_versions.c.metadata).join(
+                    active_model, active_model.c.version == model_versions.c.version
+                )
+            ).first()
+        return dict(row.metadata) if row is not None else None
 
     def list(self) -> list[dict[str, Any]]:
         """Every recorded version's metadata, newest first; the active one says when and by whom
@@ -168,11 +196,12 @@ class ModelVersions:
             found.append(entry)
         return sorted(found, key=lambda m: (str(m.get("created_at", "")), m["kept_at"]), reverse=True)
 
-    def _record(self, metadata: dict[str, Any]) -> None:
+    def _record(self, metadata: dict[str, Any]) -> bool:
+        """Record a version; False when it was recorded already."""
         with self.database.write() as db:
             version = str(metadata["version"])
             if is_recorded(db, version):
-                return
+                return False
             db.execute(
                 model_versions.insert().values(
                     version=version,
@@ -183,6 +212,7 @@ class ModelVersions:
                     kept_at=now_iso(),
                 )
             )
+        return True
 
     def _set_active(self, version: str, by: str) -> None:
         values = {"version": version, "activated_at": now_iso(), "activated_by": by}

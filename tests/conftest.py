@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.postgres import PostgresServer
+from tests.s3 import S3Server
 from training.data import Mnist, load_mnist
 from training.loop import TrainConfig, run
 
@@ -50,6 +51,22 @@ def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
     yield server
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One real S3 server (SeaweedFS) for the session (skipped where none is installed)."""
+    server = S3Server()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """The S3 server, with the standard AWS_* variables pointing this process's clients at it."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    yield s3_server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

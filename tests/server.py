@@ -22,7 +22,7 @@ FAST_CLOCKS = {"MNIST_JOB_HEARTBEAT_S": "0.5", "MNIST_MODEL_POLL_S": "0.5"}
 def fresh_deployment(tmp_path: Path, checkpoint: Path) -> dict[str, str]:
     """A model folder holding a copy of `checkpoint`, and an empty state folder."""
     models = tmp_path / "models"
-    models.mkdir(exist_ok=True)
+    models.mkdir(parents=True, exist_ok=True)
     shutil.copy(checkpoint, models / "mnist_cnn.pt")
     shutil.copy(metadata_path(checkpoint), models / "mnist_cnn.json")
     return {

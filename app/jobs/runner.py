@@ -8,22 +8,23 @@ What happens when a job succeeds, step by step:
 
 1. `POST /train` (app/routes/train.py) validates the body (`TrainRequest`, app/schemas.py, whose
    fields are derived from `Hyperparameters` in models/hyperparameters.py) and calls
-   `JobManager.submit` (here).
-2. `JobStore.create` (app/jobs/store.py) inserts a `queued` record in one write transaction, or
-   refuses with 409 while another job is queued or running, in any process sharing the store.
-3. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
+   `JobManager.submit` (here), in any process of any role but `trainer`.
+2. `JobStore.create` (app/jobs/store.py) inserts a `queued` record in one write transaction if the
+   active jobs leave room (live trainers' slots plus MNIST_TRAIN_QUEUE), else refuses with 409.
+3. A process that trains (MNIST_ROLE all or trainer; this one is woken at once, others poll) claims
+   it in `_claim_jobs` -> `JobStore.claim`: the job is now `running`, owned by that process.
+4. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
    one flag per hyperparameter given (`cli_flag`), `--out` in `<state>/incoming/` (app/versions.py)
-   and `--events - --quiet`, marks the job `running` and keeps its heartbeat while the child lives.
-4. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
+   and `--events - --quiet`, and keeps the job's heartbeat while the child lives.
+5. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
    lines are kept only to explain a crash.
-5. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
-6. `_finish` -> `_judge`: below `min_accuracy` the file is discarded and the job `rejected`; else
-   `ModelVersions.keep` files it as `<state>/models/<version>.pt` and records it, and `activate`
-   records it as the active version and copies it atomically onto MNIST_MODEL_PATH (app/versions.py).
-7. `promoted` is `ModelWatcher.check` (app/watcher.py): it loads the new file off the event loop
-   and `BatchingEngine.swap` (app/batching.py) serves it from the next batch; the watchers of
-   other processes and replicas do the same within MNIST_MODEL_POLL_S.
-8. The record ends `succeeded` with the new `model_version` and its `test_accuracy`.
+6. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
+7. `_finish` -> `_judge`: below `min_accuracy` the job is `rejected`; else `ModelVersions.keep`
+   puts the weights in the model store (app/model_store.py) and records the version, and `activate`
+   records it as the active version (app/versions.py). Retried while the database or store is out.
+8. The record ends `succeeded` with the new `model_version` and its `test_accuracy`; `promoted`
+   (`ModelFollower.check`, app/follower.py) swaps it in here at once, and the followers of every
+   other process and replica do the same within MNIST_MODEL_POLL_S (`BatchingEngine.swap`).
 """
 
 import asyncio
@@ -41,8 +42,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from app.db import now_iso
-from app.errors import RecordsUnavailable
-from app.jobs.store import Job, JobStatus, JobStore
+from app.errors import ModelStoreUnavailable, RecordsUnavailable
+from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
 from models.events import TrainingEvent
@@ -82,7 +83,8 @@ def lower_priority(pid: int) -> None:
 
 
 class JobManager:
-    """Starts, watches and stops the training jobs this server process owns."""
+    """Accepts jobs, and where this process trains (MNIST_ROLE all or trainer), claims queued jobs
+    and starts, watches and stops their children."""
 
     def __init__(
         self,
@@ -90,53 +92,117 @@ class JobManager:
         versions: ModelVersions,
         promoted: Callable[[], Awaitable[None]],
         *,
+        trains: bool = True,
+        trainer: str = "",
+        slots: int = 1,
+        queue: int = 0,
         device: str = "cpu",
         threads: int = 1,
         data_dir: Path | None = None,
         heartbeat_s: float = 2.0,
         kill_grace_s: float = 5.0,
+        claim_poll_s: float = 0.5,
     ) -> None:
         self.store, self.versions, self.promoted = store, versions, promoted
+        self.records = store.database.run
+        self.trains, self.trainer, self.slots, self.queue = (
+            trains,
+            trainer or socket.gethostname(),
+            slots,
+            queue,
+        )
         self.device, self.threads, self.data_dir = device, threads, data_dir
-        self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
+        self.heartbeat_s, self.kill_grace_s, self.claim_poll_s = heartbeat_s, kill_grace_s, claim_poll_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._tending: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """A trainer checks in (so jobs are accepted for it) and starts claiming queued jobs; every
+        process keeps reaping jobs whose trainer went silent, so readers see them end."""
+        if self.trains:
+            with contextlib.suppress(RecordsUnavailable):  # it checks in again on every beat
+                await self.records(self.store.check_in, self.trainer, self.slots)
+        self._tending = asyncio.create_task(self._tend_jobs(), name="job-tender")
 
     async def submit(self, params: dict[str, Any]) -> Job:
-        """Record a queued job (or JobConflict) and start it in the background."""
-        job = await asyncio.to_thread(self.store.create, params, self.owner)
-        task = asyncio.create_task(self._run(job), name=f"training-job-{job.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Record a queued job (or JobConflict / NoTrainer); a trainer with a free slot claims it."""
+        job = await self.records(self.store.create, params, self.queue)
+        self._wake.set()  # this process may be that trainer: no need to wait for its next poll
         return job
 
     async def cancel(self, job_id: str) -> Job:
         """Stop a queued or running job; the served model is untouched. Finished jobs stay as they are."""
-        job = await asyncio.to_thread(self.store.request_cancel, job_id)
+        job = await self.records(self.store.request_cancel, job_id)
         if not job.status.active:
             return job
         child = self._children.get(job_id)
         if child is not None:
             await self._terminate(child)
-        # The owner (this process or another) records the end; wait a little for it.
+        # The owner (this process or another host) records the end; wait a little for it.
         for _ in range(int((self.kill_grace_s + 3 * self.heartbeat_s) / 0.1)):
-            job = await asyncio.to_thread(self.store.get, job_id)
+            job = await self.records(self.store.get, job_id)
             if not job.status.active:
                 break
             await asyncio.sleep(0.1)
         return job
 
     async def stop(self) -> None:
-        """Server shutdown: stop our children; their jobs end failed, since nobody will finish them."""
+        """Server shutdown: claim nothing more, stop our children; their jobs end failed."""
+        if self._tending is not None:
+            self._tending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tending
         for job_id, child in list(self._children.items()):
             with contextlib.suppress(RecordsUnavailable):  # the child is stopped all the same
-                await asyncio.to_thread(
-                    self.store.update, job_id, error="interrupted: the server shut down", cancel_requested=1
+                await self.records(
+                    self.store.update,
+                    job_id,
+                    self.owner,
+                    error="interrupted: the server shut down",
+                    cancel_requested=True,
                 )
             await self._terminate(child)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.kill_grace_s + 5)
+        if self.trains:
+            with contextlib.suppress(RecordsUnavailable):
+                await self.records(self.store.check_out, self.trainer)
+
+    async def _tend_jobs(self) -> None:
+        """Every heartbeat: reap silent trainers' jobs, and a trainer checks in. A trainer also takes
+        queued jobs while it has free slots: on each poll, or at once when woken by a submit."""
+        last_beat = -float("inf")
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() - last_beat >= self.heartbeat_s:
+                    last_beat = loop.time()
+                    if self.trains:
+                        await self.records(self.store.check_in, self.trainer, self.slots)
+                    else:
+                        await self.records(self.store.reap)  # a trainer's claims reap already
+                while self.trains and len(self._tasks) < self.slots:
+                    job = await self.records(self.store.claim, self.trainer, self.owner, self.slots)
+                    if job is None:
+                        break
+                    self._start(job)
+            except RecordsUnavailable:
+                pass  # logged by app.db; all of it resumes with the database
+            except Exception:
+                log.exception("tending training jobs failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self.claim_poll_s if self.trains else self.heartbeat_s
+                )
+            self._wake.clear()
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run(job), name=f"training-job-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _terminate(self, child: asyncio.subprocess.Process) -> None:
         """SIGTERM, then SIGKILL after the grace period."""
@@ -155,13 +221,15 @@ class JobManager:
             await self._run_child(job)
         except Exception as exc:  # the job must never stay "running" because of our own error
             log.exception("training job %s failed in the server", job.id)
-            await asyncio.to_thread(
-                self.store.update,
-                job.id,
-                status=JobStatus.FAILED,
-                finished_at=now_iso(),
-                error=f"internal error: {type(exc).__name__}",
-            )
+            with contextlib.suppress(RecordsUnavailable):  # else the stale window ends it
+                await self.records(
+                    self.store.update,
+                    job.id,
+                    self.owner,
+                    status=JobStatus.FAILED,
+                    finished_at=now_iso(),
+                    error=f"internal error: {type(exc).__name__}",
+                )
 
     async def _run_child(self, job: Job) -> None:
         out = self.versions.incoming_path(job.id)
@@ -185,24 +253,30 @@ class JobManager:
         progress: dict[str, Any] = {}
         beating = asyncio.create_task(self._heartbeat(job.id, child))
         try:
-            await asyncio.to_thread(
-                self.store.update, job.id, status=JobStatus.RUNNING, started_at=now_iso(), pid=child.pid
-            )
+            with contextlib.suppress(RecordsUnavailable):  # the pid is for people; the job runs on
+                await self.records(self.store.update, job.id, self.owner, pid=child.pid)
             log.info("training job %s started (pid %d): %s", job.id, child.pid, job.params)
             await asyncio.gather(
                 self._read_events(job.id, child, progress, failure), self._read_stderr(child, stderr)
             )
             returncode = await child.wait()
+            await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out)
         finally:
             beating.cancel()
             self._children.pop(job.id, None)
             await self._terminate(child)  # an error of ours above must not leave it training alone
-        await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out)
+            self.versions.discard(out)
+            self._wake.set()  # a slot is free: claim the next queued job now
 
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
-        while child.returncode is None:
+        """Keep the job ours while it runs; stop the child when a cancel is asked for, or when the
+        job was taken from us (reaped during an outage longer than the stale window)."""
+        while True:
             try:
-                if await asyncio.to_thread(self.store.beat, job_id):
+                beat = await self.records(self.store.beat, job_id, self.owner)
+                if beat is Beat.LOST:
+                    log.warning("training job %s is no longer ours (marked interrupted): stopping it", job_id)
+                if beat is not Beat.ALIVE:
                     await self._terminate(child)
             except RecordsUnavailable:
                 pass  # the child trains on; beats resume with the database (logged by app.db)
@@ -249,7 +323,7 @@ class JobManager:
             else:  # start and saved: the outcome is judged from the checkpoint file itself
                 continue
             with contextlib.suppress(RecordsUnavailable):  # the next event carries this one's news too
-                await asyncio.to_thread(self.store.update, job_id, progress=progress)
+                await self.records(self.store.update, job_id, self.owner, progress=progress)
 
     async def _read_stderr(self, child: asyncio.subprocess.Process, lines: deque[str]) -> None:
         """The child's last stderr lines (it prints no text with --quiet): what explains a crash."""
@@ -262,15 +336,29 @@ class JobManager:
     async def _finish(
         self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
     ) -> None:
-        """Record how the job ended. A failure's reason is the child's own error event; its raw
-        stderr only when it crashed without one."""
-        current = await asyncio.to_thread(self.store.get, job.id)
+        """Record how the job ended, retrying while the database or model store is out (the
+        heartbeat keeps the job ours meanwhile)."""
+        while True:
+            try:
+                await self._record_end(job, returncode, reported, stderr, out)
+                return
+            except (RecordsUnavailable, ModelStoreUnavailable) as exc:
+                log.warning("training job %s ended; recording it waits: %s", job.id, exc.detail)
+                await asyncio.sleep(self.heartbeat_s)
+
+    async def _record_end(
+        self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
+    ) -> None:
+        """A failure's reason is the child's own error event; its raw stderr only when it crashed
+        without one."""
+        if await self.records(self.store.beat, job.id, self.owner) is Beat.LOST:
+            log.warning("training job %s was marked interrupted before it could be recorded", job.id)
+            return
+        current = await self.records(self.store.get, job.id)
         end: dict[str, Any] = {"finished_at": now_iso()}
         if current.cancel_requested:
-            self.versions.discard(out)
             end.update(status=JobStatus.CANCELLED if current.error is None else JobStatus.FAILED)
         elif returncode != 0:
-            self.versions.discard(out)
             if reported is not None:
                 error = reported
             else:
@@ -283,8 +371,10 @@ class JobManager:
             end.update(status=JobStatus.FAILED, error=error)
         else:
             end.update(await self._judge(job, out))
-        await asyncio.to_thread(self.store.update, job.id, **end)
+        await self.records(self.store.update, job.id, self.owner, **end)
         log.info("training job %s ended %s", job.id, end["status"])
+        if end["status"] is JobStatus.SUCCEEDED:
+            await self.promoted()
 
     async def _judge(self, job: Job, out: Path) -> dict[str, Any]:
         """Promote the new model, or reject it when it misses min_accuracy."""
@@ -292,16 +382,14 @@ class JobManager:
         accuracy = metadata.get("test_accuracy")
         minimum = job.params.get("min_accuracy")
         if minimum is not None and (accuracy is None or accuracy < minimum):
-            self.versions.discard(out)
             return {
                 "status": JobStatus.REJECTED,
                 "test_accuracy": accuracy,
                 "error": f"test accuracy {accuracy}% is below min_accuracy {minimum}%: not promoted",
             }
         try:
-            version = await asyncio.to_thread(self.versions.keep, out)
-            await asyncio.to_thread(self.versions.activate, version, f"training job {job.id}")
+            version = await self.records(self.versions.keep, out)
+            await self.records(self.versions.activate, version, f"training job {job.id}")
         except CheckpointError as exc:
             return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
-        await self.promoted()
         return {"status": JobStatus.SUCCEEDED, "model_version": version, "test_accuracy": accuracy}

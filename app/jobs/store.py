@@ -1,13 +1,18 @@
-"""Job records in the database (app/db.py), shared by every server process and replica.
+"""Job records in the database (app/db.py), shared by every server process and replica, and the
+trainers that run them.
 
-The one-job-at-a-time rule lives here, in a serialised write transaction, not in a variable of one
-process: every process (or machine, with PostgreSQL) sees the same rows under the same lock. Each
-queued or running job names its owner process and carries a heartbeat; a job whose owner stopped
-beating is marked failed ("interrupted"), so a replica that restarts never fails a sibling's live job.
+The rules live here, in serialised write transactions, not in a variable of one process: every
+process (or machine, with PostgreSQL) sees the same rows under the same lock.
+- Capacity: a job is accepted while the active jobs fit the free slots of the live trainers plus
+  MNIST_TRAIN_QUEUE; beyond that, 409 naming the running jobs.
+- Claiming: a trainer with a free slot takes the oldest queued job (row lock, SKIP LOCKED).
+- Liveness: each trainer and each running job's owner keep a heartbeat on the database's clock; a
+  running job whose owner went silent is marked failed ("interrupted") by whoever looks next, so a
+  replica that restarts never fails a live job of another host, and an owner that finds its job
+  taken from it (an outage longer than the stale window) stops it, keeping the slot rule.
 """
 
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +22,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Float,
     Integer,
@@ -24,12 +30,14 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
+    delete,
+    func,
     select,
     update,
 )
 
 from app.db import Database, now_iso
-from app.errors import JobConflict, JobNotFound
+from app.errors import JobConflict, JobNotFound, NoTrainer
 
 
 class JobStatus(StrEnum):
@@ -69,6 +77,15 @@ jobs = Table(
     Column("heartbeat", Float, nullable=False),
     Column("pid", Integer),
     Column("cancel_requested", Boolean, nullable=False),
+    Column("trainer", Text),
+)
+trainers = Table(
+    "trainers",
+    MetaData(),
+    Column("name", Text, primary_key=True),
+    Column("slots", Integer, nullable=False),
+    Column("heartbeat", Float, nullable=False),
+    Column("started_at", Text, nullable=False),
 )
 
 
@@ -90,6 +107,7 @@ class Job:
     heartbeat: float = 0.0
     pid: int | None = None
     cancel_requested: bool = False
+    trainer: str | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> "Job":
@@ -106,33 +124,59 @@ def known_shape(job_id: str) -> None:
         raise JobNotFound(f"no training job {job_id!r}")
 
 
+class Beat(StrEnum):
+    """What a running job's owner learns from its heartbeat."""
+
+    ALIVE = "alive"
+    CANCEL = "cancel"  # someone asked for it to stop
+    LOST = "lost"  # no longer ours: reaped as interrupted while we could not reach the database
+
+
 class JobStore:
-    """All job state, in the service's database."""
+    """All job and trainer state, in the service's database."""
 
     def __init__(self, database: Database, stale_after_s: float = 15.0) -> None:
         self.database = database
         self.stale_after_s = stale_after_s
 
+    def _stale(self) -> ColumnElement[Any]:
+        return self.database.clock() - self.stale_after_s
+
     def _reap(self, db: Connection) -> None:
-        """Fail active jobs whose owner stopped beating (it crashed or was killed)."""
+        """Fail running jobs whose owner stopped beating (it crashed, was killed, or lost its host).
+        Queued jobs have no owner yet: they wait for a trainer."""
         db.execute(
             update(jobs)
-            .where(jobs.c.status.in_(ACTIVE), jobs.c.heartbeat < time.time() - self.stale_after_s)
+            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
             .values(
                 status=JobStatus.FAILED.value,
                 finished_at=now_iso(),
-                error="interrupted: the server running this job stopped before it finished",
+                error="interrupted: the trainer running this job stopped before it finished",
             )
         )
+        db.execute(delete(trainers).where(trainers.c.heartbeat < self._stale()))
 
-    def create(self, params: dict[str, Any], owner: str) -> Job:
-        """A new queued job, or JobConflict naming the job that is already queued or running."""
+    def create(self, params: dict[str, Any], queue: int = 0) -> Job:
+        """A new queued job, if the active jobs leave room: the live trainers' slots plus `queue`
+        waiting places. Else JobConflict naming what runs, or NoTrainer when nothing could run it."""
         with self.database.write() as db:
             self._reap(db)
-            active = db.execute(select(jobs.c.id, jobs.c.status).where(jobs.c.status.in_(ACTIVE))).first()
-            if active is not None:
+            slots = db.execute(select(func.coalesce(func.sum(trainers.c.slots), 0))).scalar_one()
+            active = db.execute(
+                select(jobs.c.id, jobs.c.status).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
+            ).all()
+            if len(active) >= slots + queue:
+                if not active:
+                    raise NoTrainer(
+                        "no trainer is running to take the job: start one (MNIST_ROLE=trainer or all), "
+                        "or set MNIST_TRAIN_QUEUE to let jobs wait for one"
+                    )
+                named = ", ".join(f"{row.id} ({row.status})" for row in active)
                 raise JobConflict(
-                    f"training job {active.id} is {active.status}; one job runs at a time", job_id=active.id
+                    f"training job(s) {named} hold every trainer slot"
+                    + (f" and the {queue} queue place(s)" if queue else "")
+                    + f": {slots} job(s) run at a time; try again when one ends",
+                    job_id=active[0].id,
                 )
             job_id = uuid.uuid4().hex[:12]
             db.execute(
@@ -142,12 +186,65 @@ class JobStore:
                     params=params,
                     progress={},
                     created_at=now_iso(),
-                    owner=owner,
-                    heartbeat=time.time(),
+                    owner="",
+                    heartbeat=self.database.clock(),
                     cancel_requested=False,
                 )
             )
         return self.get(job_id)
+
+    def claim(self, trainer: str, owner: str, slots: int) -> Job | None:
+        """The oldest queued job, now running and owned by `owner`, if `trainer` has a free slot."""
+        with self.database.write() as db:
+            self._reap(db)
+            busy = db.execute(
+                select(func.count())
+                .select_from(jobs)
+                .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.trainer == trainer)
+            ).scalar_one()
+            if busy >= slots:
+                return None
+            job_id = db.execute(
+                select(jobs.c.id)
+                .where(jobs.c.status == JobStatus.QUEUED.value)
+                .order_by(jobs.c.created_at, jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).scalar()
+            if job_id is None:
+                return None
+            db.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    owner=owner,
+                    trainer=trainer,
+                    heartbeat=self.database.clock(),
+                    started_at=now_iso(),
+                )
+            )
+        return self.get(job_id)
+
+    def check_in(self, trainer: str, slots: int) -> None:
+        """A trainer is alive with this many slots (every trainer process calls it on each beat)."""
+        with self.database.write() as db:
+            updated = db.execute(
+                update(trainers)
+                .where(trainers.c.name == trainer)
+                .values(slots=slots, heartbeat=self.database.clock())
+            ).rowcount
+            if not updated:
+                db.execute(
+                    trainers.insert().values(
+                        name=trainer, slots=slots, heartbeat=self.database.clock(), started_at=now_iso()
+                    )
+                )
+
+    def check_out(self, trainer: str) -> None:
+        """A trainer stops taking jobs (its siblings of the same name check in again on their beat)."""
+        with self.database.write() as db:
+            db.execute(delete(trainers).where(trainers.c.name == trainer))
 
     def get(self, job_id: str) -> Job:
         known_shape(job_id)
@@ -166,18 +263,29 @@ class JobStore:
         with self.database.write() as db:
             self._reap(db)
 
-    def update(self, job_id: str, **values: Any) -> None:
-        """Set columns of one job."""
+    def update(self, job_id: str, owner: str, **values: Any) -> bool:
+        """Set columns of a job `owner` runs; False when it is no longer running as theirs."""
         plain = {key: value.value if isinstance(value, JobStatus) else value for key, value in values.items()}
         with self.database.write() as db:
-            db.execute(update(jobs).where(jobs.c.id == job_id).values(**plain))
+            changed = db.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING.value)
+                .values(**plain)
+            ).rowcount
+        return bool(changed)
 
-    def beat(self, job_id: str) -> bool:
-        """Refresh the heartbeat; True when a cancel was asked for (by any process)."""
+    def beat(self, job_id: str, owner: str) -> Beat:
+        """Refresh a running job's heartbeat, and say whether it should go on."""
         with self.database.write() as db:
-            db.execute(update(jobs).where(jobs.c.id == job_id).values(heartbeat=time.time()))
+            mine = db.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING.value)
+                .values(heartbeat=self.database.clock())
+            ).rowcount
             cancel = db.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar()
-        return bool(cancel)
+        if not mine:
+            return Beat.LOST
+        return Beat.CANCEL if cancel else Beat.ALIVE
 
     def request_cancel(self, job_id: str) -> Job:
         """Ask for a job to stop: a queued one ends at once, a running one when its owner stops it."""
@@ -186,6 +294,12 @@ class JobStore:
             status = db.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
             if status is None:
                 raise JobNotFound(f"no training job {job_id}")
-            if JobStatus(status).active:
+            if status == JobStatus.QUEUED:
+                db.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now_iso())
+                )
+            elif status == JobStatus.RUNNING:
                 db.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
         return self.get(job_id)

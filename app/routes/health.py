@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response
 
-from app.deps import EngineDep, MetricsDep
+from app.deps import EngineDep, JobsDep, MetricsDep, SettingsDep
 from app.errors import NoModel
 from app.schemas import ErrorBody, Status
 
@@ -16,8 +16,12 @@ async def read_liveness() -> Status:
 
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}})
-async def read_readiness(engine: EngineDep) -> Status:
-    """Ready to predict: a model is loaded and the batching engine runs; 503 saying why otherwise."""
+async def read_readiness(engine: EngineDep, settings: SettingsDep, jobs: JobsDep) -> Status:
+    """Ready to predict: a model is loaded and the batching engine runs; 503 saying why otherwise.
+    A trainer (MNIST_ROLE=trainer) is ready when it can reach the database it takes jobs from."""
+    if settings.role == "trainer":
+        await jobs.records(jobs.store.database.ping)
+        return Status(status="ready")
     checkpoint = engine.serving()
     if not engine.running:
         raise NoModel("the inference engine is not running")

@@ -1,11 +1,10 @@
 """GET /model: what is being served, and how."""
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.deps import EngineDep, SettingsDep, TokenDep, VersionsDep, WatcherDep
+from app.deps import EngineDep, FollowerDep, SettingsDep, TokenDep, VersionsDep
 from app.schemas import ErrorBody, ModelInfo, VersionList
 
 router = APIRouter(tags=["model"])
@@ -27,22 +26,27 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
     """Every model version kept (each promoted checkpoint), newest first, the active one with when
     and by whom it was activated, and which one this server serves."""
     served = engine.checkpoint.version if engine.checkpoint else None
-    return {"versions": await asyncio.to_thread(versions.list), "active": served}
+    return {"versions": await versions.database.run(versions.list), "active": served}
 
 
 @router.post(
     "/model/versions/{version}/activate",
     response_model=VersionList,
     dependencies=[TokenDep],
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses={
+        401: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody, "description": "the version's weights fail verification"},
+        503: {"model": ErrorBody, "description": "the database or the model store is out"},
+    },
 )
 async def activate_model_version(
-    version: str, request: Request, engine: EngineDep, versions: VersionsDep, watcher: WatcherDep
+    version: str, request: Request, engine: EngineDep, versions: VersionsDep, follower: FollowerDep
 ) -> dict[str, Any]:
     """Serve an earlier (or later) kept version: a rollback. Every replica follows within seconds."""
     client = request.client.host if request.client else "unknown"
-    await asyncio.to_thread(
+    await versions.database.run(
         versions.activate, version, f"POST /model/versions/{version}/activate from {client}"
     )
-    await watcher.check()
+    await follower.check()
     return await read_model_versions(engine, versions)

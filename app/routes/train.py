@@ -1,6 +1,5 @@
 """Training jobs: start one, watch it, list them, cancel one."""
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
@@ -26,7 +25,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descrip
     dependencies=[TokenDep],
     responses={
         **AUTH,
-        409: {"model": ErrorBody, "description": "a job is already queued or running"},
+        409: {"model": ErrorBody, "description": "every trainer slot (and queue place) is taken"},
+        503: {"model": ErrorBody, "description": "no trainer is running, or the database is out"},
         422: {"description": "unknown field or a value out of bounds"},
     },
 )
@@ -42,14 +42,14 @@ async def create_training_job(
 @router.get("", response_model=JobList)
 async def read_training_jobs(store: StoreDep, limit: int = Query(20, ge=1, le=500)) -> JobList:
     """Training jobs, newest first."""
-    found = await asyncio.to_thread(store.list, limit)
+    found = await store.database.run(store.list, limit)
     return JobList(jobs=[JobPublic.model_validate(job) for job in found])
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 async def read_training_job(job_id: str, store: StoreDep) -> JobPublic:
     """One job: status, hyperparameters, progress, times, error, and the new model's version."""
-    job = await asyncio.to_thread(store.get, job_id)
+    job = await store.database.run(store.get, job_id)
     return JobPublic.model_validate(job)
 
 

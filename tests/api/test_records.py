@@ -30,7 +30,9 @@ def recorded_job(url: str) -> str:
     """A job record written by another process of the deployment."""
     database = Database(database_url(url, Path("unused")))
     database.migrate()
-    job = JobStore(database).create({"epochs": 3}, owner="elsewhere:1:0")
+    store = JobStore(database)
+    store.check_in("elsewhere", slots=1)  # a trainer on another host: the job waits for it
+    job = store.create({"epochs": 3})
     database.dispose()
     return job.id
 
@@ -38,7 +40,7 @@ def recorded_job(url: str) -> str:
 async def test_job_routes_on_postgresql(serve: Serve, postgres: PostgresServer) -> None:
     url = postgres.new_database()
     job_id = recorded_job(url)
-    async with serve(DATABASE_URL=url) as client:
+    async with serve(DATABASE_URL=url, ROLE="api") as client:
         listed = (await client.get("/train")).json()["jobs"]
         assert [job["id"] for job in listed] == [job_id]
         assert listed[0]["hyperparameters"] == {"epochs": 3} and listed[0]["status"] == "queued"
@@ -54,7 +56,7 @@ async def test_a_database_outage_fails_no_prediction(
     serve: Serve, own_postgres: PostgresServer, digit: bytes
 ) -> None:
     job_id = recorded_job(own_postgres.url())
-    async with serve(DATABASE_URL=own_postgres.url()) as client:
+    async with serve(DATABASE_URL=own_postgres.url(), ROLE="api") as client:
         assert (await client.get(f"/train/{job_id}")).status_code == 200
         own_postgres.stop()
         assert (await client.post("/predict", files=image_file(digit))).status_code == 200

@@ -1,17 +1,19 @@
-"""The job store on a real database of each kind: the one-job rule across store instances (as two
-processes or machines hold them), staleness, records, and a store from before migrations kept."""
+"""The job store on a real database of each kind: capacity (trainers' slots and the queue) across
+store instances (as processes or machines hold them), claiming, staleness on the database's clock,
+cancelling, records, and a store from before migrations kept."""
 
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
 
 from app.db import Database, alembic_config, database_url
-from app.errors import JobConflict, JobNotFound
-from app.jobs.store import JobStore
+from app.errors import JobConflict, JobNotFound, NoTrainer
+from app.jobs.store import Beat, Job, JobStore
 
 
 def opened(url: str, stale_after_s: float = 15.0) -> JobStore:
@@ -21,27 +23,71 @@ def opened(url: str, stale_after_s: float = 15.0) -> JobStore:
     return JobStore(database, stale_after_s=stale_after_s)
 
 
-def test_one_active_job_across_processes_sharing_the_database(records_url: str) -> None:
+def finished(store: JobStore, job: Job, trainer: str = "t1") -> None:
+    """Claim `job` as trainer `trainer` and end it succeeded, as a trainer process does."""
+    claimed = store.claim(trainer, owner=f"{trainer}:1", slots=1)
+    assert claimed is not None and claimed.id == job.id
+    assert store.update(job.id, f"{trainer}:1", status="succeeded", model_version="v")
+
+
+def test_jobs_fit_the_live_trainers_slots_across_processes(records_url: str) -> None:
     a, b = opened(records_url), opened(records_url)
-    job = a.create({"epochs": 1}, owner="a")
+    with pytest.raises(NoTrainer):  # nothing could run it, and nothing may wait
+        a.create({"epochs": 1})
+    a.check_in("t1", slots=1)
+    job = a.create({"epochs": 1})
     with pytest.raises(JobConflict) as info:
-        b.create({"epochs": 2}, owner="b")
-    assert info.value.job_id == job.id
-    a.update(job.id, status="succeeded")
-    assert b.create({"epochs": 2}, owner="b").status == "queued"
+        b.create({"epochs": 2})
+    assert info.value.job_id == job.id and f"{job.id} (queued)" in info.value.detail
+    b.check_in("t2", slots=1)  # a second trainer: a second slot
+    second = b.create({"epochs": 2})
+    with pytest.raises(JobConflict):
+        a.create({"epochs": 3})
+    finished(a, job)
+    assert b.create({"epochs": 3}).status == "queued"
+    assert {j.id for j in a.list() if j.status == "queued"} >= {second.id}
+
+
+def test_the_queue_lets_jobs_wait_for_a_trainer(records_url: str) -> None:
+    store = opened(records_url)
+    waiting = [store.create({"epochs": n}, queue=2) for n in (1, 2)]  # no trainer yet: they wait
+    with pytest.raises(JobConflict) as info:
+        store.create({"epochs": 3}, queue=2)
+    assert "queue place" in info.value.detail
+    store.check_in("t1", slots=1)
+    claimed = store.claim("t1", owner="t1:1", slots=1)
+    assert claimed is not None and claimed.id == waiting[0].id and claimed.status == "running"
+    assert store.claim("t1", owner="t1:1", slots=1) is None  # its one slot is busy
+    assert store.claim("t2", owner="t2:1", slots=1).id == waiting[1].id  # type: ignore[union-attr]
+    assert store.claim("t2", owner="t2:1", slots=1) is None  # nothing left queued
 
 
 def test_racing_creates_make_exactly_one_job(records_url: str) -> None:
-    """Eight processes' worth of stores asking at once: the database lets exactly one through."""
+    """Eight processes' worth of stores asking at once for one slot: exactly one gets through."""
     stores = [opened(records_url) for _ in range(8)]
+    stores[0].check_in("t1", slots=1)
+    outcomes = race(stores, lambda store: store.create({}))
+    assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
+    assert len(stores[0].list()) == 1
+
+
+def test_racing_claims_give_a_job_to_exactly_one_trainer(records_url: str) -> None:
+    stores = [opened(records_url) for _ in range(6)]
+    job = stores[0].create({}, queue=1)
+    claims = race(stores, lambda store: store.claim(f"t{id(store)}", owner=f"o{id(store)}", slots=1))
+    assert claims.count("created") == 1
+    assert stores[0].get(job.id).status == "running"
+
+
+def race(stores: list[JobStore], call: Callable[[JobStore], object]) -> list[str]:
+    """Run `call` on every store at the same moment; "created" where it returned something."""
     start = threading.Barrier(len(stores))
     outcomes: list[str] = []
 
     def ask(store: JobStore) -> None:
         start.wait()
         try:
-            store.create({}, owner="racer")
-            outcomes.append("created")
+            outcomes.append("created" if call(store) is not None else "none")
         except JobConflict:
             outcomes.append("conflict")
 
@@ -50,8 +96,7 @@ def test_racing_creates_make_exactly_one_job(records_url: str) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
-    assert len(stores[0].list()) == 1
+    return outcomes
 
 
 def test_odd_ids_are_not_found_before_the_database_sees_them(records_url: str) -> None:
@@ -63,43 +108,63 @@ def test_odd_ids_are_not_found_before_the_database_sees_them(records_url: str) -
             store.request_cancel(job_id)
 
 
-def test_a_silent_owner_is_reaped_a_beating_one_is_not(records_url: str) -> None:
+def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> None:
     store = opened(records_url, stale_after_s=2.0)
-    live = store.create({}, owner="a")
-    store.update(live.id, status="running")
+    store.check_in("t1", slots=1)
+    job = store.create({})
+    assert store.claim("t1", owner="a", slots=1) is not None
     time.sleep(1.2)
-    store.beat(live.id)
+    assert store.beat(job.id, "a") is Beat.ALIVE
     time.sleep(1.2)
     store.reap()
-    assert store.get(live.id).status == "running"  # created 2.4 s ago, but beat 1.2 s ago: alive
+    assert store.get(job.id).status == "running"  # claimed 2.4 s ago, but beat 1.2 s ago: alive
+    assert store.beat(job.id, "b") is Beat.LOST  # only its owner keeps it alive
     time.sleep(2.1)
     store.reap()
-    reaped = store.get(live.id)
+    reaped = store.get(job.id)
     assert reaped.status == "failed" and reaped.error is not None and reaped.error.startswith("interrupted")
+    # The owner comes back (an outage longer than the stale window): the job is no longer its own.
+    assert store.beat(job.id, "a") is Beat.LOST
+    assert store.update(job.id, "a", status="succeeded") is False
+    assert store.get(job.id).status == "failed"
+
+
+def test_a_silent_trainer_leaves_no_slot(records_url: str) -> None:
+    store = opened(records_url, stale_after_s=1.0)
+    store.check_in("t1", slots=3)
+    time.sleep(1.3)
+    with pytest.raises(NoTrainer):
+        store.create({})
 
 
 def test_records_persist_and_list_newest_first(records_url: str) -> None:
     store = opened(records_url)
+    store.check_in("t1", slots=1)
     ids = []
     for epochs in (1, 2, 3):
-        job = store.create({"epochs": epochs, "lr": 0.5}, owner="a")
-        store.update(job.id, status="succeeded", progress={"epoch": epochs}, model_version=f"v{epochs}")
+        job = store.create({"epochs": epochs, "lr": 0.5})
+        finished(store, job)
+        store.database.engine.dispose()
         ids.append(job.id)
     reopened = opened(records_url)
     assert [job.id for job in reopened.list(limit=10)] == ids[::-1]
     assert [job.id for job in reopened.list(limit=2)] == ids[:0:-1]
-    assert reopened.get(ids[1]).progress == {"epoch": 2}
     assert reopened.get(ids[1]).params == {"epochs": 2, "lr": 0.5}
+    assert reopened.get(ids[1]).status == "succeeded" and reopened.get(ids[1]).trainer == "t1"
     with pytest.raises(JobNotFound):
         reopened.get("missing")
 
 
-def test_cancel_request_reaches_the_owner_through_the_heartbeat(records_url: str) -> None:
+def test_cancel_ends_a_queued_job_and_reaches_a_running_ones_owner(records_url: str) -> None:
     owner, other = opened(records_url), opened(records_url)
-    job = owner.create({}, owner="a")
-    assert owner.beat(job.id) is False
-    other.request_cancel(job.id)
-    assert owner.beat(job.id) is True
+    owner.check_in("t1", slots=1)
+    queued = owner.create({}, queue=1)
+    waiting = owner.create({}, queue=1)
+    assert other.request_cancel(waiting.id).status == "cancelled"  # nobody runs it: it ends now
+    assert owner.claim("t1", owner="a", slots=1).id == queued.id  # type: ignore[union-attr]
+    assert owner.beat(queued.id, "a") is Beat.ALIVE
+    assert other.request_cancel(queued.id).status == "running"  # its owner stops it
+    assert owner.beat(queued.id, "a") is Beat.CANCEL
 
 
 # The schema and a row exactly as the first release's SQLite store wrote them (before migrations).
@@ -128,4 +193,5 @@ def test_a_store_from_before_migrations_is_adopted_with_its_records(tmp_path: Pa
     job = store.get("0123456789ab")
     assert job.status == "succeeded" and job.params == {"epochs": 1} and job.progress["epoch"] == 1
     assert job.model_version == "5847e031596a" and job.test_accuracy == 98.6 and job.cancel_requested is False
-    assert store.create({"epochs": 2}, owner="b").status == "queued"  # and it takes new jobs
+    store.check_in("t1", slots=1)
+    assert store.create({"epochs": 2}).status == "queued"  # and it takes new jobs

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from app.db import Database, database_url
-from app.errors import VersionNotFound
-from app.versions import ModelVersions
+from app.errors import ModelObjectCorrupt, VersionNotFound
+from app.model_store import LocalModelStore
+from app.versions import Adopt, ModelVersions
 from models.checkpoint import load_checkpoint, metadata_path, save_checkpoint
 
 
@@ -26,7 +27,7 @@ def other_checkpoint(small_checkpoint: Path, target: Path) -> Path:
 def opened(url: str, state: Path, model_path: Path) -> ModelVersions:
     database = Database(database_url(url, state))
     database.migrate()
-    return ModelVersions(database, state, model_path)
+    return ModelVersions(database, LocalModelStore(state / "models"), state, model_path)
 
 
 def test_keep_activate_and_list(records_url: str, tmp_path: Path, small_checkpoint: Path) -> None:
@@ -34,7 +35,7 @@ def test_keep_activate_and_list(records_url: str, tmp_path: Path, small_checkpoi
     versions = opened(records_url, state, served)
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
     second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
-    assert not any(versions.incoming.iterdir())  # filed away, nothing left behind
+    assert versions.keep(versions.incoming_path("b")) == second  # a retry after an outage: no change
     versions.activate(first, "training job a")
     assert load_checkpoint(served).version == first
     versions.activate(second, "POST /model/versions/x/activate from 10.0.0.7")
@@ -64,11 +65,31 @@ def test_a_checkpoint_written_by_hand_is_adopted_once(
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
     versions = opened(records_url, tmp_path / "state", served)
     version = load_checkpoint(served).version
-    versions.adopt(version, "startup")
-    versions.adopt(version, "a second process starting")  # already active: recorded once, unchanged
+    versions.adopt(served, "startup", Adopt.FIRST)
+    versions.adopt(served, "a second process starting", Adopt.NEW)  # known: recorded once, unchanged
     [entry] = versions.list()
     assert entry["model_version"] == version and entry["active"] and entry["activated_by"] == "startup"
-    assert (versions.folder / f"{version}.pt").is_file()  # kept, so it can be rolled back to
+    assert load_checkpoint(versions.local_copy(entry)).version == version  # kept, to roll back to
+
+
+def test_the_active_version_wins_over_a_file_unless_it_is_new_and_taken_over(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    versions = opened(records_url, tmp_path / "state", served)
+    first = versions.adopt(served, "replica a", Adopt.FIRST)
+    other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+    replica_file = copied(tmp_path / "other.pt", tmp_path / "replica-b" / "mnist_cnn.pt")
+    second = versions.adopt(replica_file, "replica b", Adopt.FIRST)  # shared records: a wins
+    assert versions.active() == first and second != first
+    assert {entry["model_version"] for entry in versions.list()} == {first, second}  # but it is kept
+    newest = copied(tmp_path / "other.pt", tmp_path / "by-hand" / "mnist_cnn.pt")
+    versions.adopt(newest, "by hand", Adopt.NEW)  # known already: not a new model, no take-over
+    assert versions.active() == first
+    third = other_checkpoint(tmp_path / "other.pt", tmp_path / "third" / "mnist_cnn.pt")
+    assert versions.adopt(third, "by hand", Adopt.NEW) == versions.active() != first
+    versions.adopt(served, "one machine restarting with this file", Adopt.ALWAYS)
+    assert versions.active() == first
 
 
 def test_a_state_folder_from_before_version_records_is_recorded(
@@ -98,10 +119,10 @@ def test_stale_metadata_and_broken_kept_files(
     other_checkpoint(small_checkpoint, tmp_path / "other.pt")
     shutil.copy(tmp_path / "other.pt", served)  # new weights, old JSON beside them
     versions = opened(records_url, tmp_path / "state", served)
-    (versions.folder / "0123456789ab.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "state" / "models" / "0123456789ab.pt").write_bytes(b"not a checkpoint")
     versions.record_kept_files()
     truth = load_checkpoint(served).version
-    versions.adopt(truth, "startup")
+    versions.adopt(served, "startup", Adopt.ALWAYS)
     [entry] = versions.list()
     assert entry["model_version"] == truth == versions.active()
 
@@ -111,3 +132,23 @@ def copied(checkpoint: Path, target: Path) -> Path:
     shutil.copy(checkpoint, target)
     shutil.copy(metadata_path(checkpoint), metadata_path(target))
     return target
+
+
+def test_a_version_whose_weights_went_bad_is_not_activated(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    versions = opened(records_url, tmp_path / "state", served)
+    good = versions.adopt(served, "startup", Adopt.FIRST)
+    bad = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    kept = tmp_path / "state" / "models" / f"{bad}.pt"
+    kept.write_bytes(flipped(kept.read_bytes()))
+    with pytest.raises(ModelObjectCorrupt, match="do not match their recorded sha256"):
+        versions.activate(bad, "rollback")
+    assert versions.active() == good and load_checkpoint(served).version == good
+
+
+def flipped(data: bytes) -> bytes:
+    """The same bytes with one bit of the middle one changed: corrupt, yet the same size."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :]

@@ -1,0 +1,117 @@
+"""Replicas sharing real records (PostgreSQL) and a real S3 store (SeaweedFS), in process: the
+active version is a database fact that every replica follows, fetching verified weights from the
+store; a corrupted object is refused and the old model keeps serving."""
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+
+from app.db import Database, database_url
+from app.model_store import S3ModelStore
+from app.versions import ModelVersions
+from models.checkpoint import load_checkpoint
+from tests.asgi import Serve
+from tests.postgres import PostgresServer
+from tests.s3 import S3Server
+from tests.unit.test_versions import flipped, other_checkpoint
+from tests.uploads import image_file
+
+FOLLOW_WITHIN_S = 2.0
+
+
+def trainer_versions(url: str, store: str, state: Path) -> ModelVersions:
+    """Versions as a trainer on another host files them: the same records and store."""
+    database = Database(database_url(url, state))
+    return ModelVersions(database, S3ModelStore(store, state / "cache"), state, state / "mnist_cnn.pt")
+
+
+async def served_version(client: httpx.AsyncClient, digit: bytes) -> str:
+    response = await client.post("/predict", files=image_file(digit))
+    assert response.status_code == 200, response.text
+    return str(response.json()["model_version"])
+
+
+async def switch_under_load(replicas: list[httpx.AsyncClient], digit: bytes, version: str) -> float:
+    """Seconds until every replica answers with `version`, while clients keep predicting on all
+    of them; any failed prediction fails the test."""
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def hammer(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            response = await client.post("/predict", files=image_file(digit))
+            if response.status_code != 200:
+                failures.append(response.text)
+
+    load = [asyncio.create_task(hammer(client)) for client in replicas for _ in range(2)]
+    started = time.monotonic()
+    try:
+        while True:
+            seen = {await served_version(client, digit) for client in replicas}
+            if seen == {version}:
+                return time.monotonic() - started
+            assert time.monotonic() - started < FOLLOW_WITHIN_S + 1, seen
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+        assert failures == []
+
+
+async def test_replicas_follow_the_database_through_the_store(
+    serve: Serve, postgres: PostgresServer, s3: S3Server, tmp_path: Path, small_checkpoint: Path, digit: bytes
+) -> None:
+    url, store = postgres.new_database(), f"s3://models-{uuid.uuid4().hex[:8]}/mnist"
+    shared = {"DATABASE_URL": url, "MODEL_STORE": store, "ROLE": "api"}
+    first = load_checkpoint(small_checkpoint).version
+    # Replica A starts with the model file: no version is active yet, so it becomes the first.
+    async with (
+        serve(**shared, STATE_DIR=str(tmp_path / "a")) as a,
+        serve(**shared, STATE_DIR=str(tmp_path / "b"), MODEL_PATH=str(tmp_path / "b" / "none.pt")) as b,
+    ):
+        assert await served_version(b, digit) == first  # B had no file: fetched from the store
+        trainer = trainer_versions(url, store, tmp_path / "trainer")
+        second = await asyncio.to_thread(
+            trainer.keep, other_checkpoint(small_checkpoint, tmp_path / "trainer" / "incoming" / "2.pt")
+        )
+
+        activated = await b.post(f"/model/versions/{second}/activate")
+        assert activated.status_code == 200 and activated.json()["active"] == second
+        took = await switch_under_load([a, b], digit, second)
+        assert took < FOLLOW_WITHIN_S
+
+        # A version whose object in the store was corrupted: refused, the old model keeps serving.
+        third_file = other_checkpoint(tmp_path / "trainer" / "incoming" / "2.pt", tmp_path / "3.pt")
+        third = await asyncio.to_thread(trainer.keep, third_file)
+        where = S3ModelStore(store, tmp_path / "inspector")
+        boto3.client("s3").put_object(
+            Bucket=where.bucket,
+            Key=where.key(load_checkpoint(third_file).metadata["sha256"]),
+            Body=flipped(third_file.read_bytes()),
+        )
+        refused = await a.post(f"/model/versions/{third}/activate")
+        assert refused.status_code == 409 and "do not match their recorded sha256" in refused.json()["detail"]
+        trainer._set_active(third, "a replica whose cached copy was good")  # the database names it anyway
+        await asyncio.sleep(3 * 0.5)  # several polls of both replicas
+        assert await served_version(a, digit) == second and await served_version(b, digit) == second
+        assert (await a.get("/readyz")).status_code == 200
+
+        # A rollback through B is followed by all.
+        assert (await b.post(f"/model/versions/{first}/activate")).status_code == 200
+        assert await switch_under_load([a, b], digit, first) < FOLLOW_WITHIN_S
+        listed = (await a.get("/model/versions")).json()
+        [active] = [entry for entry in listed["versions"] if entry["active"]]
+        assert active["model_version"] == first and active["activated_by"].startswith("POST /model/versions")
+        trainer.database.dispose()
+
+
+@pytest.mark.parametrize("setting", ["s3://", "file:///tmp/models", "models"])
+async def test_an_unusable_store_setting_is_refused(serve: Serve, setting: str) -> None:
+    with pytest.raises(ValueError, match="MNIST_MODEL_STORE must be s3://bucket/prefix"):
+        async with serve(MODEL_STORE=setting):
+            pass
