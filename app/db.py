@@ -10,6 +10,7 @@ The schema is versioned with Alembic (app/migrations) and brought up to date at 
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,12 +34,27 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
 # Today's first schema: a store made before migrations existed holds exactly this.
 FIRST_REVISION = "0001"
-# Threads for record and model-store calls: their own pool, so a database that hangs cannot take
-# the threads that decode uploads (asyncio's default pool) away from /predict.
+# Threads for record calls: their own pool, so a database that hangs cannot take the threads that
+# decode uploads (asyncio's default pool) away from /predict. Model-store calls (slow downloads,
+# uploads) have a pool of their own too (app/versions.py), so they cannot delay heartbeats.
 RECORD_THREADS = 4
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class Threads:
+    """A small thread pool of its own for blocking calls of one kind, awaited from the event loop."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix=name)
+
+    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def now_iso() -> str:
@@ -83,12 +99,11 @@ class Database:
                 pool_timeout=10,
                 connect_args={"connect_timeout": 5, "options": "-c statement_timeout=15000"},
             )
-        self._threads = ThreadPoolExecutor(RECORD_THREADS, thread_name_prefix="records")
-
-    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`call` on the records' own threads, awaited from the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(call, *args, **kwargs))
+        self._threads = Threads(RECORD_THREADS, "records")
+        self.run = self._threads.run  # `await database.run(call, *args)`: a record call off the loop
+        # When this process last got the database back after losing it (-inf: never lost it).
+        self._back_since = -float("inf")
+        self._lost = False
 
     def clock(self) -> ColumnElement[Any]:
         """The database's time in seconds since the epoch: heartbeats of every machine are stamped
@@ -126,13 +141,22 @@ class Database:
                     connection.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
                 yield connection
 
+    def reachable_for(self) -> float:
+        """Seconds since this process got the database back after an outage (inf if it never lost
+        it). Judging silence by heartbeats is only fair once owners have had time to beat again."""
+        return 0.0 if self._lost else time.monotonic() - self._back_since
+
     @contextmanager
     def _reachable(self) -> Iterator[None]:
         """A lost or refused connection is RecordsUnavailable (503 to clients); the pool replaces
         dead connections, so the next call after the database is back simply works."""
         try:
             yield
+            if self._lost:
+                self._lost, self._back_since = False, time.monotonic()
+                log.info("database reachable again")
         except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            self._lost = True
             log.warning("database unavailable: %s", str(exc).splitlines()[0])
             raise RecordsUnavailable(
                 "job and model-version records are unavailable: the database cannot be reached "
@@ -162,5 +186,5 @@ class Database:
             connection.execute(select(literal(1)))
 
     def dispose(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
         self.engine.dispose()

@@ -21,7 +21,7 @@ import torch
 from app.batching import BatchingEngine
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.metrics import Metrics
-from app.versions import Adopt, ModelVersions
+from app.versions import Adopt, ModelVersions, metadata_agrees
 from models.checkpoint import CheckpointError, load_checkpoint, metadata_path
 
 log = logging.getLogger("app.follower")
@@ -59,6 +59,10 @@ class ModelFollower:
         self.path = versions.model_path
         self.interval_s = interval_s
         self.seen = fingerprint(self.path)
+        self._settling: Fingerprint | None = None
+        # One machine: the file is what the user serves (a known version copied there included).
+        # Shared records: only a new model written there by hand; a known one is a stale copy.
+        self.adopt = Adopt.ALWAYS if versions.database.sqlite else Adopt.NEW
         self._failed: tuple[str, float, float] | None = None  # (sha256, retry at, backoff)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -87,14 +91,18 @@ class ModelFollower:
         current = fingerprint(self.path)
         if current == self.seen:
             return
+        if current != self._settling and not await asyncio.to_thread(metadata_agrees, self.path):
+            self._settling = current  # weights and metadata disagree: maybe mid-write; look again
+            return
         try:
             # A new model written there by hand is served; a known one is our own activation's copy.
-            await self.records(self.versions.adopt, self.path, f"{self.path} changed", Adopt.NEW)
+            await self.versions.run(self.versions.adopt, self.path, f"{self.path} changed", self.adopt)
         except CheckpointError as exc:
             self.engine.unavailable(str(exc))
             log.warning("not adopting %s: %s", self.path, exc)
-        except (RecordsUnavailable, ModelStoreUnavailable):
-            return  # tried again on the next poll
+        except (RecordsUnavailable, ModelStoreUnavailable, ModelObjectCorrupt, OSError) as exc:
+            log.warning("adopting %s waits: %s", self.path, getattr(exc, "detail", exc))
+            return  # tried again on the next poll (a file still being written settles)
         self.seen = current
 
     async def _follow(self, active: dict[str, Any]) -> None:
@@ -107,9 +115,9 @@ class ModelFollower:
         if self._failed and self._failed[0] == sha256 and loop.time() < self._failed[1]:
             return
         try:
-            weights = await self.records(self.versions.local_copy, active)
+            weights = await self.versions.run(self.versions.local_copy, active)
             checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
-        except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError) as exc:
+        except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError) as exc:
             detail = getattr(exc, "detail", str(exc))
             backoff = self._failed[2] * 2 if self._failed and self._failed[0] == sha256 else self.interval_s
             backoff = min(backoff, MAX_BACKOFF_S)

@@ -77,7 +77,8 @@ class LocalModelStore:
         return target
 
 
-MISSING = ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+NO_KEY = ("NoSuchKey", "404", "NotFound")
+NO_BUCKET = ("NoSuchBucket", "404", "NotFound")
 
 
 class S3ModelStore:
@@ -122,7 +123,7 @@ class S3ModelStore:
                 self.client.head_bucket(Bucket=self.bucket)
                 return
             except ClientError as exc:
-                if error_code(exc) not in MISSING:
+                if error_code(exc) not in NO_BUCKET:
                     raise
             try:
                 self.client.create_bucket(Bucket=self.bucket)
@@ -132,17 +133,12 @@ class S3ModelStore:
                     raise
 
     def put(self, weights: Path, metadata: dict[str, Any]) -> None:
-        from botocore.exceptions import ClientError
-
         sha256, version = str(metadata["sha256"]), str(metadata["version"])
         data = verified(weights.read_bytes(), sha256, str(weights))
+        # Always a plain PUT: the key is the content's hash, so writing it again changes nothing,
+        # and a HEAD first would need list permission to tell "missing" from "forbidden".
         with self._calls(f"uploading version {version}"):
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=self.key(sha256))
-            except ClientError as exc:
-                if error_code(exc) not in MISSING:
-                    raise
-                self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=data)
         self._cache(data, metadata)
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
@@ -158,7 +154,7 @@ class S3ModelStore:
             try:
                 body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"].read()
             except ClientError as exc:
-                if error_code(exc) in MISSING:
+                if error_code(exc) in NO_KEY:  # NoSuchBucket is an outage (503), not a missing object
                     raise ModelObjectCorrupt(
                         f"the weights of version {version} are missing: {where}"
                     ) from None

@@ -15,7 +15,7 @@ import torch
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.db import Database, database_url
-from app.errors import ModelStoreUnavailable
+from app.errors import ModelObjectCorrupt, ModelStoreUnavailable
 from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
@@ -55,35 +55,60 @@ async def nothing_to_swap() -> None:
 
 
 @asynccontextmanager
+async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, ModelVersions]]:
+    """The database (migrated) with its job store, and the model versions over the model store;
+    closed on exit, also when startup fails half-way."""
+    database = Database(database_url(settings.database_url, settings.state_dir))
+    try:
+        await database.run(database.migrate)
+        store = JobStore(database, stale_after_s=settings.job_stale_after_s)
+        await database.run(store.reap)  # jobs whose trainer died while they ran
+        model_store = open_model_store(settings.model_store, settings.state_dir)
+        if isinstance(model_store, S3ModelStore):
+            with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it
+                await asyncio.to_thread(model_store.create_bucket)
+        versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
+        try:
+            await versions.run(versions.record_kept_files)  # a state folder from before version records
+            yield store, versions
+        finally:
+            versions.close()
+    finally:
+        database.dispose()
+
+
+@asynccontextmanager
 async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
     """Open the records and the model store, load the model off the event loop, start everything;
     on exit stop jobs, follower and engine."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device, setting="MNIST_DEVICE")
-    serves = settings.role != "trainer"
     if not settings.train_token:
         log.warning("MNIST_TRAIN_TOKEN is not set: anyone who can reach the server can train and swap models")
-    database = Database(database_url(settings.database_url, settings.state_dir))
-    await database.run(database.migrate)
-    store = JobStore(database, stale_after_s=settings.job_stale_after_s)
-    await database.run(store.reap)  # jobs whose trainer died while they ran
-    model_store = open_model_store(settings.model_store, settings.state_dir)
-    if isinstance(model_store, S3ModelStore):
-        with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it
-            await database.run(model_store.create_bucket)
-    versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
-    await database.run(versions.record_kept_files)  # a state folder from before version records
+    async with (
+        open_records(settings) as (store, versions),
+        serving(settings, metrics, device, store, versions) as services,
+    ):
+        yield services
+    log.info("inference engine stopped")
 
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, metrics: Metrics, device: torch.device, store: JobStore, versions: ModelVersions
+) -> AsyncIterator[Services]:
+    """The model, the engine, the follower and the job manager, over open records."""
+    serves = settings.role != "trainer"
     checkpoint, reason = None, "this process is a trainer (MNIST_ROLE=trainer): it serves no predictions"
     if serves:
         checkpoint, reason = await asyncio.to_thread(try_load, settings, device)
     if checkpoint is not None:
         # One machine (SQLite): the file it starts with is served, as it always was. Shared
         # records: the active version wins; the file is the first version only when there is none.
-        when = Adopt.ALWAYS if database.sqlite else Adopt.FIRST
-        with contextlib.suppress(ModelStoreUnavailable):
-            await database.run(versions.adopt, settings.model_path, f"{settings.model_path} at startup", when)
+        when = Adopt.ALWAYS if store.database.sqlite else Adopt.FIRST
+        with contextlib.suppress(ModelStoreUnavailable, ModelObjectCorrupt):  # logged; served anyway
+            await versions.run(versions.adopt, settings.model_path, f"{settings.model_path} at startup", when)
     metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
 
     engine = BatchingEngine(
@@ -127,5 +152,3 @@ async def running_services(settings: Settings, metrics: Metrics) -> AsyncIterato
         finally:
             await jobs.stop()
             await follower.stop()
-            database.dispose()
-    log.info("inference engine stopped")

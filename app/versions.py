@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
 )
 
-from app.db import Database, now_iso
+from app.db import Database, Threads, now_iso
 from app.errors import VersionNotFound
 from app.model_store import LocalModelStore, ModelStore
 from models.checkpoint import (
@@ -72,6 +72,15 @@ def is_recorded(db: Connection, version: str) -> bool:
     )
 
 
+def metadata_agrees(weights: Path) -> bool:
+    """No metadata beside the weights (the tutorial's file), or metadata of these very weights."""
+    metadata = read_metadata(weights)
+    try:
+        return metadata is None or metadata.get("sha256") == sha256_bytes(weights.read_bytes())
+    except OSError:
+        return False
+
+
 def verified_metadata(weights: Path) -> dict[str, Any]:
     """The metadata beside `weights` if its sha256 is theirs (cheap: a hash), else what loading
     them says (the JSON may be stale, e.g. weights replaced before it)."""
@@ -102,6 +111,10 @@ class ModelVersions:
 
     def __init__(self, database: Database, store: ModelStore, state_dir: Path, model_path: Path) -> None:
         self.database, self.store = database, store
+        # Store calls (downloads, uploads) on threads of their own: a slow store cannot delay the
+        # heartbeats and check-ins that run on the database's threads.
+        self._threads = Threads(4, "models")
+        self.run = self._threads.run
         self.incoming = state_dir / "incoming"
         self.model_path = model_path
         self.incoming.mkdir(parents=True, exist_ok=True)
@@ -146,7 +159,8 @@ class ModelVersions:
 
     def activate(self, version: str, by: str) -> None:
         """Make `version` the active version, after checking its weights in the store are sound
-        (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH."""
+        (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH
+        where that can be written."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
             raise VersionNotFound(f"no model version {version!r}")
         with self.database.read() as db:
@@ -157,11 +171,17 @@ class ModelVersions:
             raise VersionNotFound(f"no model version {version}")
         weights = self.store.local_copy(row.metadata)
         self._set_active(version, by)
-        copy_checkpoint(weights, self.model_path)
+        try:
+            copy_checkpoint(weights, self.model_path)
+        except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
+            log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
         """A verified local checkpoint of a recorded version (fetched from the store if need be)."""
         return self.store.local_copy(metadata)
+
+    def close(self) -> None:
+        self._threads.shutdown()
 
     def discard(self, weights: Path) -> None:
         weights.unlink(missing_ok=True)

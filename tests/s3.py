@@ -38,7 +38,8 @@ def free_port_pair() -> int:
 
 
 class S3Server:
-    """One SeaweedFS server (master, volume, filer, S3 gateway) for a test session."""
+    """One SeaweedFS server (master, volume, filer, S3 gateway) for a test session. Each bucket is
+    a collection that takes several volumes at once: small volumes, and room for many of them."""
 
     def __init__(self) -> None:
         # pip puts `weed` beside the interpreter, which may not be on PATH (.venv/bin/python ...)
@@ -67,7 +68,8 @@ class S3Server:
             [
                 weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-                "-master.telemetry=false", "-volume.max=10", "-s3", f"-s3.port={self.port}",
+                "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=200", "-s3",
+                f"-s3.port={self.port}",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             ],
             stdout=self.log,

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from app.db import now_iso
-from app.errors import ModelStoreUnavailable, RecordsUnavailable
+from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.versions import ModelVersions
 from models.checkpoint import CheckpointError, read_metadata
@@ -50,6 +50,8 @@ from models.events import TrainingEvent
 from models.hyperparameters import cli_flag, hyperparameter_fields
 
 log = logging.getLogger("app.jobs")
+# How long a finished job's model waits for an unreachable model store before the job fails.
+STORE_PATIENCE_S = 300.0
 
 
 def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
@@ -117,6 +119,7 @@ class JobManager:
         self._children: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._tending: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -152,9 +155,10 @@ class JobManager:
     async def stop(self) -> None:
         """Server shutdown: claim nothing more, stop our children; their jobs end failed."""
         if self._tending is not None:
-            self._tending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tending
+            # Not cancelled: a claim cut off mid-way would still commit, with nobody to run the job.
+            self._stopping = True
+            self._wake.set()
+            await self._tending
         for job_id, child in list(self._children.items()):
             with contextlib.suppress(RecordsUnavailable):  # the child is stopped all the same
                 await self.records(
@@ -176,7 +180,7 @@ class JobManager:
         queued jobs while it has free slots: on each poll, or at once when woken by a submit."""
         last_beat = -float("inf")
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 if loop.time() - last_beat >= self.heartbeat_s:
                     last_beat = loop.time()
@@ -184,7 +188,7 @@ class JobManager:
                         await self.records(self.store.check_in, self.trainer, self.slots)
                     else:
                         await self.records(self.store.reap)  # a trainer's claims reap already
-                while self.trains and len(self._tasks) < self.slots:
+                while self.trains and not self._stopping and len(self._tasks) < self.slots:
                     job = await self.records(self.store.claim, self.trainer, self.owner, self.slots)
                     if job is None:
                         break
@@ -337,14 +341,22 @@ class JobManager:
         self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
     ) -> None:
         """Record how the job ended, retrying while the database or model store is out (the
-        heartbeat keeps the job ours meanwhile)."""
+        heartbeat keeps the job ours meanwhile). A store that stays out for STORE_PATIENCE_S
+        fails the job, so it does not hold its slot for ever."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + STORE_PATIENCE_S
         while True:
             try:
                 await self._record_end(job, returncode, reported, stderr, out)
                 return
-            except (RecordsUnavailable, ModelStoreUnavailable) as exc:
+            except RecordsUnavailable as exc:
                 log.warning("training job %s ended; recording it waits: %s", job.id, exc.detail)
-                await asyncio.sleep(self.heartbeat_s)
+            except ModelStoreUnavailable as exc:
+                if loop.time() > give_up:
+                    returncode, reported = 1, f"the model could not be stored: {exc.detail}"
+                    continue  # recorded as failed, with this reason
+                log.warning("training job %s ended; storing its model waits: %s", job.id, exc.detail)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _record_end(
         self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
@@ -388,8 +400,10 @@ class JobManager:
                 "error": f"test accuracy {accuracy}% is below min_accuracy {minimum}%: not promoted",
             }
         try:
-            version = await self.records(self.versions.keep, out)
-            await self.records(self.versions.activate, version, f"training job {job.id}")
+            version = await self.versions.run(self.versions.keep, out)
+            await self.versions.run(self.versions.activate, version, f"training job {job.id}")
         except CheckpointError as exc:
             return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
+        except ModelObjectCorrupt as exc:  # what the store gave back is not what was put there
+            return {"status": JobStatus.FAILED, "error": f"the new model could not be stored: {exc.detail}"}
         return {"status": JobStatus.SUCCEEDED, "model_version": version, "test_accuracy": accuracy}

@@ -30,8 +30,10 @@ from sqlalchemy import (
     Row,
     Table,
     Text,
+    and_,
     delete,
     func,
+    or_,
     select,
     update,
 )
@@ -143,11 +145,22 @@ class JobStore:
         return self.database.clock() - self.stale_after_s
 
     def _reap(self, db: Connection) -> None:
-        """Fail running jobs whose owner stopped beating (it crashed, was killed, or lost its host).
-        Queued jobs have no owner yet: they wait for a trainer."""
+        """Settle running jobs whose owner stopped beating (it crashed, was killed, or lost its
+        host): one whose child never started goes back to the queue, the others end failed.
+        Queued jobs have no owner yet: they wait for a trainer. Not done until this process has
+        had the database back for a stale window: after an outage every heartbeat looks old,
+        and live owners need that long to beat again."""
+        if self.database.reachable_for() < self.stale_after_s:
+            return
+        silent = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
         db.execute(
             update(jobs)
-            .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
+            .where(*silent, jobs.c.pid.is_(None))
+            .values(status=JobStatus.QUEUED.value, owner="", trainer=None, started_at=None)
+        )
+        db.execute(
+            update(jobs)
+            .where(*silent)
             .values(
                 status=JobStatus.FAILED.value,
                 finished_at=now_iso(),
@@ -166,7 +179,7 @@ class JobStore:
                 select(jobs.c.id, jobs.c.status).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
             ).all()
             if len(active) >= slots + queue:
-                if not active:
+                if slots + queue == 0:
                     raise NoTrainer(
                         "no trainer is running to take the job: start one (MNIST_ROLE=trainer or all), "
                         "or set MNIST_TRAIN_QUEUE to let jobs wait for one"
@@ -195,6 +208,13 @@ class JobStore:
 
     def claim(self, trainer: str, owner: str, slots: int) -> Job | None:
         """The oldest queued job, now running and owned by `owner`, if `trainer` has a free slot."""
+        with self.database.read() as db:  # the usual answer, "nothing to do", without the write lock
+            waiting = or_(
+                jobs.c.status == JobStatus.QUEUED.value,
+                and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale()),
+            )
+            if db.execute(select(jobs.c.id).where(waiting).limit(1)).first() is None:
+                return None
         with self.database.write() as db:
             self._reap(db)
             busy = db.execute(
@@ -224,7 +244,8 @@ class JobStore:
                     started_at=now_iso(),
                 )
             )
-        return self.get(job_id)
+            # Read back in the same transaction: a claim is either returned or never made.
+            return Job.from_row(db.execute(select(jobs).where(jobs.c.id == job_id)).one())
 
     def check_in(self, trainer: str, slots: int) -> None:
         """A trainer is alive with this many slots (every trainer process calls it on each beat)."""

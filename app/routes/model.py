@@ -45,8 +45,6 @@ async def activate_model_version(
 ) -> dict[str, Any]:
     """Serve an earlier (or later) kept version: a rollback. Every replica follows within seconds."""
     client = request.client.host if request.client else "unknown"
-    await versions.database.run(
-        versions.activate, version, f"POST /model/versions/{version}/activate from {client}"
-    )
-    await follower.check()
+    await versions.run(versions.activate, version, f"POST /model/versions/{version}/activate from {client}")
+    await follower.check()  # serves it here at once; never raises (what fails is logged)
     return await read_model_versions(engine, versions)

@@ -18,7 +18,7 @@ from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
-from tests.unit.test_versions import flipped, other_checkpoint
+from tests.unit.test_versions import copied, flipped, other_checkpoint
 from tests.uploads import image_file
 
 FOLLOW_WITHIN_S = 2.0
@@ -115,3 +115,29 @@ async def test_an_unusable_store_setting_is_refused(serve: Serve, setting: str) 
     with pytest.raises(ValueError, match="MNIST_MODEL_STORE must be s3://bucket/prefix"):
         async with serve(MODEL_STORE=setting):
             pass
+
+
+async def test_on_one_machine_a_known_version_copied_onto_the_file_is_served(
+    serve: Serve, tmp_path: Path, small_checkpoint: Path, digit: bytes
+) -> None:
+    """The single-machine habit: copy a kept version onto mnist_cnn.pt by hand and it is served
+    (and made the active version), as a new model written there is."""
+    first = load_checkpoint(small_checkpoint).version
+    async with serve() as client:
+        model_file = Path((await client.get("/model")).json()["serving"]["settings"]["model_path"])
+        other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+        copied(tmp_path / "other.pt", model_file)  # a new model, by hand
+        second = load_checkpoint(model_file).version
+        await until_served(client, digit, second)
+        kept = tmp_path / "state" / "models" / f"{first}.pt"
+        copied(kept, model_file)  # and back to the first, a version the records know
+        await until_served(client, digit, first)
+        listed = (await client.get("/model/versions")).json()
+        assert [entry["model_version"] for entry in listed["versions"] if entry["active"]] == [first]
+
+
+async def until_served(client: httpx.AsyncClient, digit: bytes, version: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (served := await served_version(client, digit)) != version:
+        assert time.monotonic() < deadline, served
+        await asyncio.sleep(0.1)

@@ -12,8 +12,9 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from app.db import Database, alembic_config, database_url
-from app.errors import JobConflict, JobNotFound, NoTrainer
+from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
 from app.jobs.store import Beat, Job, JobStore
+from tests.postgres import PostgresServer
 
 
 def opened(url: str, stale_after_s: float = 15.0) -> JobStore:
@@ -75,7 +76,7 @@ def test_racing_claims_give_a_job_to_exactly_one_trainer(records_url: str) -> No
     stores = [opened(records_url) for _ in range(6)]
     job = stores[0].create({}, queue=1)
     claims = race(stores, lambda store: store.claim(f"t{id(store)}", owner=f"o{id(store)}", slots=1))
-    assert claims.count("created") == 1
+    assert sorted(claims) == ["created"] + ["none"] * 5
     assert stores[0].get(job.id).status == "running"
 
 
@@ -113,6 +114,7 @@ def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> No
     store.check_in("t1", slots=1)
     job = store.create({})
     assert store.claim("t1", owner="a", slots=1) is not None
+    assert store.update(job.id, "a", pid=4242)  # its child started
     time.sleep(1.2)
     assert store.beat(job.id, "a") is Beat.ALIVE
     time.sleep(1.2)
@@ -127,6 +129,42 @@ def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> No
     assert store.beat(job.id, "a") is Beat.LOST
     assert store.update(job.id, "a", status="succeeded") is False
     assert store.get(job.id).status == "failed"
+
+
+def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: str) -> None:
+    store = opened(records_url, stale_after_s=1.0)
+    store.check_in("t1", slots=1)
+    job = store.create({})
+    assert store.claim("t1", owner="died-before-its-child-started", slots=1) is not None
+    time.sleep(1.3)
+    store.check_in("t2", slots=1)
+    again = store.claim("t2", owner="b", slots=1)
+    assert again is not None and again.id == job.id and again.owner == "b"
+
+
+def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Path) -> None:
+    """PostgreSQL out for longer than the stale window: when it is back, every heartbeat is old.
+    A process that lost the database waits a window before reaping, so live owners beat first."""
+    server = PostgresServer()
+    try:
+        owner, reaper = opened(server.url(), stale_after_s=2.0), opened(server.url(), stale_after_s=2.0)
+        owner.check_in("t1", slots=1)
+        job = owner.create({})
+        assert owner.claim("t1", owner="a", slots=1) is not None
+        owner.update(job.id, "a", pid=4242)  # its child runs
+        server.stop()
+        with pytest.raises(RecordsUnavailable):
+            reaper.reap()
+        time.sleep(2.5)  # longer than the stale window
+        server.start()
+        reaper.reap()
+        assert reaper.get(job.id).status == "running"  # not judged yet: owners get their window
+        assert owner.beat(job.id, "a") is Beat.ALIVE
+        time.sleep(2.2)  # a window after the outage, and the owner silent all of it
+        reaper.reap()
+        assert reaper.get(job.id).status == "failed"
+    finally:
+        server.remove()
 
 
 def test_a_silent_trainer_leaves_no_slot(records_url: str) -> None:

@@ -148,6 +148,18 @@ def test_a_version_whose_weights_went_bad_is_not_activated(
     assert versions.active() == good and load_checkpoint(served).version == good
 
 
+def test_activating_where_the_model_file_cannot_be_written_still_activates(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    """An api replica whose MNIST_MODEL_PATH is on a read-only seed volume: the database is what
+    every replica follows, so the copy onto the file is skipped, not an error."""
+    (tmp_path / "a-file").write_text("not a folder")
+    versions = opened(records_url, tmp_path / "state", tmp_path / "a-file" / "mnist_cnn.pt")
+    version = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
+    versions.activate(version, "rollback")
+    assert versions.active() == version
+
+
 def flipped(data: bytes) -> bytes:
     """The same bytes with one bit of the middle one changed: corrupt, yet the same size."""
     middle = len(data) // 2
