@@ -101,8 +101,10 @@ class Database:
             )
         self._threads = Threads(RECORD_THREADS, "records")
         self.run = self._threads.run  # `await database.run(call, *args)`: a record call off the loop
-        # When this process last got the database back after losing it (-inf: never lost it).
-        self._back_since = -float("inf")
+        # When this process last got the database back after losing it, or started: a process
+        # that starts as the database returns has not seen the outage, but owners still need
+        # a stale window to beat again.
+        self._back_since = time.monotonic()
         self._lost = False
 
     def clock(self) -> ColumnElement[Any]:
@@ -142,8 +144,8 @@ class Database:
                 yield connection
 
     def reachable_for(self) -> float:
-        """Seconds since this process got the database back after an outage (inf if it never lost
-        it). Judging silence by heartbeats is only fair once owners have had time to beat again."""
+        """Seconds since this process started or got the database back after an outage. Judging
+        silence by heartbeats is only fair once owners have had time to beat again."""
         return 0.0 if self._lost else time.monotonic() - self._back_since
 
     @contextmanager

@@ -158,7 +158,12 @@ class JobManager:
             # Not cancelled: a claim cut off mid-way would still commit, with nobody to run the job.
             self._stopping = True
             self._wake.set()
-            await self._tending
+            try:
+                await asyncio.wait_for(asyncio.shield(self._tending), self.kill_grace_s)
+            except TimeoutError:  # a database that does not answer: a claim cut off now is
+                self._tending.cancel()  # requeued by the reaper, its child never having started
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._tending
         for job_id, child in list(self._children.items()):
             with contextlib.suppress(RecordsUnavailable):  # the child is stopped all the same
                 await self.records(
@@ -236,6 +241,10 @@ class JobManager:
                 )
 
     async def _run_child(self, job: Job) -> None:
+        if self._stopping:  # claimed as the server began to shut down: back to the queue
+            with contextlib.suppress(RecordsUnavailable):  # else the reaper requeues it
+                await self.records(self.store.release, job.id, self.owner)
+            return
         out = self.versions.incoming_path(job.id)
         env = {
             **os.environ,
@@ -344,7 +353,7 @@ class JobManager:
         heartbeat keeps the job ours meanwhile). A store that stays out for STORE_PATIENCE_S
         fails the job, so it does not hold its slot for ever."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + STORE_PATIENCE_S
+        give_up: float | None = None  # counted from the store's first refusal, not the database's
         while True:
             try:
                 await self._record_end(job, returncode, reported, stderr, out)
@@ -352,6 +361,7 @@ class JobManager:
             except RecordsUnavailable as exc:
                 log.warning("training job %s ended; recording it waits: %s", job.id, exc.detail)
             except ModelStoreUnavailable as exc:
+                give_up = give_up or loop.time() + STORE_PATIENCE_S
                 if loop.time() > give_up:
                     returncode, reported = 1, f"the model could not be stored: {exc.detail}"
                     continue  # recorded as failed, with this reason

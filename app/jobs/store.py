@@ -126,6 +126,16 @@ def known_shape(job_id: str) -> None:
         raise JobNotFound(f"no training job {job_id!r}")
 
 
+# A claimed job back in the queue, as if never claimed.
+REQUEUED: dict[str, Any] = {
+    "status": JobStatus.QUEUED.value,
+    "owner": "",
+    "trainer": None,
+    "started_at": None,
+    "progress": {},
+}
+
+
 class Beat(StrEnum):
     """What a running job's owner learns from its heartbeat."""
 
@@ -153,11 +163,13 @@ class JobStore:
         if self.database.reachable_for() < self.stale_after_s:
             return
         silent = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
+        never_started = (*silent, jobs.c.pid.is_(None))
         db.execute(
             update(jobs)
-            .where(*silent, jobs.c.pid.is_(None))
-            .values(status=JobStatus.QUEUED.value, owner="", trainer=None, started_at=None)
+            .where(*never_started, jobs.c.cancel_requested.is_(True))
+            .values(status=JobStatus.CANCELLED.value, finished_at=now_iso())
         )
+        db.execute(update(jobs).where(*never_started).values(**REQUEUED))
         db.execute(
             update(jobs)
             .where(*silent)
@@ -246,6 +258,15 @@ class JobStore:
             )
             # Read back in the same transaction: a claim is either returned or never made.
             return Job.from_row(db.execute(select(jobs).where(jobs.c.id == job_id)).one())
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give a claimed job whose child was never started back to the queue (a shutdown)."""
+        with self.database.write() as db:
+            db.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING.value)
+                .values(**REQUEUED)
+            )
 
     def check_in(self, trainer: str, slots: int) -> None:
         """A trainer is alive with this many slots (every trainer process calls it on each beat)."""

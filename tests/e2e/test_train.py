@@ -221,7 +221,8 @@ def test_records_survive_a_restart_and_interrupted_jobs_are_marked(
     with ServerProcess(env, ready_path="/readyz") as second:
         client = httpx.Client(base_url=second.url, timeout=30)
         assert client.get(f"/train/{done['id']}").json() == done
-        interrupted = client.get(f"/train/{running['id']}").json()
+        # Judged once this process has given owners a stale window to beat again.
+        interrupted = wait_for(client, running["id"], finished, timeout_s=10)
         assert interrupted["status"] == "failed"
         assert interrupted["error"].startswith("interrupted")
         assert [j["id"] for j in client.get("/train").json()["jobs"]] == [running["id"], done["id"]]

@@ -167,6 +167,23 @@ def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Pat
         server.remove()
 
 
+def test_a_process_that_just_started_gives_owners_a_window_too(records_url: str) -> None:
+    """A replica starting as the database comes back never saw the outage, yet owners have not
+    beaten again either: it judges no heartbeat before it has been up a stale window."""
+    owner = opened(records_url, stale_after_s=1.0)
+    owner.check_in("t1", slots=1)
+    job = owner.create({})
+    assert owner.claim("t1", owner="a", slots=1) is not None
+    assert owner.update(job.id, "a", pid=4242)
+    time.sleep(1.3)  # the owner silent for longer than the window (as during an outage)
+    newcomer = opened(records_url, stale_after_s=1.0)
+    newcomer.reap()
+    assert newcomer.get(job.id).status == "running"
+    time.sleep(1.1)
+    newcomer.reap()
+    assert newcomer.get(job.id).status == "failed"
+
+
 def test_a_silent_trainer_leaves_no_slot(records_url: str) -> None:
     store = opened(records_url, stale_after_s=1.0)
     store.check_in("t1", slots=3)
