@@ -46,6 +46,7 @@ http {{
     upstream mnist_api {{
 {servers}
         keepalive 64;
+        keepalive_timeout 4s;
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -63,7 +64,7 @@ http {{
 def nginx(folder: Path, port: int, upstream_ports: list[int]) -> Iterator[None]:
     """nginx on `port`, balancing over the replicas on `upstream_ports` (round robin)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstream_ports)
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=3 fail_timeout=5s;" for p in upstream_ports)
     conf = folder / "nginx.conf"
     conf.write_text(NGINX_CONF.format(folder=folder, servers=servers, port=port))
     process = subprocess.Popen([binary, "-p", str(folder), "-c", str(conf), "-g", "daemon off;"])

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 PORT=${SMOKE_PORT:-18080}
 export COMPOSE_FILE=docker-compose.cluster.yml COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mnistcluster}
-export MNIST_DATA_HOST_DIR MNIST_PUBLISH=$PORT MNIST_WORKERS=1 MNIST_TRAINER_ARGS="--epochs 1 --limit-train 5000"
+export MNIST_DATA_HOST_DIR MNIST_CLUSTER_PUBLISH=$PORT MNIST_WORKERS=1 MNIST_TRAINER_ARGS="--epochs 1 --limit-train 5000"
 MNIST_DATA_HOST_DIR=$(mktemp -d)
 cp "$MNIST_DATA_DIR"/*-ubyte* "$MNIST_DATA_HOST_DIR"/
 chmod -R a+rX "$MNIST_DATA_HOST_DIR"
@@ -101,7 +101,18 @@ def load() -> None:
             time.sleep(0.02)
 
 
-threads = [threading.Thread(target=load) for _ in range(2)]
+job_route: list[int] = []
+
+
+def poll_jobs() -> None:
+    """A page polling the job routes through the outage: 503s there must not take replicas out."""
+    with httpx.Client(base_url=url, timeout=30) as own:
+        while not stop.is_set():
+            job_route.append(own.get("/train").status_code)
+            time.sleep(0.05)
+
+
+threads = [threading.Thread(target=load) for _ in range(2)] + [threading.Thread(target=poll_jobs)]
 for thread in threads:
     thread.start()
 try:
@@ -117,8 +128,10 @@ finally:
         thread.join()
 failed = [status for status in statuses if status != 200]
 assert statuses and not failed, f"{len(failed)} of {len(statuses)} predictions failed: {sorted(set(failed))}"
+assert set(job_route) <= {200, 503}, sorted(set(job_route))  # never a 502: no replica taken out
 assert any(job["id"] == job_id for job in jobs.json()["jobs"])
-print(f"postgres restarted under load: {len(statuses)} predictions, 0 failed; job routes back")
+print(f"postgres restarted under load: {len(statuses)} predictions, 0 failed; "
+      f"job routes {job_route.count(503)} x 503 then back")
 PYEOF
 
 step "down -v"

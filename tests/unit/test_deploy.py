@@ -68,7 +68,9 @@ def test_the_api_is_probed_sized_protected_and_scaled(objects: list[dict[str, An
     assert {"name": "MNIST_ROLE", "value": "api"} in container["env"]
     assert {ref.get("secretRef", {}).get("name") for ref in container["envFrom"]} >= {"mnist-serve"}
     selector = api["spec"]["selector"]["matchLabels"]
-    assert named(objects, "PodDisruptionBudget", "mnist-api")["spec"]["selector"]["matchLabels"] == selector
+    budget = named(objects, "PodDisruptionBudget", "mnist-api")["spec"]
+    assert budget["selector"]["matchLabels"] == selector and budget["maxUnavailable"] == 1
+    assert "replicas" not in api["spec"]  # the autoscaler's to set
     assert named(objects, "Service", "mnist-api")["spec"]["selector"] == selector
     hpa = named(objects, "HorizontalPodAutoscaler", "mnist-api")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "mnist-api" and hpa["minReplicas"] >= 2
