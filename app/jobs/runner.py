@@ -50,6 +50,16 @@ from models.events import TrainingEvent
 from models.hyperparameters import cli_flag, hyperparameter_fields
 
 log = logging.getLogger("app.jobs")
+# The server's secrets: the training child needs none of them (it reads data, writes a file).
+CHILD_WITHHELD = frozenset(
+    {
+        "MNIST_TRAIN_TOKEN",
+        "MNIST_DATABASE_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    }
+)
 # How long a finished job's model waits for an unreachable model store before the job fails.
 STORE_PATIENCE_S = 300.0
 
@@ -247,7 +257,7 @@ class JobManager:
             return
         out = self.versions.incoming_path(job.id)
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name not in CHILD_WITHHELD},
             "OMP_NUM_THREADS": str(self.threads),
             "MKL_NUM_THREADS": str(self.threads),
             "PYTHONUNBUFFERED": "1",

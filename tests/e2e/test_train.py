@@ -133,13 +133,21 @@ def test_one_job_at_a_time_and_cancel(server: ServerProcess, small_checkpoint: P
 
 
 def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoint: Path) -> None:
-    env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
+    secrets = {"MNIST_TRAIN_TOKEN": "s3cret", "AWS_SECRET_ACCESS_KEY": "store-s3cret"}
+    env = {**fresh_deployment(tmp_path, small_checkpoint), **secrets}
     with ServerProcess(env, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
         assert client.post("/train", json=QUICK).status_code == 401  # (every refusal: tests/api)
         good = {"Authorization": "Bearer s3cret"}
-        job = client.post("/train", json=QUICK, headers=good)
+        job = client.post("/train", json={"epochs": 3}, headers=good)
         assert job.status_code == 202
+        running = wait_for(
+            client, job.json()["id"], lambda j: j["status"] == "running" and j["pid"] is not None
+        )
+        # The training child gets none of the server's secrets: it needs none of them.
+        child_env = Path(f"/proc/{running['pid']}/environ").read_bytes().split(b"\0")
+        assert not [var for var in child_env if b"s3cret" in var], "a secret reached the training child"
+        assert any(var.startswith(b"MNIST_STATE_DIR=") for var in child_env)  # the rest is inherited
         assert client.delete(f"/train/{job.json()['id']}").status_code == 401
         assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
 
