@@ -62,7 +62,6 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
     try:
         await database.run(database.migrate)
         store = JobStore(database, stale_after_s=settings.job_stale_after_s)
-        await database.run(store.reap)  # jobs whose trainer died while they ran
         model_store = open_model_store(settings.model_store, settings.state_dir)
         if isinstance(model_store, S3ModelStore):
             with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it

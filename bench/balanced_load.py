@@ -22,17 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve_load import (
-    LUA,
-    LoadClient,
-    Result,
-    Server,
-    make_client,
-    median_result,
-    multipart_png,
-    running,
-)
-from training.loop import TrainConfig, run
+from bench.serve_load import LoadClient, Result, Server, median_result, prepared, running
 
 NGINX_CONF = """
 worker_processes 1;
@@ -97,13 +87,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        model = Path(args.model) if args.model else tmp / "mnist_cnn.pt"
-        if not args.model:
-            run(TrainConfig(epochs=1, limit_train=5000, device="cpu", out=str(model)))
-        script, body = tmp / "post.lua", tmp / "body.bin"
-        script.write_text(LUA)
-        multipart_png(body)
-        client_name, client = make_client(args.client, script, body)
+        model, client_name, client = prepared(tmp, args.model, args.client)
         ports = [8031, 8032, 8033]
         replicas = [
             Server(

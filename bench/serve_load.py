@@ -161,6 +161,19 @@ def make_client(kind: str, script: Path, body: Path) -> tuple[str, LoadClient]:
     return "bench/loadgen.py", python_load
 
 
+def prepared(tmp: Path, model: str | None, client_kind: str) -> tuple[Path, str, LoadClient]:
+    """The checkpoint to serve (`model`, else a quick one trained into `tmp`) and a load client
+    posting a real MNIST digit, with its name."""
+    served = Path(model) if model else tmp / "mnist_cnn.pt"
+    if not model:
+        run(TrainConfig(epochs=1, limit_train=5000, device="cpu", out=str(served)))
+    script, body = tmp / "post.lua", tmp / "body.bin"
+    script.write_text(LUA)
+    multipart_png(body)
+    client_name, client = make_client(client_kind, script, body)
+    return served, client_name, client
+
+
 @contextlib.contextmanager
 def running(server: Server, client: LoadClient) -> Iterator[None]:
     """The server started in its own process group, ready; on exit the whole group is gone."""
@@ -273,13 +286,7 @@ def main() -> None:
     python = sys.executable
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        model = Path(args.model) if args.model else tmp / "mnist_cnn.pt"
-        if not args.model:
-            run(TrainConfig(epochs=1, limit_train=5000, device="cpu", out=str(model)))
-        script, body = tmp / "post.lua", tmp / "body.bin"
-        script.write_text(LUA)
-        multipart_png(body)
-        client_name, client = make_client(args.client, script, body)
+        model, client_name, client = prepared(tmp, args.model, args.client)
         env = {
             "MNIST_MODEL_PATH": str(model),
             "MNIST_DEVICE": args.device,

