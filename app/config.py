@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A 2048x2048 image already costs ~60 MB to decode; digits need a few thousand pixels.
+DEFAULT_MAX_PIXELS = 2048 * 2048
 
 
 def available_cores() -> int:
@@ -36,10 +38,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(1024 * 1024, ge=1024, description="largest accepted image file")
     max_batch_files: int = Field(64, ge=1, description="most files in one /predict/batch")
     max_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest /predict/batch body")
-    max_image_pixels: int = Field(4096 * 4096, ge=784, description="decoded size limit (bombs)")
-    # Uploads up to this size are decoded on the event loop: a small PNG decodes in tens of
-    # microseconds, less than a hand-off to a thread would cost. Larger ones go to a thread.
-    inline_decode_bytes: int = Field(64 * 1024, ge=0)
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=784, description="most pixels in one image, read from its header (bombs)"
+    )
+    max_request_pixels: int = Field(
+        4 * DEFAULT_MAX_PIXELS, ge=784, description="most pixels in all images of one request"
+    )
+    # Images up to this many pixels in all are decoded on the event loop: 64 digits of 28x28 decode
+    # in about a millisecond, less than a hand-off to a thread would cost. More go to a thread.
+    inline_decode_pixels: int = Field(64 * 1024, ge=0)
+    decode_threads: int = Field(
+        2, ge=1, le=64, description="requests decoding on threads at once, per process"
+    )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
     train_token: str | None = None
     state_dir: Path = Path("state")

@@ -1,9 +1,11 @@
 """Domain errors raised below the routes, and the one place that maps them to HTTP answers."""
 
 import logging
-from typing import ClassVar, Self
+from collections.abc import Sequence
+from typing import Any, ClassVar, Self
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 log = logging.getLogger("app")
@@ -27,6 +29,9 @@ class ServiceError(Exception):
         named.detail = f"files[{index}] ({filename or 'no filename'}): {self.detail}"
         named.args = (named.detail,)
         return named
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
 
 
 class BadRequest(ServiceError):
@@ -57,6 +62,33 @@ class ImageTooLarge(ServiceError):
     """Too many pixels once decoded: the body was read whole, the connection stays usable."""
 
     status_code = 413
+
+
+class InvalidRequest(ServiceError):
+    """Parameters or a JSON body that fail validation: each error's place, message and type, never
+    the input itself (a 2 MB body must not come back as a 2 MB answer), at most MAX_SHOWN_ERRORS."""
+
+    status_code = 422
+    MAX_SHOWN_ERRORS: ClassVar[int] = 10
+
+    def __init__(self, errors: Sequence[Any]) -> None:
+        self.errors: list[dict[str, Any]] = [
+            {
+                "loc": [part if isinstance(part, int) else str(part)[:64] for part in error.get("loc", ())],
+                "msg": str(error.get("msg", ""))[:200],
+                "type": str(error.get("type", ""))[:64],
+            }
+            for error in errors[: self.MAX_SHOWN_ERRORS]
+        ]
+        said = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in self.errors
+        )
+        more = len(errors) - len(self.errors)
+        super().__init__(said + (f"; and {more} more" if more > 0 else ""))
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "errors": self.errors}
 
 
 class InvalidImage(ServiceError):
@@ -101,7 +133,13 @@ async def service_error_handler(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own parameter validation, in the same shape as every other error."""
+    assert isinstance(exc, RequestValidationError)
+    return await service_error_handler(request, InvalidRequest(exc.errors()))
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -112,6 +150,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
 
 

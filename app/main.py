@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(predict.router)
         app.include_router(model.router)
         app.include_router(train.router)
+        train.document_train_request(app)
         app.include_router(page.router)
         app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.include_router(health.router)

@@ -8,12 +8,14 @@ other size is brought into it the way MNIST itself was made. Dark-on-light image
 import asyncio
 import base64
 import io
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.config import DEFAULT_MAX_PIXELS
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
 from app.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
@@ -27,6 +29,16 @@ MIN_CONTRAST = 16  # grey levels between darkest and lightest pixel below which 
 Image.MAX_IMAGE_PIXELS = None
 
 
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request may make the server decode. Cost follows pixels, not upload bytes: a
+    724-byte WebP can hold 16 million of them."""
+
+    image_pixels: int = DEFAULT_MAX_PIXELS  # one image
+    request_pixels: int = 4 * DEFAULT_MAX_PIXELS  # all images of one request together
+    inline_pixels: int = 64 * 1024  # decoded on the event loop up to this many in all (64 digits)
+
+
 class Invert(StrEnum):
     """Whether to invert: `auto` guesses from the border whether the background is light."""
 
@@ -35,8 +47,8 @@ class Invert(StrEnum):
     FALSE = "false"
 
 
-def decode_gray(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode any supported format to a float32 H x W array of grey levels in [0, 255]."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header only (no pixel is decoded yet) and check the size against `max_pixels`."""
     if not data:
         raise InvalidImage("the file is empty")
     try:
@@ -48,19 +60,28 @@ def decode_gray(data: bytes, max_pixels: int) -> np.ndarray:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return image
+
+
+def decode(image: Image.Image) -> np.ndarray:
+    """Decode an opened image to a float32 H x W array of grey levels in [0, 255], upright."""
     try:
         image.load()  # GIF: the first frame
-        return to_gray(image)
+        ImageOps.exif_transpose(image, in_place=True)  # phone photos are stored sideways, with a tag
+        gray = to_gray(image)
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for broken files
         raise InvalidImage(f"the {image.format} data is truncated or corrupt") from None
+    if not np.isfinite(gray).all():  # float TIFFs can hold NaN and infinities
+        raise InvalidImage("the image has pixel values that are not finite numbers (NaN or infinity)")
+    return gray
 
 
 def to_gray(image: Image.Image) -> np.ndarray:
     """Grey levels, with any transparency composited onto the colour that contrasts with the ink."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image.convert("F"), dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        return values * (255.0 / top)
+    if image.mode.startswith("I;16"):
+        return np.asarray(image.convert("F"), dtype=np.float32) * (255.0 / 65535.0)
+    if image.mode in ("I", "F"):  # 32-bit integers or floats: no fixed range
+        return levels_of(np.asarray(image, dtype=np.float64), floats=image.mode == "F")
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     if not has_alpha:
         return np.asarray(image.convert("L"), dtype=np.float32)
@@ -71,6 +92,22 @@ def to_gray(image: Image.Image) -> np.ndarray:
     background = 255.0 if ink < 128 else 0.0  # dark ink -> light paper, light ink -> dark paper
     composited: np.ndarray = gray * alpha + background * (1.0 - alpha)
     return composited
+
+
+def levels_of(values: np.ndarray, floats: bool) -> np.ndarray:
+    """32-bit samples as grey levels: floats in [0, 1] scaled up, values in [0, 255] kept, any other
+    range (negative, or up to 2**31) stretched onto 0-255. Non-finite values pass through, for the
+    caller to refuse. float64 in: int32 extremes do not overflow."""
+    if not np.isfinite(values).all():
+        return values.astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    if floats and low >= 0.0 and high <= 1.0:
+        return (values * 255.0).astype(np.float32)
+    if low >= 0.0 and high <= 255.0:
+        return values.astype(np.float32)
+    if high == low:  # one value (below 0 or above 255): a blank image
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values - low) * (255.0 / (high - low))).astype(np.float32)
 
 
 def light_background(gray: np.ndarray) -> bool:
@@ -98,9 +135,11 @@ def to_mnist_frame(digit: np.ndarray) -> np.ndarray:
     return frame
 
 
-def mnist_pixels(data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = 4096 * 4096) -> np.ndarray:
+def mnist_pixels(
+    data: bytes | Image.Image, invert: Invert = Invert.AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """The 28x28 float32 grey levels (light digit on dark, 0-255) the model will see."""
-    gray = decode_gray(data, max_pixels)
+    gray = decode(data if isinstance(data, Image.Image) else open_image(data, max_pixels))
     if float(gray.max() - gray.min()) < MIN_CONTRAST:
         raise BlankImage("the image is blank: no digit found on it")
     if invert is Invert.TRUE or (invert is Invert.AUTO and light_background(gray)):
@@ -116,7 +155,9 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return x.div(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)  # div, not div_: `pixels` stays as it is
 
 
-def preprocess(data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = 4096 * 4096) -> torch.Tensor:
+def preprocess(
+    data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
     """Image bytes -> normalised 1 x 28 x 28 tensor, or a 4xx-mapped error saying what is wrong."""
     return to_tensor(mnist_pixels(data, invert, max_pixels))
 
@@ -128,23 +169,47 @@ def png_data_url(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-async def preprocess_uploads(
-    uploads: list[Upload], invert: Invert, inline_limit: int, max_pixels: int
-) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Preprocess every upload: the model's input stack and each 28x28 image; small uploads are
-    decoded inline, large ones on a worker thread."""
+class Decoder:
+    """Turns a request's uploads into the model's input, within DecodeLimits: sizes are checked from
+    the headers first; a few small images are decoded on the event loop (less than a thread hand-off
+    would cost), anything larger on a thread, at most `concurrency` requests at a time per process,
+    so big images can neither multiply memory nor stall the loop."""
 
-    def run() -> tuple[torch.Tensor, list[np.ndarray]]:
-        images = []
+    def __init__(self, limits: DecodeLimits, concurrency: int) -> None:
+        self.limits = limits
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def decode(self, uploads: list[Upload], invert: Invert) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The model's input stack and each 28x28 image, in upload order; a bad file fails the
+        request and, in a batch, is named."""
+        opened = []
         for index, upload in enumerate(uploads):
             try:
-                images.append(mnist_pixels(upload.data, invert, max_pixels))
+                opened.append(open_image(upload.data, self.limits.image_pixels))
             except ServiceError as error:
-                if len(uploads) == 1:
-                    raise
-                raise error.in_file(index, upload.filename) from None
-        return torch.stack([to_tensor(image) for image in images]), images
+                raise naming_the_file(error, uploads, index) from None
+        total = sum(image.size[0] * image.size[1] for image in opened)
+        if total > self.limits.request_pixels:
+            raise ImageTooLarge(
+                f"the images hold {total} pixels together; the limit per request is "
+                f"{self.limits.request_pixels}"
+            )
 
-    if sum(len(upload.data) for upload in uploads) <= inline_limit:
-        return run()
-    return await asyncio.to_thread(run)
+        def run() -> tuple[torch.Tensor, list[np.ndarray]]:
+            images = []
+            for index, image in enumerate(opened):
+                try:
+                    images.append(mnist_pixels(image, invert))
+                except ServiceError as error:
+                    raise naming_the_file(error, uploads, index) from None
+            return torch.stack([to_tensor(image) for image in images]), images
+
+        if total <= self.limits.inline_pixels:
+            return run()
+        async with self._slots:
+            return await asyncio.to_thread(run)
+
+
+def naming_the_file(error: ServiceError, uploads: list[Upload], index: int) -> ServiceError:
+    """In a batch, say which file an error is about; a single upload needs no name."""
+    return error if len(uploads) == 1 else error.in_file(index, uploads[index].filename)

@@ -45,8 +45,24 @@ class Status(BaseModel):
     model_version: str | None = None
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: query, path or body, then the field")
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
+    """Every error answer: `detail` in words; a 422 for invalid parameters or fields also lists them."""
+
     detail: str = Field(description="what went wrong, in words")
+    errors: list[FieldError] | None = Field(
+        None, description="422 only: each invalid field (never its value)"
+    )
+
+
+VALIDATION: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorBody, "description": "a parameter or field is missing, unknown or out of bounds"}
+}
 
 
 def request_field(spec: dataclasses.Field[Any]) -> tuple[Any, Any]:

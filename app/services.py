@@ -21,6 +21,7 @@ from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.model_store import S3ModelStore, open_model_store
+from app.preprocess import DecodeLimits, Decoder
 from app.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
@@ -35,6 +36,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     engine: BatchingEngine
+    decoder: Decoder
     store: JobStore
     versions: ModelVersions
     follower: ModelFollower
@@ -48,6 +50,13 @@ def try_load(settings: Settings, device: torch.device) -> tuple[LoadedCheckpoint
     except CheckpointError as exc:
         log.warning("no model loaded from %s: %s", settings.model_path, exc)
         return None, str(exc)
+
+
+def decoder_for(settings: Settings) -> Decoder:
+    limits = DecodeLimits(
+        settings.max_image_pixels, settings.max_request_pixels, settings.inline_decode_pixels
+    )
+    return Decoder(limits, settings.decode_threads)
 
 
 async def nothing_to_swap() -> None:
@@ -147,7 +156,7 @@ async def serving(
         )
         await jobs.start()
         try:
-            yield Services(settings, metrics, engine, store, versions, follower, jobs)
+            yield Services(settings, metrics, engine, decoder_for(settings), store, versions, follower, jobs)
         finally:
             await jobs.stop()
             await follower.stop()

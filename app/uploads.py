@@ -7,10 +7,11 @@ never held in memory. The multipart parsing itself is python-multipart's parser,
 
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from app.errors import BadRequest, PayloadTooLarge, ServiceError, TooManyFiles, UnsupportedMediaType
 
 # Room for multipart boundaries and part headers on top of the file bytes themselves.
 MULTIPART_OVERHEAD = 16 * 1024
@@ -32,6 +33,8 @@ class _PartBuilder:
     header_field: bytes = b""
     header_value: bytes = b""
     headers: dict[bytes, bytes] = field(default_factory=dict)
+    begun: int = 0  # parts started
+    complete: bool = False  # the closing boundary was seen
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -71,9 +74,16 @@ async def read_body(request: Request, limit: int, shown_limit: int | None = None
     return bytes(received)
 
 
-def parse_multipart(body: bytes, boundary: bytes) -> list[Upload]:
-    """Split a multipart/form-data body into its parts, in order."""
+def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload]:
+    """Split a multipart/form-data body into its parts, in order. More than `max_parts` parts is a
+    413 found while parsing (so a body of a million empty parts
+    costs no more than the first few); a body without its closing boundary is a 400."""
     state = _PartBuilder()
+
+    def on_part_begin() -> None:
+        state.begun += 1
+        if state.begun > max_parts:
+            raise TooManyFiles(f"the multipart body has more than {max_parts} parts")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state.header_field += data[start:end]
@@ -100,26 +110,37 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[Upload]:
         )
         state.chunks, state.headers = [], {}
 
+    def on_end() -> None:
+        state.complete = True
+
     parser = MultipartParser(
         boundary,
         {
+            "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
         parser.write(body)
         parser.finalize()
-    except Exception:  # python-multipart raises several error types for malformed bodies
+    except ServiceError:
+        raise
+    except MultipartParseError as error:  # its words (it also bounds part headers) are safe to show
+        raise BadRequest(f"malformed multipart/form-data body: {error}") from None
+    except Exception:
         raise BadRequest("malformed multipart/form-data body") from None
+    if not state.complete:
+        raise BadRequest("the multipart/form-data body ends before its closing boundary")
     return state.parts
 
 
-async def read_uploads(request: Request, limit: int) -> list[Upload]:
+async def read_uploads(request: Request, limit: int, max_parts: int) -> list[Upload]:
     """Check the content type, read the body within `limit` (+ multipart overhead), parse it."""
     boundary = boundary_of(request.headers.get("content-type"))
     body = await read_body(request, limit + MULTIPART_OVERHEAD, shown_limit=limit)
-    return parse_multipart(body, boundary)
+    return parse_multipart(body, boundary, max_parts)

@@ -5,9 +5,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.deps import EngineDep, FollowerDep, SettingsDep, TokenDep, VersionsDep
-from app.schemas import ErrorBody, ModelInfo, VersionList
+from app.schemas import VALIDATION, ErrorBody, ModelInfo, VersionList
 
-router = APIRouter(tags=["model"])
+router = APIRouter(tags=["model"], responses=VALIDATION)
 
 
 @router.get("/model", response_model=ModelInfo, responses={503: {"model": ErrorBody}})

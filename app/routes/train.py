@@ -1,14 +1,20 @@
 """Training jobs: start one, watch it, list them, cancel one."""
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from pydantic import ValidationError
+from python_multipart.multipart import parse_options_header
 
 from app.deps import JobsDep, StoreDep, TokenDep
-from app.schemas import ErrorBody, JobList, JobPublic, TrainRequest
+from app.errors import BadRequest, InvalidRequest, UnsupportedMediaType
+from app.schemas import VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
+from app.uploads import read_body
 
-router = APIRouter(prefix="/train", tags=["train"])
+router = APIRouter(prefix="/train", tags=["train"], responses=VALIDATION)
 
+# A full set of hyperparameters is a few hundred bytes of JSON.
+MAX_TRAIN_BODY_BYTES = 16 * 1024
 AUTH: dict[int | str, dict[str, Any]] = {
     401: {
         "model": ErrorBody,
@@ -16,6 +22,46 @@ AUTH: dict[int | str, dict[str, Any]] = {
     }
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such job"}}
+JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TrainRequest"}}},
+        "description": "hyperparameters; an empty body (or `{}`) takes the recipe's values",
+    }
+}
+
+
+def document_train_request(app: FastAPI) -> None:
+    """Put TrainRequest among the OpenAPI schemas: the route reads its body itself (to check the
+    token first and bound the size), so FastAPI does not see the model."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {})["TrainRequest"] = (
+                TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def train_request_of(request: Request) -> TrainRequest:
+    """The job's parameters from a JSON body of at most MAX_TRAIN_BODY_BYTES, read only after the
+    token was checked (the route's dependency), so a stranger cannot make us read or parse much."""
+    body = await read_body(request, MAX_TRAIN_BODY_BYTES)
+    if not body.strip():
+        return TrainRequest()
+    media_type, _ = parse_options_header(request.headers.get("content-type", "application/json"))
+    if media_type != b"application/json" and not media_type.endswith(b"+json"):
+        raise UnsupportedMediaType(f"send the job as application/json, not {media_type.decode('latin-1')}")
+    try:
+        return TrainRequest.model_validate_json(body)
+    except ValidationError as error:
+        if any(item["type"] == "json_invalid" for item in error.errors()):
+            raise BadRequest("the body is not valid JSON") from None
+        raise InvalidRequest([{**item, "loc": ("body", *item["loc"])} for item in error.errors()]) from None
 
 
 @router.post(
@@ -23,18 +69,20 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "descrip
     status_code=202,
     response_model=JobPublic,
     dependencies=[TokenDep],
+    openapi_extra=JSON_BODY,
     responses={
         **AUTH,
+        400: {"model": ErrorBody, "description": "the body is not valid JSON"},
         409: {"model": ErrorBody, "description": "every trainer slot (and queue place) is taken"},
+        413: {"model": ErrorBody, "description": f"a body over {MAX_TRAIN_BODY_BYTES} bytes"},
+        415: {"model": ErrorBody, "description": "a body that is not application/json"},
         503: {"model": ErrorBody, "description": "no trainer is running, or the database is out"},
-        422: {"description": "unknown field or a value out of bounds"},
     },
 )
-async def create_training_job(
-    response: Response, jobs: JobsDep, request: Annotated[TrainRequest, Body(default_factory=TrainRequest)]
-) -> JobPublic:
+async def create_training_job(request: Request, response: Response, jobs: JobsDep) -> JobPublic:
     """Start a background training job (the same code as `python -m training`) and answer at once."""
-    job = await jobs.submit(request.model_dump(exclude_none=True))
+    train = await train_request_of(request)
+    job = await jobs.submit(train.model_dump(exclude_none=True))
     response.headers["Location"] = f"/train/{job.id}"
     return JobPublic.model_validate(job)
 

@@ -69,7 +69,6 @@ async function detailOf(response) {
   try {
     const body = await response.json();
     if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}`).join("; ");
   } catch (_) { /* not JSON */ }
   return `the server answered ${response.status} ${response.statusText}`;
 }

@@ -38,7 +38,7 @@ async def test_bad_bodies_are_422_and_make_no_job(api: httpx.AsyncClient, body: 
 
 async def test_unreadable_bodies_and_unknown_ids(api: httpx.AsyncClient) -> None:
     response = await api.post("/train", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert (await api.get("/train", params={"limit": 0})).status_code == 422
     assert (await api.get("/train/nosuchjob")).status_code == 404
     assert (await api.delete("/train/nosuchjob")).status_code == 404

@@ -16,7 +16,12 @@ def every_error_class() -> list[type[errors.ServiceError]]:
 
 @pytest.mark.parametrize("cls", every_error_class(), ids=lambda cls: cls.__name__)
 def test_in_file_names_the_file_and_keeps_class_status_and_attributes(cls: type[errors.ServiceError]) -> None:
-    original = cls("bad pixels", job_id="j1") if cls is errors.JobConflict else cls("bad pixels")
+    if cls is errors.JobConflict:
+        original: errors.ServiceError = cls("bad pixels", job_id="j1")  # type: ignore[call-arg]
+    elif cls is errors.InvalidRequest:
+        original = cls([{"msg": "bad pixels"}])  # type: ignore[arg-type]
+    else:
+        original = cls("bad pixels")
     named = original.in_file(3, "seven.png")
     assert type(named) is cls
     assert named.status_code == original.status_code and named.headers == original.headers

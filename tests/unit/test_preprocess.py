@@ -102,6 +102,49 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
         preprocess(png_header_only(10000, 10000), max_pixels=4096 * 4096)
     with pytest.raises(ImageTooLarge, match="30000x30000"):  # what Pillow's own guard would refuse
         preprocess(png_header_only(30000, 30000), max_pixels=4096 * 4096)
+    # Pixels, not bytes: a lossless WebP of 4096x4096 is under a kilobyte.
+    webp = encode(np.zeros((4096, 4096), dtype=np.uint8), "WEBP", lossless=True)
+    assert len(webp) < 2048
+    with pytest.raises(ImageTooLarge, match="4096x4096 pixels; the limit is 4194304"):
+        preprocess(webp)  # the default limit: 2048x2048
+
+
+def samples_tiff(values: np.ndarray) -> bytes:
+    """A one-channel TIFF of 32-bit samples: mode F for floats, I for integers."""
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def test_non_finite_pixels_are_refused(digits: torch.Tensor) -> None:
+    for bad in (np.nan, np.inf, -np.inf):
+        values = digits[0].numpy().astype(np.float32)
+        values[3, 4] = bad
+        with pytest.raises(InvalidImage, match="not finite"):
+            preprocess(samples_tiff(values))
+
+
+def test_32_bit_samples_are_brought_to_grey_levels(digits: torch.Tensor) -> None:
+    digit = digits[0].numpy()
+    as_floats = samples_tiff(digit.astype(np.float32) / 255)  # floats in [0, 1]
+    assert np.abs(mnist_pixels(as_floats) - digit).max() < 1e-3
+    kept = samples_tiff(digit.astype(np.int32))  # integers already in [0, 255]
+    assert np.array_equal(mnist_pixels(kept), digit)
+    # Any other range, negative included, is stretched onto 0-255.
+    shifted = samples_tiff(digit.astype(np.int32) * 1000 - 500_000)
+    assert np.abs(mnist_pixels(shifted) - digit).max() < 1e-2
+    wide = samples_tiff(digit.astype(np.float32) * 1e30 - 3e32)
+    assert np.abs(mnist_pixels(wide) - digit).max() < 1e-2
+
+
+def test_exif_orientation_is_applied(digits: torch.Tensor) -> None:
+    """A camera stores the sensor's pixels and an Orientation tag; the digit must come out upright."""
+    digit = digits[0].numpy()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": the stored pixels are turned the other way
+    buffer = io.BytesIO()
+    Image.fromarray(np.rot90(digit, k=1)).save(buffer, "PNG", exif=exif)
+    assert np.array_equal(mnist_pixels(buffer.getvalue()), digit)
 
 
 def test_to_tensor_leaves_the_pixels_alone(digits: torch.Tensor) -> None:

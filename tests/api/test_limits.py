@@ -1,0 +1,136 @@
+"""What one request may cost the server: pixels, multipart parts, JSON bodies and error answers are
+bounded before the work is done, and big decodes never stall the event loop."""
+
+import asyncio
+import io
+import time
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.asgi import Serve
+from tests.uploads import image_file
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=b"}
+
+
+def big_digit_png(mode: str = "RGBA", size: int = 2048) -> bytes:
+    """A 2048x2048 image with a bar drawn on it: 21 KB of PNG, 0.2 s of decoding as RGBA."""
+    pixels = np.zeros((size, size), dtype=np.uint8)
+    pixels[size // 2 - 100 : size // 2 + 100, size // 2 - 20 : size // 2 + 20] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def batch_of(bodies: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"{index}.png", body, "image/png")) for index, body in enumerate(bodies)]
+
+
+async def test_pixels_of_a_whole_request_are_bounded(api: httpx.AsyncClient) -> None:
+    """Each image is within the 2048x2048 limit; five of them are not, together."""
+    big = big_digit_png("L")
+    response = await api.post("/predict/batch", files=batch_of([big] * 5))
+    assert response.status_code == 413
+    assert "20971520 pixels together; the limit per request is 16777216" in response.json()["detail"]
+    assert (await api.post("/predict/batch", files=batch_of([big] * 2))).status_code == 200
+
+
+async def test_big_decodes_leave_the_event_loop_free(api: httpx.AsyncClient) -> None:
+    """Small in bytes (3 x 21 KB), large in pixels (3 x 2048x2048): decoded on a thread, so the
+    loop keeps its rhythm. Inline, each of these requests would hold it for about 0.6 s."""
+    body = big_digit_png("RGBA")
+    gaps = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    try:
+        answers = await asyncio.gather(
+            *(api.post("/predict/batch", files=batch_of([body] * 3)) for _ in range(6))
+        )
+    finally:
+        ticker.cancel()
+    assert [answer.status_code for answer in answers] == [200] * 6
+    print(f"longest event-loop stall: {max(gaps) * 1000:.0f} ms")
+    assert max(gaps) < 0.3, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+async def test_multipart_parts_are_counted_while_parsing(api: httpx.AsyncClient, digit: bytes) -> None:
+    empty_parts = b"--b\r\n\r\n\r\n" * 1_500_000 + b"--b--\r\n"  # 13.5 MB of nothing
+    response = await api.post("/predict/batch", content=empty_parts, headers=MULTIPART)
+    assert response.status_code == 413
+    assert "more than 72 parts" in response.json()["detail"]
+    response = await api.post("/predict", content=b"--b\r\n\r\n\r\n" * 10 + b"--b--\r\n", headers=MULTIPART)
+    assert response.status_code == 413
+    assert "more than 9 parts" in response.json()["detail"]
+    headers = b"".join(b"X-%d: y\r\n" % index for index in range(20))  # python-multipart's bound
+    many_headers = b"--b\r\n" + headers + b"\r\ndata\r\n--b--\r\n"
+    response = await api.post("/predict", content=many_headers, headers=MULTIPART)
+    assert response.status_code == 400
+    assert response.json()["detail"] == "malformed multipart/form-data body: Maximum header count exceeded"
+
+
+async def test_a_multipart_body_without_its_closing_boundary_is_a_400(
+    api: httpx.AsyncClient, digit: bytes
+) -> None:
+    opened = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + digit + b"\r\n"
+    )
+    response = await api.post("/predict", content=opened, headers=MULTIPART)
+    assert response.status_code == 400
+    assert "closing boundary" in response.json()["detail"]
+    assert (await api.post("/predict", content=opened + b"--b--\r\n", headers=MULTIPART)).status_code == 200
+
+
+async def test_train_bodies_are_bounded_and_never_echoed(api: httpx.AsyncClient) -> None:
+    secret = "S" * 10_000
+    response = await api.post("/train", json={"epochs": secret})
+    assert response.status_code == 422
+    assert secret[:100] not in response.text and len(response.content) < 1024
+    assert response.json()["errors"][0] == {
+        "loc": ["body", "epochs"],
+        "msg": "Input should be a valid integer, unable to parse string as an integer",
+        "type": "int_parsing",
+    }
+    response = await api.post("/train", json={"k" * 5000: 1})  # an unknown field: its name is cut short
+    assert response.status_code == 422
+    assert len(response.content) < 1024
+    assert response.json()["errors"][0]["loc"] == ["body", "k" * 64]
+    response = await api.post("/train", json={"epochs": 1, "padding": "x" * 20_000})
+    assert response.status_code == 413
+    assert "16384 bytes" in response.json()["detail"]
+    response = await api.post("/train", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["detail"]
+    response = await api.post("/train", content=b"epochs=1", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+
+
+async def test_every_error_has_a_string_detail(api: httpx.AsyncClient, digit: bytes) -> None:
+    """One shape for all errors; a 422 for bad parameters also lists them, without their values."""
+    response = await api.post("/predict", files=image_file(digit), params={"invert": "sometimes"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["detail"] == "query.invert: Input should be 'auto', 'true' or 'false'"
+    assert body["errors"] == [
+        {"loc": ["query", "invert"], "msg": "Input should be 'auto', 'true' or 'false'", "type": "enum"}
+    ]
+    assert "sometimes" not in response.text
+
+
+async def test_a_token_is_checked_before_the_body_is_read(serve: Serve) -> None:
+    """Without the token a body is never parsed: a malformed one still gets the 401, not a 400."""
+    async with serve(TRAIN_TOKEN="s3cret") as client:
+        response = await client.post(
+            "/train", content=b"{" * 10_000, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 401
