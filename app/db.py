@@ -4,12 +4,16 @@ MNIST_DATABASE_URL names one (several machines). One code path serves both, thro
 Writes that must see a consistent table (the one-job rule, claiming, reaping) run in `write()`:
 on SQLite an immediate transaction (one writer at a time across processes), on PostgreSQL a
 transaction holding an advisory lock, so the rule is enforced by the database, not by a process.
-The schema is versioned with Alembic (app/migrations) and brought up to date at startup.
+The schema is versioned with Alembic (app/migrations) and brought up to date before the first
+transaction that needs it: at startup when the database answers, else when it first does (the
+server serves predictions meanwhile), and on SQLite again if the state folder is deleted under a
+running server.
 """
 
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -83,9 +87,14 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
         self.sqlite = self.url.get_backend_name() == "sqlite"
+        self._file = (
+            Path(self.url.database)
+            if self.sqlite and self.url.database not in (None, "", ":memory:")
+            else None
+        )
         if self.sqlite:
-            if self.url.database:
-                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            if self._file is not None:
+                self._file.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(self.url, connect_args={"timeout": 10})
             self._take_over_sqlite_transactions(self.engine)
         else:
@@ -106,6 +115,9 @@ class Database:
         # a stale window to beat again.
         self._back_since = time.monotonic()
         self._lost = False
+        self._schema_ready = False
+        self._schema_lock = threading.RLock()
+        self._migrating = False  # only ever True in the thread that holds _schema_lock
 
     def clock(self) -> ColumnElement[Any]:
         """The database's time in seconds since the epoch: heartbeats of every machine are stamped
@@ -130,12 +142,14 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        self.ensure_schema()
         with self._reachable(), self.engine.connect() as connection, connection.begin():
             yield connection
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction no other writer runs beside, in any process on any machine."""
+        self.ensure_schema()
         with self._reachable(), self.engine.connect() as connection:
             connection.execution_options(write=True)
             with connection.begin():
@@ -164,6 +178,33 @@ class Database:
                 "job and model-version records are unavailable: the database cannot be reached "
                 "(predictions are not affected); try again shortly"
             ) from exc
+
+    def _schema_in_place(self) -> bool:
+        return self._schema_ready and (self._file is None or self._file.exists())
+
+    def ensure_schema(self) -> None:
+        """Migrate unless done: once per process, or again when the SQLite file was deleted (its
+        folder is made again, and the pool's connections, which still write to the deleted file,
+        are dropped). RecordsUnavailable while the database cannot be reached; then the next
+        transaction tries again. A stat per transaction on SQLite, nothing on PostgreSQL."""
+        if self._schema_in_place():
+            return
+        with self._schema_lock:
+            if self._migrating or self._schema_in_place():
+                return
+            if self._schema_ready and self._file is not None:
+                log.warning(
+                    "the records database %s is gone (state folder deleted?): starting an empty one",
+                    self._file,
+                )
+                self._file.parent.mkdir(parents=True, exist_ok=True)
+                self.engine.dispose()
+            self._migrating = True
+            try:
+                self.migrate()
+            finally:
+                self._migrating = False
+            self._schema_ready = True
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; a store from before migrations is adopted as

@@ -15,7 +15,7 @@ import torch
 from app.batching import BatchingEngine
 from app.config import Settings
 from app.db import Database, database_url
-from app.errors import ModelObjectCorrupt, ModelStoreUnavailable
+from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
@@ -69,7 +69,10 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
     closed on exit, also when startup fails half-way."""
     database = Database(database_url(settings.database_url, settings.state_dir))
     try:
-        await database.run(database.migrate)
+        # Serving needs none of the records: a database that is out (or a full state disk) is
+        # logged, and the schema is made when it first answers.
+        with contextlib.suppress(RecordsUnavailable):
+            await database.run(database.ensure_schema)
         store = JobStore(database, stale_after_s=settings.job_stale_after_s)
         model_store = open_model_store(settings.model_store, settings.state_dir)
         if isinstance(model_store, S3ModelStore):
@@ -77,7 +80,10 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
                 await asyncio.to_thread(model_store.create_bucket)
         versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
         try:
-            await versions.run(versions.record_kept_files)  # a state folder from before version records
+            try:
+                await versions.run(versions.record_kept_files)  # a state folder from before version records
+            except (RecordsUnavailable, OSError) as exc:
+                log.warning("kept model files not recorded at startup: %s", exc)
             yield store, versions
         finally:
             versions.close()
@@ -115,8 +121,10 @@ async def serving(
         # One machine (SQLite): the file it starts with is served, as it always was. Shared
         # records: the active version wins; the file is the first version only when there is none.
         when = Adopt.ALWAYS if store.database.sqlite else Adopt.FIRST
-        with contextlib.suppress(ModelStoreUnavailable, ModelObjectCorrupt):  # logged; served anyway
+        try:
             await versions.run(versions.adopt, settings.model_path, f"{settings.model_path} at startup", when)
+        except (ModelStoreUnavailable, ModelObjectCorrupt, RecordsUnavailable, OSError) as exc:
+            log.warning("serving %s without recording it as a version: %s", settings.model_path, exc)
     metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
 
     engine = BatchingEngine(

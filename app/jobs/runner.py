@@ -426,4 +426,9 @@ class JobManager:
             return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
         except ModelObjectCorrupt as exc:  # what the store gave back is not what was put there
             return {"status": JobStatus.FAILED, "error": f"the new model could not be stored: {exc.detail}"}
+        except OSError as exc:  # the state disk is full, or its folder was deleted
+            return {
+                "status": JobStatus.FAILED,
+                "error": f"the new model could not be stored: {exc.strerror or exc}",
+            }
         return {"status": JobStatus.SUCCEEDED, "model_version": version, "test_accuracy": accuracy}

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Row,
+    Select,
     Table,
     Text,
     and_,
@@ -113,7 +114,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> "Job":
-        data = dict(row._mapping)
+        data = {key: value for key, value in row._mapping.items() if key in cls.__dataclass_fields__}
         data["status"] = JobStatus(data["status"])
         data["cancel_requested"] = bool(data["cancel_requested"])
         return cls(**data)
@@ -163,13 +164,12 @@ class JobStore:
         if self.database.reachable_for() < self.stale_after_s:
             return
         silent = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
-        never_started = (*silent, jobs.c.pid.is_(None))
-        db.execute(
-            update(jobs)
-            .where(*never_started, jobs.c.cancel_requested.is_(True))
+        db.execute(  # a cancel its owner can no longer carry out is done: the owner is gone
+            update(jobs)  # (a server shutting down also sets the flag, with an error: that fails)
+            .where(*silent, jobs.c.cancel_requested.is_(True), jobs.c.error.is_(None))
             .values(status=JobStatus.CANCELLED.value, finished_at=now_iso())
         )
-        db.execute(update(jobs).where(*never_started).values(**REQUEUED))
+        db.execute(update(jobs).where(*silent, jobs.c.pid.is_(None)).values(**REQUEUED))
         db.execute(
             update(jobs)
             .where(*silent)
@@ -288,18 +288,27 @@ class JobStore:
         with self.database.write() as db:
             db.execute(delete(trainers).where(trainers.c.name == trainer))
 
+    def _settled(self, query: Select[Any]) -> list[Job]:
+        """The jobs `query` selects, none of them shown `running` for an owner that went silent: such
+        a job is reaped first (readers need not wait for a trainer's timer to see it end)."""
+        silent = and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale())
+        with self.database.read() as db:
+            rows = db.execute(query.add_columns(silent.label("silent"))).all()
+        if any(row.silent for row in rows) and self.database.reachable_for() >= self.stale_after_s:
+            self.reap()
+            with self.database.read() as db:
+                rows = db.execute(query).all()
+        return [Job.from_row(row) for row in rows]
+
     def get(self, job_id: str) -> Job:
         known_shape(job_id)
-        with self.database.read() as db:
-            row = db.execute(select(jobs).where(jobs.c.id == job_id)).first()
-        if row is None:
+        found = self._settled(select(jobs).where(jobs.c.id == job_id))
+        if not found:
             raise JobNotFound(f"no training job {job_id}")
-        return Job.from_row(row)
+        return found[0]
 
     def list(self, limit: int = 20) -> list[Job]:
-        with self.database.read() as db:
-            rows = db.execute(select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit))
-            return [Job.from_row(row) for row in rows]
+        return self._settled(select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit))
 
     def reap(self) -> None:
         with self.database.write() as db:
@@ -344,4 +353,5 @@ class JobStore:
                 )
             elif status == JobStatus.RUNNING:
                 db.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+                self._reap(db)  # an owner that went silent cannot stop it: cancelled now
         return self.get(job_id)

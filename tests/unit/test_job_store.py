@@ -131,6 +131,23 @@ def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> No
     assert store.get(job.id).status == "failed"
 
 
+def test_reads_and_cancels_settle_a_silent_owners_job_at_once(records_url: str) -> None:
+    """No reaper timer runs here: the read and the cancel themselves see the owner is gone."""
+    store = opened(records_url, stale_after_s=1.0)
+    store.check_in("t1", slots=2)
+    for owner in ("a", "b"):
+        store.create({})
+        claimed = store.claim("t1", owner=owner, slots=2)
+        assert claimed is not None and store.update(claimed.id, owner, pid=4242)
+    to_cancel, to_read = (job.id for job in store.list())
+    time.sleep(1.3)  # both owners silent past the stale window (killed, say)
+    cancelled = store.request_cancel(to_cancel)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    read = store.get(to_read)
+    assert read.status == "failed" and read.error is not None and read.error.startswith("interrupted")
+    assert [job.status for job in store.list()] == ["cancelled", "failed"]
+
+
 def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: str) -> None:
     store = opened(records_url, stale_after_s=1.0)
     store.check_in("t1", slots=1)

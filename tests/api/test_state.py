@@ -1,0 +1,58 @@
+"""Serving needs a loadable model and nothing else: a state folder that is full or deleted, or a
+records database that is out, costs the records (a clear 503 while it lasts), never predictions,
+and never a lasting error once the folder is back."""
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.asgi import Serve, answered
+from tests.server import free_port
+from tests.tools import fill, small_disk
+from tests.uploads import image_file
+
+
+async def test_a_state_folder_deleted_under_the_server_is_made_again(serve: Serve, tmp_path: Path) -> None:
+    async with serve() as client:
+        assert (await client.get("/train")).json() == {"jobs": []}
+        shutil.rmtree(tmp_path / "state")
+        listed = await client.get("/train")
+        assert listed.status_code == 200 and listed.json() == {"jobs": []}
+        assert (await client.get("/model/versions")).status_code == 200
+        # The trainer checks in again on its next beat: until then a job is a 503 with Retry-After.
+        deadline = time.monotonic() + 10
+        while (job := await client.post("/train", json={"epochs": 1, "limit_train": 500})).status_code == 503:
+            assert time.monotonic() < deadline, job.text
+            await asyncio.sleep(0.1)
+        assert job.status_code == 202, job.text
+        assert (await client.delete(f"/train/{job.json()['id']}")).status_code == 200
+        assert (tmp_path / "state").is_dir()
+        assert not await answered(client, "500")
+
+
+async def test_a_full_state_disk_still_serves(serve: Serve, tmp_path: Path, digit: bytes) -> None:
+    with small_disk(tmp_path / "state") as state:
+        fill(state)
+        async with serve() as client:
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.post("/predict", files=image_file(digit))).status_code == 200
+            records = await client.get("/train")
+            assert records.status_code == 503 and "records are unavailable" in records.json()["detail"]
+            assert not await answered(client, "500")
+            (state / "filler").unlink()  # room again: the records come back, no restart needed
+            assert (await client.get("/train")).json() == {"jobs": []}
+
+
+@pytest.mark.parametrize("port", [free_port()])
+async def test_a_records_database_that_is_out_at_startup_costs_only_the_records(
+    serve: Serve, digit: bytes, port: int
+) -> None:
+    async with serve(DATABASE_URL=f"postgresql://mnist@127.0.0.1:{port}/mnist") as client:
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/predict", files=image_file(digit))).status_code == 200
+        assert (await client.get("/train")).status_code == 503
+        assert (await client.get("/model/versions")).status_code == 503
+        assert not await answered(client, "500")
