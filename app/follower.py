@@ -64,6 +64,7 @@ class ModelFollower:
         # Shared records: only a new model written there by hand; a known one is a stale copy.
         self.adopt = Adopt.ALWAYS if versions.database.sqlite else Adopt.NEW
         self._failed: tuple[str, float, float] | None = None  # (sha256, retry at, backoff)
+        self.fallback: str | None = None  # why a version other than the active one is served
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -109,7 +110,7 @@ class ModelFollower:
         serving = self.engine.checkpoint
         sha256 = str(active["sha256"])
         if serving is not None and serving.metadata.get("sha256") == sha256:
-            self._failed = None
+            self._failed, self.fallback = None, None
             return
         loop = asyncio.get_running_loop()
         if self._failed and self._failed[0] == sha256 and loop.time() < self._failed[1]:
@@ -125,11 +126,38 @@ class ModelFollower:
                 log.warning("not serving active version %s: %s", active["version"], detail)
             self._failed = (sha256, loop.time() + backoff, backoff)
             self.engine.unavailable(f"the active version {active['version']} cannot be served: {detail}")
+            if self.engine.checkpoint is None:
+                await self._fall_back(active, detail)
             return
-        self._failed = None
+        self._failed, self.fallback = None, None
         self.engine.swap(checkpoint)
         self.metrics.set_model(checkpoint.version, checkpoint.arch)
         log.info("now serving model %s", checkpoint.version)
+
+    async def _fall_back(self, active: dict[str, Any], why: str) -> None:
+        """Nothing is served and the active version cannot be (its weights are corrupt, say): serve
+        the newest kept version that loads, saying so in the log and /model, until the active one
+        can be served again (retried with backoff). The active record itself is left alone."""
+        try:
+            kept = await self.records(self.versions.list)
+        except RecordsUnavailable:
+            return
+        for metadata in kept:
+            if metadata.get("sha256") == active["sha256"]:
+                continue
+            try:
+                weights = await self.versions.run(self.versions.local_copy, metadata)
+                checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
+            except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError):
+                continue
+            self.fallback = (
+                f"the active version {active['version']} cannot be served ({why}): serving "
+                f"{checkpoint.version}, the newest kept version that loads, until it can"
+            )
+            log.warning("%s", self.fallback)
+            self.engine.swap(checkpoint)
+            self.metrics.set_model(checkpoint.version, checkpoint.arch)
+            return
 
     async def _poll(self) -> None:
         while True:

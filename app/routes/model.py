@@ -11,14 +11,14 @@ router = APIRouter(tags=["model"], responses=VALIDATION)
 
 
 @router.get("/model", response_model=ModelInfo, responses={503: {"model": ErrorBody}})
-async def read_model(engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
-    """The served checkpoint's metadata (version, accuracy, hyperparameters...) and the settings in force."""
+async def read_model(engine: EngineDep, settings: SettingsDep, follower: FollowerDep) -> dict[str, Any]:
+    """The served checkpoint's metadata (version, accuracy, hyperparameters...) and the settings in
+    force; `serving.fallback` says why, when it is not the active version."""
     checkpoint = engine.serving()
-    return {
-        **checkpoint.metadata,
-        "model_version": checkpoint.version,
-        "serving": {"device": str(engine.device), "settings": settings.public()},
-    }
+    serving: dict[str, Any] = {"device": str(engine.device), "settings": settings.public()}
+    if follower.fallback:
+        serving["fallback"] = follower.fallback
+    return {**checkpoint.metadata, "model_version": checkpoint.version, "serving": serving}
 
 
 @router.get("/model/versions", response_model=VersionList)

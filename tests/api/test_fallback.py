@@ -1,0 +1,79 @@
+"""A corrupt checkpoint never leaves a restarted server without a model while a good one is kept:
+the active version comes from the version store, and when that is corrupt too, the newest kept
+version that loads is served, saying so in /model and the log."""
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.checkpoint import metadata_path, read_metadata
+from tests.asgi import serving, settings_from
+from tests.server import fresh_deployment
+from tests.uploads import image_file
+
+
+def version_of(checkpoint: Path) -> str:
+    metadata = read_metadata(checkpoint)
+    assert metadata is not None
+    return str(metadata["version"])
+
+
+def corrupt(weights: Path) -> None:
+    """Cut the weights in half, as a disk that filled up mid-write would: no longer loadable."""
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+
+
+async def served(client: httpx.AsyncClient, version: str) -> None:
+    deadline = time.monotonic() + 10
+    while (await client.get("/model")).json().get("model_version") != version:
+        assert time.monotonic() < deadline, f"{version} was not served"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_restart_with_a_corrupt_model_file_serves_the_active_version(
+    tmp_path: Path, small_checkpoint: Path, digit: bytes
+) -> None:
+    env = fresh_deployment(tmp_path, small_checkpoint)
+    version = version_of(small_checkpoint)
+    async with serving(settings_from(env)) as client:
+        await served(client, version)  # adopted as the active version, its weights kept
+    corrupt(Path(env["MNIST_MODEL_PATH"]))
+    async with serving(settings_from(env)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/predict", files=image_file(digit))).json()["model_version"] == version
+        assert "fallback" not in (await client.get("/model")).json()["serving"]
+
+
+async def test_a_corrupt_active_version_falls_back_to_the_newest_that_loads(
+    tmp_path: Path,
+    small_checkpoint: Path,
+    trained_checkpoint: Path,
+    digit: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = fresh_deployment(tmp_path, small_checkpoint)
+    model_path = Path(env["MNIST_MODEL_PATH"])
+    older, newer = version_of(small_checkpoint), version_of(trained_checkpoint)
+    async with serving(settings_from(env)) as client:
+        await served(client, older)
+        shutil.copy(metadata_path(trained_checkpoint), metadata_path(model_path))  # written by hand
+        shutil.copy(trained_checkpoint, model_path)
+        await served(client, newer)  # adopted: kept and active
+    corrupt(model_path)
+    corrupt(tmp_path / "state" / "models" / f"{newer}.pt")  # the kept copy of the active version too
+    caplog.set_level(logging.WARNING, logger="app")
+    async with serving(settings_from(env)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/predict", files=image_file(digit))).json()["model_version"] == older
+        model = (await client.get("/model")).json()
+        assert model["model_version"] == older
+        assert model["serving"]["fallback"].startswith(f"the active version {newer} cannot be served")
+        assert f"serving {older}, the newest kept version that loads" in caplog.text
+        versions = (await client.get("/model/versions")).json()
+        assert [entry["active"] for entry in versions["versions"]] == [True, False]  # left as it was
