@@ -2,12 +2,32 @@
 
 import logging
 import os
+import resource
 import shutil
 import tempfile
 
 import uvicorn
 
 from app.config import LOG_FORMAT, Settings, available_cores
+from app.http import PROTOCOL
+
+log = logging.getLogger("app")
+# File descriptors kept back from connections: the model, the database, logs, the training child.
+RESERVED_FDS = 128
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one where allowed (a default of 1024 lets a
+    thousand idle connections lock every new client out); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = 1024 * 1024 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
 
 
 def main() -> None:
@@ -23,6 +43,10 @@ def main() -> None:
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="mnist-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    fds = raise_fd_limit()
+    connections = min(settings.max_connections, fds - RESERVED_FDS)
+    if connections < settings.max_connections:
+        log.warning("open-file limit %d: at most %d connections per process", fds, connections)
     try:
         uvicorn.run(
             "app.main:app",
@@ -32,6 +56,10 @@ def main() -> None:
             log_level=settings.log_level,
             access_log=False,
             timeout_graceful_shutdown=30,
+            http=PROTOCOL,
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+            timeout_keep_alive=settings.keep_alive_s,
+            limit_concurrency=max(16, connections),
         )
     finally:
         if metrics_dir:

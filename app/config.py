@@ -50,6 +50,17 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         2, ge=1, le=64, description="requests decoding on threads at once, per process"
     )
+    # What one connection may hold: a reverse proxy in front should bound the same (README).
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request head (431)")
+    header_timeout_s: float = Field(10.0, gt=0, description="longest wait for a request's head (408)")
+    body_timeout_s: float = Field(60.0, gt=0, description="longest wait for a request's body (408)")
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(
+        2048, ge=16, description="open connections per process before new requests get a 503"
+    )
+    max_buffered_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="upload bytes held at once per process (503 past it)"
+    )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
     train_token: str | None = None
     state_dir: Path = Path("state")

@@ -52,6 +52,21 @@ class PayloadTooLarge(ServiceError):
     headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
 
 
+class RequestTimeout(ServiceError):
+    """The body did not arrive in time: the rest is not read, so the connection cannot be reused."""
+
+    status_code = 408
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
+class UploadsBusy(ServiceError):
+    """This process is already receiving as many upload bytes as it may hold; the rest of this
+    body is not read, so the connection cannot be reused."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1", "Connection": "close"}
+
+
 class FileTooLarge(ServiceError):
     """One file over the limit, in a body that was read whole."""
 

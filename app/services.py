@@ -22,6 +22,7 @@ from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.model_store import S3ModelStore, open_model_store
 from app.preprocess import DecodeLimits, Decoder
+from app.uploads import Bodies
 from app.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
@@ -36,6 +37,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     engine: BatchingEngine
+    bodies: Bodies
     decoder: Decoder
     store: JobStore
     versions: ModelVersions
@@ -164,7 +166,17 @@ async def serving(
         )
         await jobs.start()
         try:
-            yield Services(settings, metrics, engine, decoder_for(settings), store, versions, follower, jobs)
+            yield Services(
+                settings,
+                metrics,
+                engine,
+                Bodies(settings.body_timeout_s, settings.max_buffered_bytes),
+                decoder_for(settings),
+                store,
+                versions,
+                follower,
+                jobs,
+            )
         finally:
             await jobs.stop()
             await follower.stop()

@@ -5,13 +5,22 @@ bound, as nginx does) so that the client receives the 413 rather than a connecti
 never held in memory. The multipart parsing itself is python-multipart's parser, fed from memory.
 """
 
+import asyncio
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import BadRequest, PayloadTooLarge, ServiceError, TooManyFiles, UnsupportedMediaType
+from app.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    TooManyFiles,
+    UnsupportedMediaType,
+    UploadsBusy,
+)
 
 # Room for multipart boundaries and part headers on top of the file bytes themselves.
 MULTIPART_OVERHEAD = 16 * 1024
@@ -49,29 +58,63 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary
 
 
-async def read_body(request: Request, limit: int, shown_limit: int | None = None) -> bytes:
-    """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained)."""
-    declared = request.headers.get("content-length")
-    received = bytearray()
-    too_large = declared is not None and declared.isdigit() and int(declared) > limit
-    drained = 0
-    drain_bound = max(16 * limit, 64 * 1024 * 1024)
-    try:
-        async for chunk in request.stream():
-            if too_large:
-                drained += len(chunk)
-                if drained > drain_bound:
-                    break  # a client that keeps sending gets its 413 and a closed connection
-                continue
-            received += chunk
-            if len(received) > limit:
-                too_large, drained = True, len(received)
-                received.clear()
-    except ClientDisconnect:
-        raise BadRequest("the client disconnected before the upload was complete") from None
-    if too_large:
-        raise PayloadTooLarge(f"upload is larger than the limit of {shown_limit or limit} bytes")
-    return bytes(received)
+class Bodies:
+    """Reads request bodies within this process's bounds: each must arrive within `timeout_s`
+    (a client that dribbles gets a 408), and the bytes being received at once, over all requests,
+    stay within `budget` (past it a 503 with Retry-After), so slow uploads cannot pile up memory."""
+
+    def __init__(self, timeout_s: float, budget: int) -> None:
+        self.timeout_s, self.budget = timeout_s, budget
+        self.held = 0  # bytes received by reads in progress; one event loop, so no lock
+
+    async def read(self, request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+        """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained, up
+        to a bound, so the client reads the 413; a client waiting on `Expect: 100-continue` for a
+        declared oversize body gets it before sending anything)."""
+        declared = request.headers.get("content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > limit
+        refusal = PayloadTooLarge(f"upload is larger than the limit of {shown_limit or limit} bytes")
+        if too_large and request.headers.get("expect", "").lower() == "100-continue":
+            raise refusal
+        received = bytearray()
+        drained = 0
+        drain_bound = max(16 * limit, 64 * 1024 * 1024)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async for chunk in request.stream():
+                    if too_large:
+                        drained += len(chunk)
+                        if drained > drain_bound:
+                            break  # a client that keeps sending gets its 413 and a closed connection
+                        continue
+                    self._hold(len(chunk))
+                    received += chunk
+                    if len(received) > limit:
+                        too_large, drained = True, len(received)
+                        self.held -= len(received)
+                        received.clear()
+        except ClientDisconnect:
+            raise BadRequest("the client disconnected before the upload was complete") from None
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s") from None
+        finally:
+            self.held -= len(received)
+        if too_large:
+            raise refusal
+        return bytes(received)
+
+    async def uploads(self, request: Request, limit: int, max_parts: int) -> list[Upload]:
+        """Check the content type, read the body within `limit` (+ multipart overhead), parse it."""
+        boundary = boundary_of(request.headers.get("content-type"))
+        body = await self.read(request, limit + MULTIPART_OVERHEAD, shown_limit=limit)
+        return parse_multipart(body, boundary, max_parts)
+
+    def _hold(self, size: int) -> None:
+        if self.held + size > self.budget:
+            raise UploadsBusy(
+                f"this server is receiving {self.budget} bytes of uploads already; try again shortly"
+            )
+        self.held += size
 
 
 def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload]:
@@ -137,10 +180,3 @@ def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload
     if not state.complete:
         raise BadRequest("the multipart/form-data body ends before its closing boundary")
     return state.parts
-
-
-async def read_uploads(request: Request, limit: int, max_parts: int) -> list[Upload]:
-    """Check the content type, read the body within `limit` (+ multipart overhead), parse it."""
-    boundary = boundary_of(request.headers.get("content-type"))
-    body = await read_body(request, limit + MULTIPART_OVERHEAD, shown_limit=limit)
-    return parse_multipart(body, boundary, max_parts)

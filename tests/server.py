@@ -1,6 +1,7 @@
 """A real server process on a free local port, for tests over real HTTP."""
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -42,7 +43,13 @@ def free_port() -> int:
 class ServerProcess:
     """`uvicorn app.main:app` (or `python -m app`) with the given MNIST_* settings."""
 
-    def __init__(self, env: dict[str, str], production: bool = False, ready_path: str = "/healthz") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        production: bool = False,
+        ready_path: str = "/healthz",
+        open_files: int | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_path = ready_path
@@ -53,6 +60,7 @@ class ServerProcess:
             self.command = [sys.executable, "-m", "app"]
         else:
             self.command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(self.port)]
+        self.open_files = open_files  # a soft limit on open files for the server to start under
         self.process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a chatty server must never block on a pipe nobody reads.
         self.output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
@@ -65,6 +73,7 @@ class ServerProcess:
             stdout=self.output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit_open_files if self.open_files else None,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -77,6 +86,11 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"server not up within {timeout_s} s: {self.stop()}")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def stop(self, timeout_s: float = 30) -> str:
         """SIGTERM (as an orchestrator would), wait, and return everything the server printed."""

@@ -10,7 +10,7 @@ from app.errors import FileTooLarge, MissingField, TooManyFiles
 from app.predictions import prediction
 from app.preprocess import Invert
 from app.schemas import BatchPrediction, ErrorBody, Prediction
-from app.uploads import Upload, read_uploads
+from app.uploads import Upload
 
 router = APIRouter(tags=["predict"])
 
@@ -84,7 +84,7 @@ async def predict_digit(
     # Straight from services_of, not dependencies: their solving cost 12% of throughput here.
     services = services_of(request)
     settings = services.settings
-    uploads = await read_uploads(request, settings.max_upload_bytes, max_parts=EXTRA_PARTS + 1)
+    uploads = await services.bodies.uploads(request, settings.max_upload_bytes, max_parts=EXTRA_PARTS + 1)
     upload = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[0]
     inputs, images = await services.decoder.decode([upload], invert)
     log_probs, version = await services.engine.infer(inputs)
@@ -109,7 +109,7 @@ async def predict_digits(
     # Parts past the most files allowed (and a few other fields) are refused while parsing: a
     # body of a million empty parts costs nothing but a 413.
     max_parts = settings.max_batch_files + EXTRA_PARTS
-    uploads = await read_uploads(request, settings.max_batch_bytes, max_parts)
+    uploads = await services.bodies.uploads(request, settings.max_batch_bytes, max_parts)
     files = files_named(uploads, "files", settings.max_upload_bytes, batch=True)
     if len(files) > settings.max_batch_files:
         raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")

@@ -6,10 +6,9 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 
-from app.deps import JobsDep, StoreDep, TokenDep
+from app.deps import JobsDep, StoreDep, TokenDep, services_of
 from app.errors import BadRequest, InvalidRequest, UnsupportedMediaType
 from app.schemas import VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
-from app.uploads import read_body
 
 router = APIRouter(prefix="/train", tags=["train"], responses=VALIDATION)
 
@@ -50,7 +49,7 @@ def document_train_request(app: FastAPI) -> None:
 async def train_request_of(request: Request) -> TrainRequest:
     """The job's parameters from a JSON body of at most MAX_TRAIN_BODY_BYTES, read only after the
     token was checked (the route's dependency), so a stranger cannot make us read or parse much."""
-    body = await read_body(request, MAX_TRAIN_BODY_BYTES)
+    body = await services_of(request).bodies.read(request, MAX_TRAIN_BODY_BYTES)
     if not body.strip():
         return TrainRequest()
     media_type, _ = parse_options_header(request.headers.get("content-type", "application/json"))

@@ -134,3 +134,14 @@ async def test_a_token_is_checked_before_the_body_is_read(serve: Serve) -> None:
             "/train", content=b"{" * 10_000, headers={"content-type": "application/json"}
         )
         assert response.status_code == 401
+
+
+async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes) -> None:
+    """Past MNIST_MAX_BUFFERED_BYTES of bodies being received, a request gets a 503 to retry."""
+    async with serve(MAX_BUFFERED_BYTES=str(1024 * 1024)) as client:
+        big = [("files", (f"{index}.png", b"\0" * 700_000, "image/png")) for index in range(2)]
+        response = await client.post("/predict/batch", files=big)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "receiving 1048576 bytes of uploads already" in response.json()["detail"]
+        assert (await client.post("/predict", files=image_file(digit))).status_code == 200  # all given back
