@@ -111,10 +111,16 @@ class Settings(BaseSettings):
             raise ValueError("MNIST_MODEL_STORE must be s3://bucket/prefix (or unset for the state folder)")
         return url
 
-    def public(self) -> dict[str, object]:
-        """The settings in force, safe to show: the token is never echoed."""
+    def public(self, paths: bool = True) -> dict[str, object]:
+        """The settings in force, safe to show: the token and the database password are never
+        echoed; with `paths=False` (what HTTP clients see) neither is where files live on the
+        server: the model file by its name only, the state and data folders as set or not."""
         shown = self.model_dump(mode="json")
         shown["train_token"] = "set" if self.train_token else None
         if self.database_url:
             shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        if not paths:
+            shown["model_path"] = self.model_path.name
+            shown["state_dir"] = "set"
+            shown["data_dir"] = "set" if self.data_dir else None
         return shown

@@ -6,6 +6,7 @@ multiprocess mode is used: each process writes its values to PROMETHEUS_MULTIPRO
 """
 
 import os
+import re
 import time
 
 from prometheus_client import (
@@ -16,13 +17,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.batching import EngineObservers
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# prometheus-client's files for live-only gauges: gauge_liveall_<pid>.db, gauge_livesum_<pid>.db...
+LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")
 
 
 def multiprocess_dir() -> str | None:
@@ -93,11 +96,26 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The text to serve at /metrics, for this process or, in multiprocess mode, all of them."""
-        if multiprocess_dir():
+        if folder := multiprocess_dir():
+            forget_dead_processes(folder)
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def forget_dead_processes(folder: str) -> None:
+    """Drop the live-only gauges (model info, queue depth) of server processes that died: uvicorn
+    replaces a killed worker but, unlike gunicorn's child_exit hook, tells nobody, and their files
+    would report a dead process's model for ever."""
+    pids = {int(match[1]) for name in os.listdir(folder) if (match := LIVE_GAUGE_FILE.fullmatch(name))}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, as another user
 
 
 class MetricsMiddleware:

@@ -162,7 +162,7 @@ class ModelVersions:
         (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH
         where that can be written."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
-            raise VersionNotFound(f"no model version {version!r}")
+            raise VersionNotFound(f"no model version {version[:64]!r}")
         with self.database.read() as db:
             row = db.execute(
                 select(model_versions.c.metadata).where(model_versions.c.version == version)

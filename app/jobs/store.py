@@ -124,7 +124,7 @@ def known_shape(job_id: str) -> None:
     """Ids are 12 hex digits: anything else is not found, before a database sees it (PostgreSQL
     refuses some text outright, a NUL byte for one)."""
     if not JOB_ID.fullmatch(job_id):
-        raise JobNotFound(f"no training job {job_id!r}")
+        raise JobNotFound(f"no training job {job_id[:64]!r}")
 
 
 # A claimed job back in the queue, as if never claimed.

@@ -15,7 +15,7 @@ async def read_model(engine: EngineDep, settings: SettingsDep, follower: Followe
     """The served checkpoint's metadata (version, accuracy, hyperparameters...) and the settings in
     force; `serving.fallback` says why, when it is not the active version."""
     checkpoint = engine.serving()
-    serving: dict[str, Any] = {"device": str(engine.device), "settings": settings.public()}
+    serving: dict[str, Any] = {"device": str(engine.device), "settings": settings.public(paths=False)}
     if follower.fallback:
         serving["fallback"] = follower.fallback
     return {**checkpoint.metadata, "model_version": checkpoint.version, "serving": serving}

@@ -185,3 +185,14 @@ async def test_inference_timeout_answers_504(serve: Serve, digit: bytes) -> None
     assert set(statuses) <= {200, 504} and 504 in statuses
     refused = next(r for r in responses if r.status_code == 504)
     assert "did not finish within" in refused.json()["detail"]
+
+
+async def test_nothing_about_the_servers_files_is_shown(serve: Serve, tmp_path: Path) -> None:
+    """GET /model names the model file, not where it lives; odd ids are not echoed at length."""
+    async with serve(DATA_DIR=str(tmp_path / "data")) as client:
+        model = await client.get("/model")
+        assert str(tmp_path) not in model.text and "/models/" not in model.text
+        assert model.json()["serving"]["settings"]["model_path"] == "mnist_cnn.pt"
+        for path in ("/train/" + "a" * 300, "/model/versions/" + "a" * 300 + "/activate"):
+            response = await (client.get(path) if path.startswith("/train") else client.post(path))
+            assert response.status_code == 404 and len(response.text) < 200
