@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= mnist_cnn.pt
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-quick lint format bench-train bench-serve gpu-wheels gpu-data gpu-rehearsal clean
+.PHONY: install model run test test-quick test-reliability lint format bench-train bench-serve gpu-wheels gpu-data gpu-rehearsal clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ format: install
 # The whole suite (slow training and end-to-end tests included), except tests that need a GPU.
 test: lint
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# The reliability suite, long (RELIABILITY=long): fuzzing with more examples, a longer soak, more
+# slow clients. `make test` runs it short.
+test-reliability: install
+	RELIABILITY=long $(PY) -m pytest -m "reliability and not gpu" -s $(PYTEST_ARGS)
 
 # The inner loop: skips full training runs.
 test-quick: install

@@ -79,15 +79,20 @@ def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # Tests that start real server processes (and browsers): `make test-quick` leaves them out.
-SLOW_FOLDERS = (REPO / "tests" / "e2e", REPO / "tests" / "browser")
+SLOW_FOLDERS = (REPO / "tests" / "e2e", REPO / "tests" / "browser", REPO / "tests" / "reliability")
+# The standing reliability suite (`make test-reliability` runs it long; `make test`, short).
+RELIABILITY_FOLDER = REPO / "tests" / "reliability"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark everything in SLOW_FOLDERS `slow`; skip `gpu` tests without CUDA, saying so."""
+    """Mark everything in SLOW_FOLDERS `slow` and in tests/reliability `reliability`; skip `gpu`
+    tests without CUDA, saying so."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if any(item.path.is_relative_to(folder) for folder in SLOW_FOLDERS):
             item.add_marker(pytest.mark.slow)
+        if item.path.is_relative_to(RELIABILITY_FOLDER):
+            item.add_marker(pytest.mark.reliability)
         if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)

@@ -118,3 +118,15 @@ class ServerProcess:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def impatient_server(checkpoint: Path, timeout_s: float) -> ServerProcess:
+    """`python -m app`, one process, waiting at most `timeout_s` for a request's head and for its
+    body, started under the common soft limit of 1024 open files."""
+    env = {
+        "MNIST_MODEL_PATH": str(checkpoint),
+        "MNIST_WORKERS": "1",
+        "MNIST_HEADER_TIMEOUT_S": str(timeout_s),
+        "MNIST_BODY_TIMEOUT_S": str(timeout_s),
+    }
+    return ServerProcess(env, production=True, ready_path="/readyz", open_files=1024)

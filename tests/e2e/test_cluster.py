@@ -177,9 +177,11 @@ def test_a_trainer_killed_mid_job_leaves_it_interrupted(cluster: Cluster) -> Non
     assert a.post("/train", json={"epochs": 1, "limit_train": 500}).status_code == 202
 
 
+@pytest.mark.reliability
 def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, body: bytes) -> None:
     b = httpx.Client(base_url=cluster.replicas[1].url, timeout=30)
-    wait_for(b, b.get("/train").json()["jobs"][0]["id"], finished)  # the previous test's last job
+    if jobs := b.get("/train").json()["jobs"]:  # run alone (make test-reliability), there are none
+        wait_for(b, jobs[0]["id"], finished)  # the previous test's last job
     running = [load.__enter__() for load in loads(cluster, body)]
     try:
         time.sleep(0.5)
@@ -197,5 +199,6 @@ def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, b
     finally:
         for load in running:
             load.__exit__()
+    print(f"PostgreSQL restarted under load: {sum(len(load.statuses) for load in running)} predictions")
     for load in running:
         assert len(load.statuses) > 10 and set(load.statuses) == {200}, sorted(set(load.statuses))

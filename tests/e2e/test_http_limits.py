@@ -11,20 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import ServerProcess
+from tests.server import ServerProcess, impatient_server
 
 SLOW = 1.5  # seconds: the head and body timeouts these servers run with
 
 
 @pytest.fixture(scope="module")
 def server(small_checkpoint: Path) -> Iterator[ServerProcess]:
-    env = {
-        "MNIST_MODEL_PATH": str(small_checkpoint),
-        "MNIST_WORKERS": "1",
-        "MNIST_HEADER_TIMEOUT_S": str(SLOW),
-        "MNIST_BODY_TIMEOUT_S": str(SLOW),
-    }
-    with ServerProcess(env, production=True, ready_path="/readyz", open_files=1024) as running:
+    with impatient_server(small_checkpoint, SLOW) as running:
         yield running
 
 

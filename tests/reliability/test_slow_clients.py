@@ -1,0 +1,84 @@
+"""Many slow or idle clients at once do not lock others out: slowloris connections are cut off
+after MNIST_HEADER_TIMEOUT_S, and 1,100 idle connections against a server started under the common
+1024 open-file limit leave room for new clients (the limit is raised at startup)."""
+
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.images import encode
+from tests.reliability.scale import scaled
+from tests.server import ServerProcess, impatient_server
+from training.data import Mnist
+
+HEADER_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def patient_server(small_checkpoint: Path) -> Iterator[ServerProcess]:
+    with impatient_server(small_checkpoint, HEADER_TIMEOUT_S) as running:
+        yield running
+
+
+def enough_open_files(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def test_slowloris_connections_are_cut_off_while_others_are_served(
+    patient_server: ServerProcess, mnist: Mnist
+) -> None:
+    slow = scaled(100, 400)
+    enough_open_files(slow + 256)
+    closed_after: list[float] = []
+
+    def dribble() -> None:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", patient_server.port), timeout=30) as sock:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+                for n in range(100):
+                    time.sleep(0.25)
+                    sock.sendall(b"X-Slow-%d: x\r\n" % n)
+            except OSError:
+                pass
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+        closed_after.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=dribble) for _ in range(slow)]
+    for thread in threads:
+        thread.start()
+    body = encode(mnist.test_images[0])
+    answered = []
+    with httpx.Client(base_url=patient_server.url, timeout=10) as client:
+        deadline = time.monotonic() + HEADER_TIMEOUT_S + 1
+        while time.monotonic() < deadline:
+            answered.append(client.post("/predict", files={"file": ("d.png", body)}).status_code)
+    for thread in threads:
+        thread.join()
+    longest = max(closed_after)
+    print(f"{slow} slowloris clients: closed after {longest:.1f} s at most; {len(answered)} others served")
+    assert set(answered) == {200}
+    assert len(closed_after) == slow and longest < HEADER_TIMEOUT_S + 3
+
+
+def test_many_idle_connections_leave_room_for_new_clients(patient_server: ServerProcess) -> None:
+    idle = 1100
+    enough_open_files(idle + 256)
+    sockets = [socket.create_connection(("127.0.0.1", patient_server.port), timeout=10) for _ in range(idle)]
+    try:
+        assert httpx.get(patient_server.url + "/healthz", timeout=10).status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()

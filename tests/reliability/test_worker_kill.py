@@ -1,0 +1,49 @@
+"""A server process SIGKILLed under load: the others keep answering, a new one takes its place,
+at most the requests it held fail, and /metrics forgets the dead one."""
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.images import encode
+from tests.reliability.load import Tally, predict_load, workers_of
+from tests.server import ServerProcess
+from training.data import Mnist
+
+CLIENTS = 16
+
+
+def test_a_worker_killed_under_load(small_checkpoint: Path, mnist: Mnist) -> None:
+    env = {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_WORKERS": "2"}
+    with ServerProcess(env, production=True, ready_path="/readyz") as server:
+        assert server.process is not None
+        workers = workers_of(server.process.pid)
+        assert len(workers) == 2
+        body = encode(mnist.test_images[0])
+
+        async def load_and_kill() -> tuple[int, Tally]:
+            load = asyncio.create_task(predict_load(server.url, body, clients=CLIENTS, seconds=8))
+            await asyncio.sleep(2)
+            victim = max(workers)
+            os.kill(victim, signal.SIGKILL)
+            return victim, await load
+
+        victim, tally = asyncio.run(load_and_kill())
+        print(f"worker {victim} killed under load: {tally.statuses}")
+        assert tally.ok > 0
+        assert tally.failed <= CLIENTS  # at most the requests in flight there
+        deadline = time.monotonic() + 15
+        while victim in workers_of(server.process.pid) or len(workers_of(server.process.pid)) < len(workers):
+            assert time.monotonic() < deadline, "no worker took the killed one's place"
+            time.sleep(0.2)
+        assert httpx.post(server.url + "/predict", files={"file": ("d.png", body)}).status_code == 200
+        series = [
+            line
+            for line in httpx.get(server.url + "/metrics").text.splitlines()
+            if line.startswith("mnist_model_info{")
+        ]
+        assert not any(f'pid="{victim}"' in line for line in series), series
