@@ -12,7 +12,9 @@ from app.config import LOG_FORMAT, Settings, available_cores
 from app.http import PROTOCOL
 
 log = logging.getLogger("app")
-# File descriptors kept back from connections: the model, the database, logs, the training child.
+# Requests beyond MNIST_MAX_CONNECTIONS get a 503 (uvicorn's limit_concurrency counts connections);
+# kept this far below the open-file limit, there is room left for the model, the database, logs
+# and the training child. Idle connections are closed by the head and keep-alive timeouts.
 RESERVED_FDS = 128
 
 

@@ -5,12 +5,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Room for multipart boundaries and part headers on top of the file bytes themselves.
+MULTIPART_OVERHEAD = 16 * 1024
 # A 2048x2048 image already costs ~60 MB to decode; digits need a few thousand pixels.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
@@ -87,6 +89,15 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(default_factory=default_workers, ge=1)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def room_for_a_batch(self) -> "Settings":
+        if self.max_buffered_bytes < self.max_batch_bytes + MULTIPART_OVERHEAD:
+            raise ValueError(
+                "MNIST_MAX_BUFFERED_BYTES must hold at least one full batch "
+                f"(MNIST_MAX_BATCH_BYTES + {MULTIPART_OVERHEAD}), else a valid batch is refused for ever"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -13,6 +13,7 @@ running server.
 import asyncio
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -93,8 +94,6 @@ class Database:
             else None
         )
         if self.sqlite:
-            if self._file is not None:
-                self._file.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(self.url, connect_args={"timeout": 10})
             self._take_over_sqlite_transactions(self.engine)
         else:
@@ -118,6 +117,7 @@ class Database:
         self._schema_ready = False
         self._schema_lock = threading.RLock()
         self._migrating = False  # only ever True in the thread that holds _schema_lock
+        self._migrated_file: tuple[int, int] | None = None
 
     def clock(self) -> ColumnElement[Any]:
         """The database's time in seconds since the epoch: heartbeats of every machine are stamped
@@ -179,32 +179,51 @@ class Database:
                 "(predictions are not affected); try again shortly"
             ) from exc
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        """Which file the SQLite path names now (device, inode); None when there is none."""
+        try:
+            stat = os.stat(self._file) if self._file is not None else None
+        except FileNotFoundError:
+            return None
+        return (stat.st_dev, stat.st_ino) if stat is not None else None
+
     def _schema_in_place(self) -> bool:
-        return self._schema_ready and (self._file is None or self._file.exists())
+        """Migrated, and on SQLite still on the file we migrated: a file deleted and made again
+        (by another process of this server, say) is a new database our pooled connections miss."""
+        return self._schema_ready and (self._file is None or self._file_identity() == self._migrated_file)
 
     def ensure_schema(self) -> None:
-        """Migrate unless done: once per process, or again when the SQLite file was deleted (its
-        folder is made again, and the pool's connections, which still write to the deleted file,
-        are dropped). RecordsUnavailable while the database cannot be reached; then the next
-        transaction tries again. A stat per transaction on SQLite, nothing on PostgreSQL."""
+        """Migrate unless done: once per process, or again when the SQLite file was deleted or
+        replaced (its folder is made again, and the pool's connections, which still point at the
+        old file, are dropped). RecordsUnavailable while the database cannot be reached or
+        written; the next transaction tries again. A stat per transaction on SQLite."""
         if self._schema_in_place():
             return
         with self._schema_lock:
             if self._migrating or self._schema_in_place():
                 return
             if self._schema_ready and self._file is not None:
-                log.warning(
-                    "the records database %s is gone (state folder deleted?): starting an empty one",
-                    self._file,
-                )
-                self._file.parent.mkdir(parents=True, exist_ok=True)
+                log.warning("the records database %s is gone or replaced (state folder deleted?)", self._file)
                 self.engine.dispose()
+            self._schema_ready = False  # until a migration succeeds: a failed one is tried again
             self._migrating = True
             try:
+                if self._file is not None:
+                    self._make_folder()
                 self.migrate()
             finally:
                 self._migrating = False
+            self._migrated_file = self._file_identity()
             self._schema_ready = True
+
+    def _make_folder(self) -> None:
+        assert self._file is not None
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordsUnavailable(
+                f"job and model-version records are unavailable: {exc.strerror}"
+            ) from None
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; a store from before migrations is adopted as

@@ -43,6 +43,13 @@ def fingerprint(path: Path) -> Fingerprint:
     return tuple(stamps)
 
 
+def fallback_reason(active: dict[str, Any], why: str, served: str) -> str:
+    return (
+        f"the active version {active['version']} cannot be served ({why}): serving "
+        f"{served}, the newest kept version that loads, until it can"
+    )
+
+
 class ModelFollower:
     """Swaps the engine's model to the active version whenever the database names another."""
 
@@ -97,7 +104,7 @@ class ModelFollower:
             return
         try:
             # A new model written there by hand is served; a known one is our own activation's copy.
-            await self.versions.run(self.versions.adopt, self.path, f"{self.path} changed", self.adopt)
+            await self.versions.run(self.versions.adopt, self.path, f"{self.path.name} changed", self.adopt)
         except CheckpointError as exc:
             self.engine.unavailable(str(exc))
             log.warning("not adopting %s: %s", self.path, exc)
@@ -119,14 +126,14 @@ class ModelFollower:
             weights = await self.versions.run(self.versions.local_copy, active)
             checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
         except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError) as exc:
-            detail = getattr(exc, "detail", str(exc))
+            detail = getattr(exc, "detail", None) or getattr(exc, "strerror", None) or type(exc).__name__
             backoff = self._failed[2] * 2 if self._failed and self._failed[0] == sha256 else self.interval_s
             backoff = min(backoff, MAX_BACKOFF_S)
             if not (self._failed and self._failed[0] == sha256):
                 log.warning("not serving active version %s: %s", active["version"], detail)
             self._failed = (sha256, loop.time() + backoff, backoff)
             self.engine.unavailable(f"the active version {active['version']} cannot be served: {detail}")
-            if self.engine.checkpoint is None:
+            if self.engine.checkpoint is None or self.fallback:  # nothing, or a fallback, is served
                 await self._fall_back(active, detail)
             return
         self._failed, self.fallback = None, None
@@ -142,18 +149,19 @@ class ModelFollower:
             kept = await self.records(self.versions.list)
         except RecordsUnavailable:
             return
+        serving = self.engine.checkpoint
         for metadata in kept:
             if metadata.get("sha256") == active["sha256"]:
                 continue
+            if serving is not None and serving.metadata.get("sha256") == metadata.get("sha256"):
+                self.fallback = fallback_reason(active, why, serving.version)  # no reload
+                return
             try:
                 weights = await self.versions.run(self.versions.local_copy, metadata)
                 checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
             except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError):
                 continue
-            self.fallback = (
-                f"the active version {active['version']} cannot be served ({why}): serving "
-                f"{checkpoint.version}, the newest kept version that loads, until it can"
-            )
+            self.fallback = fallback_reason(active, why, checkpoint.version)
             log.warning("%s", self.fallback)
             self.engine.swap(checkpoint)
             self.metrics.set_model(checkpoint.version, checkpoint.arch)

@@ -1,100 +1,122 @@
-"""The HTTP connection layer under the app: uvicorn's own protocol, with bounds on a request's head.
+"""The HTTP connection layer under the app: uvicorn's httptools protocol, with bounds on a request's
+head.
 
 uvicorn reads request headers without a size limit (httptools) and waits for them for ever: one
 client with a 100 MB header, or many that send a byte a second (slowloris), tie up a worker or its
-file descriptors. Each connection here must deliver a complete head within MNIST_HEADER_TIMEOUT_S
-of opening, or of the first byte of its next request, and within MNIST_MAX_HEADER_BYTES; else it
-gets a 408 or 431 and is closed. What the app reads after the head (bodies) is bounded in
-app/uploads.py; idle keep-alive connections are closed by uvicorn after MNIST_KEEP_ALIVE_S.
+file descriptors. Here each connection must deliver a complete head within MNIST_HEADER_TIMEOUT_S
+of opening, or of the first byte of its next request, and within MNIST_MAX_HEADER_BYTES (the URL
+and every header name and value, counted by the parser as it goes); else it gets a 408 or 431 and
+is closed. What the app reads after the head (bodies) is bounded in app/uploads.py; idle keep-alive
+connections are closed by uvicorn after MNIST_KEEP_ALIVE_S.
 
-`python -m app` runs uvicorn with `http=PROTOCOL` (httptools when installed, else h11, as uvicorn's
-own "auto" picks).
+`python -m app` runs uvicorn with `http=PROTOCOL`. Without httptools (uvicorn without its
+[standard] extras, which this project depends on) it is plain h11, whose own bound on a head's size
+(uvicorn's h11_max_incomplete_event_size: a 400) is all that applies.
 """
 
 import asyncio
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from app.config import Settings
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
-class BoundedHead:
-    """Mixin for uvicorn's HTTP protocol classes (before them in the bases)."""
-
-    # Read from the MNIST_* environment once per server process, on its first connection.
-    max_header_bytes: ClassVar[int | None] = None
-    header_timeout_s: ClassVar[float] = 0.0
-
-    cycle: Any
-    transport: asyncio.Transport
-    loop: asyncio.AbstractEventLoop
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if BoundedHead.max_header_bytes is None:
-            settings = Settings()
-            BoundedHead.max_header_bytes = settings.max_header_bytes
-            BoundedHead.header_timeout_s = settings.header_timeout_s
-        super().connection_made(transport)  # type: ignore[misc]
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0
-        self._timed_cycle: Any = None
-        self._time_head()  # a connection that never sends a byte is closed too
-
-    def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
-            self._time_head()  # the first bytes of the next request on a kept-alive connection
-        super().data_received(data)  # type: ignore[misc]
-        if self._head_timer is None or self.transport.is_closing():
-            return
-        if self.cycle is not self._timed_cycle:  # the head is complete: a request cycle began
-            self._stop_timing()
-            return
-        self._head_bytes += len(data)  # nothing of a body yet: all of it was head
-        assert BoundedHead.max_header_bytes is not None
-        if self._head_bytes > BoundedHead.max_header_bytes:
-            self._refuse(431, f"request headers over {BoundedHead.max_header_bytes} bytes")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timing()
-        super().connection_lost(exc)  # type: ignore[misc]
-
-    def _time_head(self) -> None:
-        self._head_bytes, self._timed_cycle = 0, self.cycle
-        self._head_timer = self.loop.call_later(BoundedHead.header_timeout_s, self._head_too_slow)
-
-    def _stop_timing(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_too_slow(self) -> None:
-        self._head_timer = None
-        if self.cycle is self._timed_cycle and not self.transport.is_closing():
-            self._refuse(408, f"request headers not received within {BoundedHead.header_timeout_s:g} s")
-
-    def _refuse(self, status: int, message: str) -> None:
-        self._stop_timing()
-        body = message.encode()
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body)
-        )
-        self.transport.close()
+class HeadRefused(Exception):
+    """Raised in a parser callback to stop parsing a connection that was just refused."""
 
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedHttpToolsProtocol(BoundedHead, HttpToolsProtocol):
-        """httptools (the faster parser), with bounded request heads."""
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """httptools with bounded request heads: timed from the connection (or the next request's
+        first byte) to its last header, and measured by the parser's own callbacks."""
 
-    PROTOCOL: type = BoundedHttpToolsProtocol
-except ImportError:  # uvicorn without its [standard] extras
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+        # Read from the MNIST_* environment once per server process, on its first connection.
+        max_header_bytes: ClassVar[int | None] = None
+        header_timeout_s: ClassVar[float] = 0.0
 
-    class BoundedH11Protocol(BoundedHead, H11Protocol):
-        """h11, with bounded request heads (h11 also bounds them itself, through uvicorn's
-        h11_max_incomplete_event_size)."""
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            cls = BoundedHttpToolsProtocol
+            if cls.max_header_bytes is None:
+                settings = Settings()
+                cls.max_header_bytes, cls.header_timeout_s = (
+                    settings.max_header_bytes,
+                    settings.header_timeout_s,
+                )
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_bytes = 0
+            self._refused = False
+            super().connection_made(transport)
+            self._time_head()  # a connection that never sends a byte is closed too
 
-    PROTOCOL = BoundedH11Protocol
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_timing()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            if self._head_timer is None:  # the next request on a kept-alive connection
+                self._time_head()
+            self._head_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value))
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._stop_timing()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            # Answered before its body was read (a refusal): the body's arrival cancelled uvicorn's
+            # keep-alive timer, which nothing would start again; idle from now on, so time it.
+            answered = self.cycle is not None and self.cycle.response_complete
+            if answered and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._refused:  # a refusal stops the parser with an error: answered already
+                super().send_400_response(msg)
+
+        def _count(self, size: int) -> None:
+            self._head_bytes += size
+            assert self.max_header_bytes is not None
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse(431, f"request headers over {self.max_header_bytes} bytes")
+                raise HeadRefused
+
+        def _time_head(self) -> None:
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+        def _stop_timing(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s")
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._stop_timing()
+            self._refused = True
+            body = message.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body)
+            )
+            self.transport.close()
+
+    PROTOCOL: type | str = BoundedHttpToolsProtocol
+except ImportError:
+    PROTOCOL = "h11"

@@ -5,6 +5,7 @@ multiprocess mode is used: each process writes its values to PROMETHEUS_MULTIPRO
 `/metrics` adds them up, so one scrape sees the whole server.
 """
 
+import contextlib
 import os
 import re
 import time
@@ -113,7 +114,8 @@ def forget_dead_processes(folder: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(FileNotFoundError):  # another process scraping forgot it first
+                mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
         except PermissionError:
             pass  # alive, as another user
 

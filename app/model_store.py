@@ -27,7 +27,8 @@ def metadata_bytes(metadata: dict[str, Any]) -> bytes:
 
 
 def verified(data: bytes, sha256: str, where: str) -> bytes:
-    """`data` if it hashes to `sha256`, else ModelObjectCorrupt naming the object."""
+    """`data` if it hashes to `sha256`, else ModelObjectCorrupt naming the object (`where`: a name,
+    never a server path, since the message reaches clients)."""
     found = sha256_bytes(data)
     if found != sha256:
         raise ModelObjectCorrupt(
@@ -54,8 +55,7 @@ class LocalModelStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.description = str(folder)
+        self.description = str(folder)  # made on the first write (atomic_write_bytes)
 
     def path(self, version: str) -> Path:
         return self.folder / f"{version}.pt"
@@ -63,13 +63,13 @@ class LocalModelStore:
     def put(self, weights: Path, metadata: dict[str, Any]) -> None:
         target = self.path(str(metadata["version"]))
         if not target.is_file():
-            atomic_write_bytes(target, verified(weights.read_bytes(), str(metadata["sha256"]), str(weights)))
+            atomic_write_bytes(target, verified(weights.read_bytes(), str(metadata["sha256"]), weights.name))
         atomic_write_bytes(metadata_path(target), metadata_bytes(metadata))
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
         target = self.path(str(metadata["version"]))
         try:
-            verified(target.read_bytes(), str(metadata["sha256"]), str(target))
+            verified(target.read_bytes(), str(metadata["sha256"]), f"models/{target.name}")
         except FileNotFoundError:
             raise ModelObjectCorrupt(f"the weights of version {metadata['version']} are missing") from None
         if not metadata_path(target).is_file():
@@ -92,8 +92,7 @@ class S3ModelStore:
         parsed = urlparse(url)
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         self.description = url
-        self.cache = cache
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.cache = cache  # made on the first write (atomic_write_bytes)
         # Short timeouts and few retries: an outage must become a 503 soon, not hold a thread.
         config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
         self.client = boto3.client("s3", config=config)
@@ -134,7 +133,7 @@ class S3ModelStore:
 
     def put(self, weights: Path, metadata: dict[str, Any]) -> None:
         sha256, version = str(metadata["sha256"]), str(metadata["version"])
-        data = verified(weights.read_bytes(), sha256, str(weights))
+        data = verified(weights.read_bytes(), sha256, weights.name)
         # Always a plain PUT: the key is the content's hash, so writing it again changes nothing,
         # and a HEAD first would need list permission to tell "missing" from "forbidden".
         with self._calls(f"uploading version {version}"):

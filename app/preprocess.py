@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from app.config import DEFAULT_MAX_PIXELS
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
@@ -27,6 +27,10 @@ MIN_CONTRAST = 16  # grey levels between darkest and lightest pixel below which 
 # We check the size ourselves, from the header, against MNIST_MAX_IMAGE_PIXELS, before any pixel is
 # decoded; Pillow's own guard (a warning, then an error at twice its limit) would only get in the way.
 Image.MAX_IMAGE_PIXELS = None
+# Opening a PNG inflates its text chunks and colour profile (up to 64 MB by default) before a pixel
+# is looked at: a 66 KB file could cost a quarter second and 62 MB. A digit needs none of it.
+PngImagePlugin.MAX_TEXT_CHUNK = 64 * 1024
+PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
 
 
 @dataclass(frozen=True)

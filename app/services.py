@@ -124,7 +124,9 @@ async def serving(
         # records: the active version wins; the file is the first version only when there is none.
         when = Adopt.ALWAYS if store.database.sqlite else Adopt.FIRST
         try:
-            await versions.run(versions.adopt, settings.model_path, f"{settings.model_path} at startup", when)
+            await versions.run(
+                versions.adopt, settings.model_path, f"{settings.model_path.name} at startup", when
+            )
         except (ModelStoreUnavailable, ModelObjectCorrupt, RecordsUnavailable, OSError) as exc:
             log.warning("serving %s without recording it as a version: %s", settings.model_path, exc)
     metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)

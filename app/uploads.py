@@ -6,12 +6,15 @@ never held in memory. The multipart parsing itself is python-multipart's parser,
 """
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from app.config import MULTIPART_OVERHEAD
 from app.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -21,9 +24,6 @@ from app.errors import (
     UnsupportedMediaType,
     UploadsBusy,
 )
-
-# Room for multipart boundaries and part headers on top of the file bytes themselves.
-MULTIPART_OVERHEAD = 16 * 1024
 
 
 @dataclass
@@ -60,20 +60,37 @@ def boundary_of(content_type: str | None) -> bytes:
 
 class Bodies:
     """Reads request bodies within this process's bounds: each must arrive within `timeout_s`
-    (a client that dribbles gets a 408), and the bytes being received at once, over all requests,
-    stay within `budget` (past it a 503 with Retry-After), so slow uploads cannot pile up memory."""
+    (a client that dribbles gets a 408), and upload bytes held at once, over all requests, stay
+    within `budget` (past it a 503 with Retry-After): an upload counts from its first byte until
+    its request is answered, so neither slow senders nor fast ones can pile up memory."""
 
     def __init__(self, timeout_s: float, budget: int) -> None:
         self.timeout_s, self.budget = timeout_s, budget
-        self.held = 0  # bytes received by reads in progress; one event loop, so no lock
+        self.held = 0  # bytes of uploads whose requests are not answered yet; one event loop, no lock
 
-    async def read(self, request: Request, limit: int, shown_limit: int | None = None) -> bytes:
+    async def read(self, request: Request, limit: int) -> bytes:
+        """A small body (a JSON document), outside the upload budget."""
+        return await self._receive(request, limit, limit, budgeted=False)
+
+    @asynccontextmanager
+    async def uploads(self, request: Request, limit: int, max_parts: int) -> AsyncIterator[list[Upload]]:
+        """`async with bodies.uploads(...) as parts:` the multipart body read within `limit` (+
+        multipart overhead) and parsed; its bytes count against the budget until the block ends."""
+        boundary = boundary_of(request.headers.get("content-type"))
+        body = await self._receive(request, limit + MULTIPART_OVERHEAD, limit, budgeted=True)
+        try:
+            yield parse_multipart(body, boundary, max_parts)
+        finally:
+            self.held -= len(body)
+
+    async def _receive(self, request: Request, limit: int, shown_limit: int, budgeted: bool) -> bytes:
         """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained, up
         to a bound, so the client reads the 413; a client waiting on `Expect: 100-continue` for a
-        declared oversize body gets it before sending anything)."""
+        declared oversize body gets it before sending anything). Budgeted, the bytes stay held on
+        success: the caller gives them back."""
         declared = request.headers.get("content-length")
         too_large = declared is not None and declared.isdigit() and int(declared) > limit
-        refusal = PayloadTooLarge(f"upload is larger than the limit of {shown_limit or limit} bytes")
+        refusal = PayloadTooLarge(f"upload is larger than the limit of {shown_limit} bytes")
         if too_large and request.headers.get("expect", "").lower() == "100-continue":
             raise refusal
         received = bytearray()
@@ -87,34 +104,36 @@ class Bodies:
                         if drained > drain_bound:
                             break  # a client that keeps sending gets its 413 and a closed connection
                         continue
-                    self._hold(len(chunk))
+                    if budgeted:
+                        self._hold(len(chunk))
                     received += chunk
                     if len(received) > limit:
                         too_large, drained = True, len(received)
-                        self.held -= len(received)
-                        received.clear()
+                        self._give_back(received, budgeted)
         except ClientDisconnect:
+            self._give_back(received, budgeted)
             raise BadRequest("the client disconnected before the upload was complete") from None
         except TimeoutError:
+            self._give_back(received, budgeted)
             raise RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s") from None
-        finally:
-            self.held -= len(received)
+        except BaseException:
+            self._give_back(received, budgeted)
+            raise
         if too_large:
             raise refusal
         return bytes(received)
 
-    async def uploads(self, request: Request, limit: int, max_parts: int) -> list[Upload]:
-        """Check the content type, read the body within `limit` (+ multipart overhead), parse it."""
-        boundary = boundary_of(request.headers.get("content-type"))
-        body = await self.read(request, limit + MULTIPART_OVERHEAD, shown_limit=limit)
-        return parse_multipart(body, boundary, max_parts)
-
     def _hold(self, size: int) -> None:
         if self.held + size > self.budget:
             raise UploadsBusy(
-                f"this server is receiving {self.budget} bytes of uploads already; try again shortly"
+                f"this server is holding {self.budget} bytes of uploads already; try again shortly"
             )
         self.held += size
+
+    def _give_back(self, received: bytearray, budgeted: bool) -> None:
+        if budgeted:
+            self.held -= len(received)
+        received.clear()
 
 
 def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload]:

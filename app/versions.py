@@ -115,9 +115,8 @@ class ModelVersions:
         # heartbeats and check-ins that run on the database's threads.
         self._threads = Threads(4, "models")
         self.run = self._threads.run
-        self.incoming = state_dir / "incoming"
+        self.incoming = state_dir / "incoming"  # made by the first checkpoint saved there
         self.model_path = model_path
-        self.incoming.mkdir(parents=True, exist_ok=True)
 
     def incoming_path(self, job_id: str) -> Path:
         """Where a job's child process writes its checkpoint before it is judged."""

@@ -84,11 +84,11 @@ async def predict_digit(
     # Straight from services_of, not dependencies: their solving cost 12% of throughput here.
     services = services_of(request)
     settings = services.settings
-    uploads = await services.bodies.uploads(request, settings.max_upload_bytes, max_parts=EXTRA_PARTS + 1)
-    upload = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[0]
-    inputs, images = await services.decoder.decode([upload], invert)
-    log_probs, version = await services.engine.infer(inputs)
-    return json_response(prediction(log_probs[0], version, images[0] if return_input else None))
+    async with services.bodies.uploads(request, settings.max_upload_bytes, EXTRA_PARTS + 1) as uploads:
+        upload = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[0]
+        inputs, images = await services.decoder.decode([upload], invert)
+        log_probs, version = await services.engine.infer(inputs)
+        return json_response(prediction(log_probs[0], version, images[0] if return_input else None))
 
 
 @router.post(
@@ -109,12 +109,12 @@ async def predict_digits(
     # Parts past the most files allowed (and a few other fields) are refused while parsing: a
     # body of a million empty parts costs nothing but a 413.
     max_parts = settings.max_batch_files + EXTRA_PARTS
-    uploads = await services.bodies.uploads(request, settings.max_batch_bytes, max_parts)
-    files = files_named(uploads, "files", settings.max_upload_bytes, batch=True)
-    if len(files) > settings.max_batch_files:
-        raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
-    inputs, images = await services.decoder.decode(files, invert)
-    log_probs, version = await services.engine.infer(inputs)
+    async with services.bodies.uploads(request, settings.max_batch_bytes, max_parts) as uploads:
+        files = files_named(uploads, "files", settings.max_upload_bytes, batch=True)
+        if len(files) > settings.max_batch_files:
+            raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
+        inputs, images = await services.decoder.decode(files, invert)
+        log_probs, version = await services.engine.infer(inputs)
     predictions = [
         prediction(row, version, image if return_input else None)
         for row, image in zip(log_probs, images, strict=True)

@@ -74,6 +74,7 @@ async def test_a_corrupt_active_version_falls_back_to_the_newest_that_loads(
         model = (await client.get("/model")).json()
         assert model["model_version"] == older
         assert model["serving"]["fallback"].startswith(f"the active version {newer} cannot be served")
+        assert str(tmp_path) not in model["serving"]["fallback"]  # no server path reaches a client
         assert f"serving {older}, the newest kept version that loads" in caplog.text
         versions = (await client.get("/model/versions")).json()
         assert [entry["active"] for entry in versions["versions"]] == [True, False]  # left as it was

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from tests.asgi import Serve
 from tests.uploads import image_file
@@ -137,11 +137,29 @@ async def test_a_token_is_checked_before_the_body_is_read(serve: Serve) -> None:
 
 
 async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes) -> None:
-    """Past MNIST_MAX_BUFFERED_BYTES of bodies being received, a request gets a 503 to retry."""
-    async with serve(MAX_BUFFERED_BYTES=str(1024 * 1024)) as client:
-        big = [("files", (f"{index}.png", b"\0" * 700_000, "image/png")) for index in range(2)]
-        response = await client.post("/predict/batch", files=big)
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert "receiving 1048576 bytes of uploads already" in response.json()["detail"]
-        assert (await client.post("/predict", files=image_file(digit))).status_code == 200  # all given back
+    """Upload bytes count from their arrival until their request is answered; past
+    MNIST_MAX_BUFFERED_BYTES, a request gets a 503 to retry, and every byte is given back."""
+    budget, batch = 1024 * 1024, 1024 * 1024 - 16 * 1024
+    async with serve(MAX_BUFFERED_BYTES=str(budget), MAX_BATCH_BYTES=str(batch)) as client:
+        # A digit and 600 KB of another form field: two such requests do not fit at once.
+        padded = [("files", ("d.png", digit, "image/png")), ("padding", (None, b"x" * 600_000))]
+        answers = await asyncio.gather(*(client.post("/predict/batch", files=padded) for _ in range(2)))
+        assert sorted(answer.status_code for answer in answers) == [200, 503]
+        busy = next(answer for answer in answers if answer.status_code == 503)
+        assert busy.headers["retry-after"] == "1"
+        assert "holding 1048576 bytes of uploads already" in busy.json()["detail"]
+        for _ in range(3):  # one at a time, they fit: nothing stayed held
+            assert (await client.post("/predict/batch", files=padded)).status_code == 200
+
+
+async def test_a_png_whose_text_chunks_inflate_to_60_mb_is_refused_at_once(api: httpx.AsyncClient) -> None:
+    """Pillow inflates text chunks while opening a file, before any pixel count is checked."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * 60_000_000, zip=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(buffer, "PNG", pnginfo=info)
+    assert len(buffer.getvalue()) < 100_000
+    started = time.perf_counter()
+    response = await api.post("/predict", files=image_file(buffer.getvalue()))
+    assert response.status_code == 400
+    assert time.perf_counter() - started < 1.0  # inflating the chunk alone took 0.26 s

@@ -119,6 +119,7 @@ def test_stale_metadata_and_broken_kept_files(
     other_checkpoint(small_checkpoint, tmp_path / "other.pt")
     shutil.copy(tmp_path / "other.pt", served)  # new weights, old JSON beside them
     versions = opened(records_url, tmp_path / "state", served)
+    (tmp_path / "state" / "models").mkdir(parents=True, exist_ok=True)  # kept by an earlier server
     (tmp_path / "state" / "models" / "0123456789ab.pt").write_bytes(b"not a checkpoint")
     versions.record_kept_files()
     truth = load_checkpoint(served).version
