@@ -3,12 +3,16 @@ bounded before the work is done, and big decodes never stall the event loop."""
 
 import asyncio
 import io
+import threading
 import time
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image, PngImagePlugin
 
+from app import preprocess
+from app.preprocess import Invert
 from tests.asgi import Serve
 from tests.uploads import image_file
 
@@ -163,3 +167,28 @@ async def test_a_png_whose_text_chunks_inflate_to_60_mb_is_refused_at_once(api: 
     response = await api.post("/predict", files=image_file(buffer.getvalue()))
     assert response.status_code == 400
     assert time.perf_counter() - started < 1.0  # inflating the chunk alone took 0.26 s
+
+
+async def test_thread_decodes_are_capped_per_process(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six requests of big images at once: no more than MNIST_DECODE_THREADS of them decode at a
+    time (each decode is watched, and held a little, to see them overlap), and all are answered."""
+    real = preprocess.mnist_pixels
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def watched(data: object, invert: Invert = Invert.AUTO) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)
+            return real(data, invert)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(preprocess, "mnist_pixels", watched)
+    body = big_digit_png("L", size=512)  # 262,144 pixels: past the inline limit, so on a thread
+    async with serve(DECODE_THREADS="2") as client:
+        answers = await asyncio.gather(*(client.post("/predict", files=image_file(body)) for _ in range(6)))
+    assert [answer.status_code for answer in answers] == [200] * 6
+    assert most[0] == 2
