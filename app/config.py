@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+import torch
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -81,7 +82,14 @@ class Settings(BaseSettings):
         None, max_length=200, description="trainers of one name share its slots (default: host name)"
     )
     data_dir: Path | None = None
-    train_threads: int = Field(1, ge=1, description="torch threads of a training job's process")
+    train_threads: int = Field(1, ge=1, description="torch threads of a training job (shared by its ranks)")
+    train_max_procs: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="processes (DDP ranks) a job may ask for with nproc_per_node; "
+        "0 = the GPU count where jobs train on CUDA, else 1",
+    )
     job_heartbeat_s: float = Field(2.0, gt=0, description="how often a job's owner proves it is alive")
     job_stale_after_s: float = Field(15.0, gt=0, description="silence after which a job is 'interrupted'")
     model_poll_s: float = Field(1.0, gt=0, description="how often the active checkpoint is checked")
@@ -97,6 +105,13 @@ class Settings(BaseSettings):
                 "MNIST_MAX_BUFFERED_BYTES must hold at least one full batch "
                 f"(MNIST_MAX_BATCH_BYTES + {MULTIPART_OVERHEAD}), else a valid batch is refused for ever"
             )
+        return self
+
+    @model_validator(mode="after")
+    def procs_for_the_hardware(self) -> "Settings":
+        if self.train_max_procs == 0:
+            gpus = torch.cuda.device_count() if self.device != "cpu" else 0
+            self.train_max_procs = max(1, gpus)
         return self
 
     @field_validator("database_url")

@@ -98,6 +98,13 @@ class TrainRequest(HyperparameterFields):
     min_accuracy: float | None = Field(
         None, ge=0, le=100, description="test accuracy (percent) the new model needs to be promoted"
     )
+    nproc_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="processes training the job together (DDP ranks: one per GPU, or CPU processes); "
+        "at most the server's MNIST_TRAIN_MAX_PROCS; batch_size is per rank",
+    )
 
 
 class JobProgress(BaseModel):

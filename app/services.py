@@ -163,6 +163,7 @@ async def serving(
             queue=settings.train_queue,
             device=settings.device,
             threads=settings.train_threads,
+            max_procs=settings.train_max_procs,
             data_dir=settings.data_dir,
             heartbeat_s=settings.job_heartbeat_s,
         )

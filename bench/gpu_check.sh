@@ -9,7 +9,8 @@
 #   gpu-tests    the `gpu`-marked tests
 #   model-speed  the model alone: images/s at batch 1, 64, 256, 1024
 #   train-speed  one epoch of the tutorial's pipeline against ours, same seed
-#   ddp          1 GPU against all GPUs (only where there are several)
+#   ddp          python -m training --nproc-per-node N: 1 GPU against all GPUs, images/s and scaling
+#                efficiency (only where there are several; 1 against 2 processes in a CPU rehearsal)
 #   serve        `python -m app` on CUDA under 1, 16, 64 and 256 clients (load from bench/loadgen.py)
 # Writes gpu_check.json, gpu_check.txt (the tables) and gpu_check.log to $OUT when it is set, else to
 # artifacts/gpu_check/. GPU_CHECK_ALLOW_CPU=1 runs it on the CPU, skipping only what needs CUDA
@@ -81,21 +82,27 @@ json.dump(info, open(sys.argv[1], \"w\"))
 
 # Only the modules that hold gpu-marked tests: the browser tests need Playwright, which is not carried.
 stage gpu-tests 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -W ignore::pytest.PytestConfigWarning \
-  tests/unit/test_training.py tests/e2e/test_lifecycle.py
+  tests/unit/test_training.py tests/unit/test_distributed.py tests/e2e/test_lifecycle.py
 
 stage model-speed 45 "$PY" -m bench.model_speed --device "$DEVICE" --batches 1,64,256,1024 --seconds 1 \
   --json "$WORK/model_speed.json"
 
 if [ "$DEVICE" = cuda ]; then TRAIN_REPEATS=2; else TRAIN_REPEATS=1; fi
 stage train-speed 120 "$PY" -m bench.train_speed --device "$DEVICE" --epochs 1 --repeats "$TRAIN_REPEATS" \
-  --json "$WORK/train_speed.json"
+  --procs "" --json "$WORK/train_speed.json"
 
-# Distributed training is not built yet (python -m training runs one process): the stage says why.
-why="$GPUS GPU visible; scaling needs several"
-[ "$GPUS" -gt 1 ] && why="$GPUS GPUs, but distributed training is not built yet"
-echo
-echo "=== ddp: skipped ($why)"
-printf 'ddp\tskipped\t0\n' >>"$WORK/stages.tsv"
+# DDP (NCCL, one rank per GPU): each row is a whole `python -m training --nproc-per-node N` run.
+if [ "$GPUS" -gt 1 ]; then
+  stage ddp 150 "$PY" -m bench.train_speed --device cuda --no-pipelines --procs "1,$GPUS" --repeats 1 \
+    --json "$WORK/ddp.json"
+elif [ "$DEVICE" = cpu ]; then
+  stage ddp 240 "$PY" -m bench.train_speed --device cpu --no-pipelines --procs 1,2 --repeats 1 \
+    --json "$WORK/ddp.json"
+else
+  echo
+  echo "=== ddp: skipped ($GPUS GPU visible; scaling needs several)"
+  printf 'ddp\tskipped\t0\n' >>"$WORK/stages.tsv"
+fi
 
 # The served model is trained here first: a real checkpoint, one epoch of the tutorial's recipe.
 if [ "$DEVICE" = cuda ]; then

@@ -27,9 +27,18 @@ def serving_rows(serve: dict[str, Any] | None) -> dict[tuple[str, int], dict[str
     return {(row["key"], row["concurrency"]): row for row in (serve or {}).get("rows", [])}
 
 
-def goals(train: Any, serve: Any, model: Any) -> list[tuple[str, str, str]]:
+def goals(train: Any, serve: Any, model: Any, ddp: Any) -> list[tuple[str, str, str]]:
     """(goal, figure, verdict) for each goal of the check."""
     out = []
+    if ddp and len(ddp.get("processes", [])) > 1:
+        widest = ddp["processes"][-1]
+        out.append(
+            (
+                f"DDP scaling, 1 -> {widest['procs']} processes ({ddp['device']}) reported",
+                f"{widest['speedup']:.2f}x, efficiency {100 * widest['efficiency']:.0f}%",
+                "reported",
+            )
+        )
     if train:
         speedup = train["speedup"]
         verdict = "met" if speedup >= TRAINING_GOAL else "not met"
@@ -84,7 +93,8 @@ def main() -> None:
     model = read_json(args.work / "model_speed.json")
     train = read_json(args.work / "train_speed.json")
     serve = read_json(args.work / "serve.json")
-    checked = goals(train, serve, model)
+    ddp = read_json(args.work / "ddp.json")
+    checked = goals(train, serve, model, ddp)
     report = {
         "env": env,
         "stages": stages,
@@ -92,6 +102,7 @@ def main() -> None:
         "model_speed": model,
         "train_speed": train,
         "serve": serve,
+        "ddp": ddp,
         "goals": [{"goal": g, "figure": f, "verdict": v} for g, f, v in checked],
     }
     (args.results / "gpu_check.json").write_text(json.dumps(report, indent=2))
@@ -119,6 +130,21 @@ def main() -> None:
         ]
         pipelines += [(x["pipeline"], x["s_per_epoch"], x["accuracy"]) for x in train.get("extra_rows", [])]
         lines += [f"| {name} | {seconds:.2f} | {accuracy:.2f}% |" for name, seconds, accuracy in pipelines]
+    if ddp and ddp.get("processes"):
+        lines += [
+            "",
+            f"DDP training, python -m training --nproc-per-node N ({ddp['device']}), one epoch:",
+            "",
+        ]
+        lines += [
+            "| processes | images/s | s/epoch | speed-up | scaling efficiency | test accuracy |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['procs']} | {r['images_per_s']:,.0f} | {r['s_per_epoch']:.2f} | {r['speedup']:.2f}x "
+            f"| {100 * r['efficiency']:.0f}% | {r['accuracy']:.2f}% |"
+            for r in ddp["processes"]
+        ]
     if serve:
         lines += ["", f"serving ({serve['client']}, {serve['duration_s']} s per cell):", ""]
         lines += [

@@ -5,8 +5,12 @@ The tutorial reads MNIST through torchvision `datasets.MNIST` + `ToTensor` + `No
 same shuffled order from the same seed, so their models should agree in accuracy. Also splits the
 tutorial's epoch into its data pipeline alone and model steps alone, to show where time goes.
 
+Then `python -m training --nproc-per-node N` itself for each N of `--procs` (DDP: gloo on the CPU,
+NCCL on GPUs), timed from its own events: images per second over the epoch's steps (start-up,
+loading and evaluation left out), and the scaling efficiency against one process.
+
     MNIST_DATA_DIR=../shared/mnist python -m bench.train_speed [--epochs 1] [--repeats 3] [--device cpu]
-        [--json F]
+        [--procs 1,2] [--no-pipelines] [--json F]
 """
 
 import argparse
@@ -14,9 +18,12 @@ import gzip
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +146,79 @@ def tutorial_parts(root: Path, device: torch.device, batches: int) -> tuple[floa
     return data_only, (time.perf_counter() - start) / batches
 
 
+def launched_epoch(procs: int, device: torch.device, out: Path) -> dict[str, float]:
+    """One epoch of the tutorial's recipe by `python -m training --nproc-per-node procs`: images per
+    second between the first and the last step's progress events, and the test accuracy."""
+    command = [sys.executable, "-m", "training", "--nproc-per-node", str(procs), "--device", device.type]
+    command += ["--epochs", "1", "--log-interval", "1000000", "--events", "-", "--quiet", "--out", str(out)]
+    began = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    steps: list[tuple[float, dict[str, Any]]] = []
+    accuracy = 0.0
+    for line in child.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress":
+            steps.append((time.perf_counter(), event))
+        elif event["event"] == "epoch":
+            accuracy = event["test_accuracy"]
+        elif event["event"] == "start":
+            per_rank_batch = event["distributed"]["batch_size_per_rank"]
+    if child.wait() != 0 or len(steps) < 2:
+        raise RuntimeError(f"python -m training --nproc-per-node {procs} failed (exit {child.returncode})")
+    (first_at, first), (last_at, last) = steps[0], steps[-1]
+    images = (last["batch"] - first["batch"]) * per_rank_batch * procs
+    return {
+        "images_per_s": images / (last_at - first_at),
+        "s_per_epoch": (last_at - first_at) * last["batches"] / (last["batch"] - first["batch"]),
+        "wall_s": time.perf_counter() - began,
+        "accuracy": accuracy,
+    }
+
+
+def processes_table(procs: list[int], device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """Rows for 1..N processes, runs interleaved; medians, and scaling against the first row."""
+    runs: dict[int, list[dict[str, float]]] = {n: [] for n in procs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for n in procs:
+                runs[n].append(launched_epoch(n, device, Path(tmp) / f"ddp{n}.pt"))
+    rows = []
+    for n in procs:
+        rate = statistics.median(run["images_per_s"] for run in runs[n])
+        rows.append(
+            {
+                "procs": n,
+                "images_per_s": rate,
+                "s_per_epoch": statistics.median(run["s_per_epoch"] for run in runs[n]),
+                "wall_s": statistics.median(run["wall_s"] for run in runs[n]),
+                "accuracy": runs[n][-1]["accuracy"],
+                "runs": [round(run["images_per_s"]) for run in runs[n]],
+            }
+        )
+    base = rows[0]["images_per_s"] / rows[0]["procs"]
+    for row in rows:
+        row["speedup"] = row["images_per_s"] / rows[0]["images_per_s"]
+        row["efficiency"] = row["images_per_s"] / (base * row["procs"])
+    print(
+        f"python -m training --nproc-per-node N on {device.type} (tutorial recipe, batch 32 per rank), "
+        f"{repeats} run(s) each, medians"
+    )
+    print()
+    print(
+        "| processes | images/s | s/epoch (steps) | whole run, s | speed-up | scaling efficiency "
+        "| accuracy, 1 epoch |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(
+            f"| {row['procs']} | {row['images_per_s']:.0f} | {row['s_per_epoch']:.2f} "
+            f"| {row['wall_s']:.1f} | {row['speedup']:.2f}x | {100 * row['efficiency']:.0f}% "
+            f"| {row['accuracy']:.2f}% |"
+        )
+    return rows
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -150,8 +230,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline; medians are shown")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the figures to this file as JSON")
+    parser.add_argument("--procs", default="1,2", help="process counts for the DDP rows ('' for none)")
+    parser.add_argument(
+        "--no-pipelines", action="store_true", help="only the DDP rows, not the tutorial-against-ours table"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
+    procs = [int(n) for n in args.procs.split(",") if n]
+    report: dict[str, Any] = {"device": str(device), "torch": torch.__version__}
+    if not args.no_pipelines:
+        report.update(pipelines(args, device))
+    if procs:
+        print()
+        report["processes"] = processes_table(procs, device, args.repeats)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def pipelines(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The tutorial's pipeline against ours in one process, printed; returns the figures."""
     source = load_mnist().source
     with tempfile.TemporaryDirectory() as tmp:
         root = torchvision_root(source, Path(tmp))
@@ -195,30 +292,26 @@ def main() -> None:
     print()
     print("where the tutorial's epoch goes (per batch of 32):")
     print(f"  data pipeline alone: {data_only * 1e3:.2f} ms   model step alone: {step_only * 1e3:.2f} ms")
-    if args.json:
-        report = {
-            "device": str(device),
-            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__,
-            "epochs": args.epochs,
-            "repeats": args.repeats,
-            "tutorial_s_per_epoch": t_med,
-            "tutorial_runs": tutorial,
-            "tutorial_accuracy": t_acc,
-            "ours_s_per_epoch": o_med,
-            "ours_runs": ours,
-            "ours_accuracy": o_acc,
-            "speedup": t_med / best,
-            "extra_rows": (
-                [{"pipeline": "ours + CUDA graph", "s_per_epoch": g_med, "accuracy": g_acc, "runs": graphed}]
-                if g_med is not None
-                else []
-            ),
-            "ours_setup_s": statistics.median(setups),
-            "tutorial_data_ms_per_batch": data_only * 1e3,
-            "tutorial_step_ms_per_batch": step_only * 1e3,
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    return {
+        "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "tutorial_s_per_epoch": t_med,
+        "tutorial_runs": tutorial,
+        "tutorial_accuracy": t_acc,
+        "ours_s_per_epoch": o_med,
+        "ours_runs": ours,
+        "ours_accuracy": o_acc,
+        "speedup": t_med / best,
+        "extra_rows": (
+            [{"pipeline": "ours + CUDA graph", "s_per_epoch": g_med, "accuracy": g_acc, "runs": graphed}]
+            if g_med is not None
+            else []
+        ),
+        "ours_setup_s": statistics.median(setups),
+        "tutorial_data_ms_per_batch": data_only * 1e3,
+        "tutorial_step_ms_per_batch": step_only * 1e3,
+    }
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ class StartEvent(TypedDict):
     cuda_graph_error: NotRequired[str]  # why the steps run eagerly on a GPU
     train_samples: int
     test_samples: int
-    batches_per_epoch: int
+    batches_per_epoch: int  # per rank
     hyperparameters: dict[str, Any]
+    # world_size, nnodes, backend (None for one process), batch_size_per_rank, global_batch_size,
+    # effective_lr: what the ranks of one run share (recorded in the metadata too).
+    distributed: dict[str, Any]
 
 
 class ProgressEvent(TypedDict):

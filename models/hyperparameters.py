@@ -87,7 +87,9 @@ class Hyperparameters:
     recipe: str = hyperparameter("tutorial", "preset of the values below", choices=tuple(RECIPES))
     arch: str = hyperparameter("net", "network", choices=tuple(ARCHITECTURES))
     epochs: int = hyperparameter(2, "epochs", ge=1, server_max=50)
-    batch_size: int = hyperparameter(32, "training batch size", ge=1, server_max=4096)
+    batch_size: int = hyperparameter(
+        32, "training batch size, per rank when several processes train", ge=1, server_max=4096
+    )
     lr: float = hyperparameter(
         0.01, "learning rate, the peak one under a one-cycle schedule", gt=0, server_max=10
     )

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,3 +50,34 @@ def fill(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def processes_with(marker: str) -> dict[int, dict[str, str]]:
+    """Live processes whose command line contains `marker` (a job's or run's own output path, say),
+    each with its environment where readable: how a test finds every rank of a run, and proves none
+    is left."""
+    found: dict[int, dict[str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker not in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited, not yet reaped by its parent
+            raw = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+        found[int(entry.name)] = env
+    return found
+
+
+def gone(marker: str, timeout_s: float = 30) -> bool:
+    """Whether every process with `marker` in its command line has ended within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while processes_with(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

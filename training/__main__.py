@@ -3,6 +3,9 @@
 Prints the tutorial's lines (or a progress bar on a terminal); `--events FILE` also writes one JSON
 object per line for programs (models/events.py), and with `--events -` stdout carries only those
 (text goes to stderr; `--quiet` drops it).
+
+With `--nproc-per-node N` (or `--nnodes M`) it launches N ranks of itself (training/launch.py); run
+by torchrun it is one rank (training/distributed.py), and only rank 0 prints, reports and saves.
 """
 
 import argparse
@@ -23,6 +26,8 @@ from models.hyperparameters import (
     value_type,
 )
 from training.data import DataError
+from training.distributed import World, die_with_parent, report_to_launcher, world_from_environment
+from training.launch import LaunchError, add_launch_flags, launch, report_launch_error, wants_launch
 from training.loop import TrainConfig, run
 
 
@@ -61,7 +66,11 @@ def default_text(name: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train an MNIST digit network.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train an MNIST digit network.",
+        allow_abbrev=False,  # each rank gets the command line minus the launch flags, spelt out
+    )
     hyper = parser.add_argument_group("hyperparameters (recorded in the checkpoint's metadata)")
     for spec in hyperparameter_fields():
         bounds = bounds_of(spec)
@@ -87,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="cuda_graph",
         action="store_false",
         default=None,
-        help="on CUDA, run each step eagerly instead of replaying it as a CUDA graph",
+        help="on CUDA, run each step eagerly instead of replaying it as a CUDA graph (one process only)",
     )
+    add_launch_flags(parser, positive_int)
     return parser.parse_args(argv)
 
 
@@ -115,9 +125,15 @@ class Reporter:
             graph = " (CUDA graph)" if event["cuda_graph"] else ""
             if "cuda_graph_error" in event:
                 graph = f" (eager steps; no CUDA graph: {event['cuda_graph_error']})"
-            hyper = event["hyperparameters"]
+            hyper, ranks = event["hyperparameters"], event["distributed"]
+            where = event["device"]
+            if ranks["world_size"] > 1:
+                where = (
+                    f"{ranks['world_size']} ranks on {ranks['nnodes']} node(s) ({ranks['backend']}, "
+                    f"{event['device'].split(':')[0]}, batch {ranks['batch_size_per_rank']} per rank)"
+                )
             self._line(
-                f"Training {hyper['arch']} ({hyper['recipe']} recipe) on {event['device']}{graph}, "
+                f"Training {hyper['arch']} ({hyper['recipe']} recipe) on {where}{graph}, "
                 f"{event['train_samples']} images, {hyper['epochs']} epochs"
             )
         elif event["event"] == "saved":
@@ -154,23 +170,61 @@ class Reporter:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if wants_launch(args):
+        return launch_ranks(args, argv)
+    return train(args, world_from_environment())
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def launch_ranks(args: argparse.Namespace, argv: list[str]) -> int:
+    """This process launches the ranks (and trains in none of them)."""
+    if world_from_environment().distributed:
+        print("error: already a rank of a torchrun launch: give torchrun the launch flags", file=sys.stderr)
+        return 2
+    try:
+        launch(args, argv)
+    except (LaunchError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        report_launch_error(args.events, str(exc))
+        return 1
+    return 0
+
+
+def train(args: argparse.Namespace, world: World) -> int:
+    """Train in this process: the only one, or one rank of several."""
+    if world.distributed:
+        die_with_parent()
     # Every TrainConfig field is a flag of the same name; a flag not given keeps the recipe's value.
     overrides = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
     events: TextIO | None = None
     text: TextIO | None = sys.stdout
     reporter = Reporter(None, None)
     try:
-        if args.events == "-":
-            events, text = sys.stdout, sys.stderr
-        elif args.events:
-            events = open(args.events, "w")  # noqa: SIM115 - closed in finally
-        reporter = Reporter(None if args.quiet else text, events)
+        if world.is_main:
+            if args.events == "-":
+                events, text = sys.stdout, sys.stderr
+            elif args.events:
+                events = open(args.events, "w")  # noqa: SIM115 - closed in finally
+            reporter = Reporter(None if args.quiet else text, events)
         config = TrainConfig.from_recipe(**overrides)
-        run(config, reporter)
-    except (ValueError, DataError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        reporter(ErrorEvent(event="error", message=str(exc)))  # programs read the reason there
+        run(config, reporter, world)
+    except (ValueError, DataError, CheckpointError, OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not world.distributed:
+            raise  # one process: a RuntimeError is a bug, shown with its traceback
+        # With several ranks a RuntimeError is another rank gone (gloo/NCCL lost the connection):
+        # a consequence, which the launcher names only when no rank failed of its own accord.
+        lost_peer = isinstance(exc, RuntimeError)
+        reason = f"lost contact with the other ranks ({first_line(exc)})" if lost_peer else str(exc)
+        message = f"{world.label()}: {reason}" if world.distributed else reason
+        print(f"error: {message}", file=sys.stderr)
+        reporter(ErrorEvent(event="error", message=message))  # programs read the reason there
+        report_to_launcher(reason, lost_peer)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: no checkpoint written", file=sys.stderr)

@@ -15,15 +15,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
-from models.device import resolve_device
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from training import cuda_graph
 from training.data import load_mnist
+from training.distributed import (
+    DEFAULT_RDZV_TIMEOUT_S,
+    ONE_PROCESS,
+    World,
+    process_group,
+    rank_device,
+    shard,
+)
 
 EventCallback = Callable[[TrainingEvent], None]
 
@@ -39,6 +47,14 @@ class TrainConfig(Hyperparameters):
     cuda_graph: bool = True  # how steps run on a GPU, not what they compute
     data_dir: str | None = None
     out: str = "mnist_cnn.pt"
+    rdzv_timeout: float = DEFAULT_RDZV_TIMEOUT_S  # how long a rank waits for the others
+
+
+def effective_lr(config: TrainConfig, world: World) -> float:
+    """`--batch-size` is per rank, so one step of W ranks averages W times as many samples and the
+    run takes W times fewer steps: the linear scaling rule (Goyal et al., 2017) multiplies the
+    learning rate by W, which keeps both recipes at their accuracy. A run of one is unchanged."""
+    return config.lr * world.world_size
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -80,19 +96,19 @@ def epoch_order(n: int) -> torch.Tensor:
 
 
 def build_optimizer(
-    model: nn.Module, config: TrainConfig, recipe: Recipe, steps: int
+    model: nn.Module, config: TrainConfig, recipe: Recipe, steps: int, lr: float
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The tutorial's plain SGD, or Nesterov SGD under a one-cycle schedule."""
+    """The tutorial's plain SGD, or Nesterov SGD under a one-cycle schedule peaking at `lr`."""
     optimizer = torch.optim.SGD(
         model.parameters(),
-        lr=config.lr,
+        lr=lr,
         momentum=config.momentum,
         nesterov=recipe.schedule == "onecycle",
         weight_decay=config.weight_decay,
     )
     if recipe.schedule == "sgd":
         return optimizer, None
-    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps)
+    return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
 
 
 @torch.inference_mode()
@@ -121,16 +137,19 @@ def train_epoch(
     jitter: torch.Generator,
     on_event: EventCallback,
     graphed: cuda_graph.GraphedStep | None = None,
+    world: World = ONE_PROCESS,
 ) -> None:
-    """One pass over the training set in the tutorial's order, reporting every log_interval.
+    """One pass over this rank's share of the training set in the tutorial's order, reporting
+    every log_interval (samples counted over all ranks).
 
     With `graphed`, each full batch is one CUDA graph replay of the same step.
     """
     recipe = RECIPES[config.recipe]
     model.train()
     n = len(x_train)
-    batches = math.ceil(n / config.batch_size)
-    order = epoch_order(n).to(x_train.device)
+    # Every rank draws the same permutation (same seed, same draws) and takes its own share.
+    order = shard(epoch_order(n), world).to(x_train.device)
+    batches = math.ceil(len(order) / config.batch_size)
     for batch_idx in range(batches):
         index = order[batch_idx * config.batch_size : (batch_idx + 1) * config.batch_size]
         if graphed is not None and len(index) == config.batch_size:
@@ -155,7 +174,7 @@ def train_epoch(
                     epochs=config.epochs,
                     batch=batch_idx,
                     batches=batches,
-                    samples=batch_idx * config.batch_size,
+                    samples=min(n, batch_idx * config.batch_size * world.world_size),
                     total=n,
                     fraction=done,
                     loss=loss.item(),
@@ -165,10 +184,17 @@ def train_epoch(
             break
 
 
-def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> dict[str, Any]:
-    """Train, evaluate after each epoch, save the checkpoint; return its metadata."""
+def run(
+    config: TrainConfig, on_event: EventCallback = lambda event: None, world: World = ONE_PROCESS
+) -> dict[str, Any] | None:
+    """Train, evaluate after each epoch, save the checkpoint; return its metadata.
+
+    With several ranks (`world`), each trains on its share of every epoch under DDP, and rank 0
+    alone evaluates, reports and saves (the other ranks return None).
+    """
     recipe = RECIPES[config.recipe]
-    device = resolve_device(config.device)
+    device = rank_device(config.device, world)
+    report = on_event if world.is_main else lambda event: None
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     mnist = load_mnist(config.data_dir)
@@ -178,49 +204,71 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
     x_train, y_train = to_model_input(train_images, device), train_labels.long().to(device)
     x_test, y_test = to_model_input(mnist.test_images, device), mnist.test_labels.long().to(device)
 
-    model = build_model(config.arch).to(device).to(memory_format=torch.channels_last)
-    n = len(x_train)
-    batches = math.ceil(n / config.batch_size)
-    optimizer, scheduler = build_optimizer(model, config, recipe, steps=config.epochs * batches)
-    jitter = torch.Generator(device=device).manual_seed(config.seed)
-    graphed, graph_error = None, None
-    full_batches = n // config.batch_size
-    if config.cuda_graph and cuda_graph.supports(device, recipe.augment, scheduler is not None, full_batches):
-        try:
-            graphed = cuda_graph.GraphedStep(model, optimizer, x_train, y_train, config.batch_size)
-        except RuntimeError as exc:  # the eager step computes the same; say why and go on
-            graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    start = StartEvent(
-        event="start",
-        device=str(device),
-        cuda_graph=graphed is not None,
-        train_samples=n,
-        test_samples=len(x_test),
-        batches_per_epoch=batches,
-        hyperparameters=config.hyperparameters(),
-    )
-    if graph_error:
-        start["cuda_graph_error"] = graph_error
-    on_event(start)
-
-    test_loss, correct = math.inf, 0
-    for epoch in range(1, config.epochs + 1):
-        train_epoch(model, optimizer, scheduler, x_train, y_train, config, epoch, jitter, on_event, graphed)
-        test_loss, correct = evaluate(model, x_test, y_test, config.test_batch_size)
-        on_event(
-            EpochEvent(
-                event="epoch",
-                epoch=epoch,
-                epochs=config.epochs,
-                test_loss=test_loss,
-                correct=correct,
-                test_samples=len(x_test),
-                test_accuracy=100.0 * correct / len(x_test),
-            )
+    with process_group(world, device, config.rdzv_timeout) as backend:
+        model = build_model(config.arch).to(device).to(memory_format=torch.channels_last)
+        # DDP averages the ranks' gradients in backward; `model` stays the plain network that is
+        # evaluated and saved (no `module.` prefixes in its state_dict).
+        trained: nn.Module = DistributedDataParallel(model) if world.distributed else model
+        n = len(x_train)
+        batches = math.ceil(math.ceil(n / world.world_size) / config.batch_size)
+        lr = effective_lr(config, world)
+        optimizer, scheduler = build_optimizer(model, config, recipe, config.epochs * batches, lr)
+        jitter = torch.Generator(device=device).manual_seed(config.seed + world.rank)
+        graphed, graph_error = None, None
+        full_batches = n // config.batch_size
+        graphable = not world.distributed and cuda_graph.supports(
+            device, recipe.augment, scheduler is not None, full_batches
         )
-        if config.dry_run:
-            break
+        if config.cuda_graph and graphable:
+            try:
+                graphed = cuda_graph.GraphedStep(model, optimizer, x_train, y_train, config.batch_size)
+            except RuntimeError as exc:  # the eager step computes the same; say why and go on
+                graph_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        distributed = {
+            "world_size": world.world_size,
+            "nnodes": world.nnodes,
+            "backend": backend,
+            "batch_size_per_rank": config.batch_size,
+            "global_batch_size": config.batch_size * world.world_size,
+            "effective_lr": lr,
+        }
+        start = StartEvent(
+            event="start",
+            device=str(device),
+            cuda_graph=graphed is not None,
+            train_samples=n,
+            test_samples=len(x_test),
+            batches_per_epoch=batches,
+            hyperparameters=config.hyperparameters(),
+            distributed=distributed,
+        )
+        if graph_error:
+            start["cuda_graph_error"] = graph_error
+        report(start)
 
+        test_loss, correct = math.inf, 0
+        for epoch in range(1, config.epochs + 1):
+            train_epoch(
+                trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
+            )
+            if world.is_main:
+                test_loss, correct = evaluate(model, x_test, y_test, config.test_batch_size)
+                report(
+                    EpochEvent(
+                        event="epoch",
+                        epoch=epoch,
+                        epochs=config.epochs,
+                        test_loss=test_loss,
+                        correct=correct,
+                        test_samples=len(x_test),
+                        test_accuracy=100.0 * correct / len(x_test),
+                    )
+                )
+            if config.dry_run:
+                break
+
+    if not world.is_main:
+        return None
     metadata = save_checkpoint(
         model,
         config.out,
@@ -232,10 +280,11 @@ def run(config: TrainConfig, on_event: EventCallback = lambda event: None) -> di
             "epochs": config.epochs,
             "device": str(device),
             "train_samples": n,
+            "distributed": distributed,
             "training_seconds": round(time.perf_counter() - started, 1),
         },
     )
-    on_event(
+    report(
         SavedEvent(
             event="saved",
             path=config.out,

@@ -65,6 +65,8 @@ STORE_PATIENCE_S = 300.0
 
 
 def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
+    """`python -m training` for a job: its hyperparameters as flags, and with nproc_per_node > 1
+    the launch flag (the child then launches that many ranks, in the same process tree)."""
     command = [
         sys.executable,
         "-m",
@@ -82,7 +84,13 @@ def training_command(params: dict[str, Any], out: Path, device: str, data_dir: P
             command += [cli_flag(spec.name), str(params[spec.name])]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
+    if procs_of(params) > 1:
+        command += ["--nproc-per-node", str(procs_of(params))]
     return command
+
+
+def procs_of(params: dict[str, Any]) -> int:
+    return int(params.get("nproc_per_node") or 1)
 
 
 def lower_priority(pid: int) -> None:
@@ -110,6 +118,7 @@ class JobManager:
         queue: int = 0,
         device: str = "cpu",
         threads: int = 1,
+        max_procs: int = 1,
         data_dir: Path | None = None,
         heartbeat_s: float = 2.0,
         kill_grace_s: float = 5.0,
@@ -123,7 +132,7 @@ class JobManager:
             slots,
             queue,
         )
-        self.device, self.threads, self.data_dir = device, threads, data_dir
+        self.device, self.threads, self.max_procs, self.data_dir = device, threads, max_procs, data_dir
         self.heartbeat_s, self.kill_grace_s, self.claim_poll_s = heartbeat_s, kill_grace_s, claim_poll_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._children: dict[str, asyncio.subprocess.Process] = {}
@@ -255,11 +264,25 @@ class JobManager:
             with contextlib.suppress(RecordsUnavailable):  # else the reaper requeues it
                 await self.records(self.store.release, job.id, self.owner)
             return
+        procs = procs_of(job.params)
+        if procs > self.max_procs:  # accepted by an api replica whose limit is not this trainer's
+            with contextlib.suppress(RecordsUnavailable):  # else the stale window ends it
+                await self.records(
+                    self.store.update,
+                    job.id,
+                    self.owner,
+                    status=JobStatus.FAILED,
+                    finished_at=now_iso(),
+                    error=f"nproc_per_node {procs} is more than this trainer runs (MNIST_TRAIN_MAX_PROCS "
+                    f"{self.max_procs})",
+                )
+            return
         out = self.versions.incoming_path(job.id)
+        threads = str(max(1, self.threads // procs))  # the job's threads, shared by its ranks
         env = {
             **{name: value for name, value in os.environ.items() if name not in CHILD_WITHHELD},
-            "OMP_NUM_THREADS": str(self.threads),
-            "MKL_NUM_THREADS": str(self.threads),
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
             "PYTHONUNBUFFERED": "1",
         }
         child = await asyncio.create_subprocess_exec(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI, Query, Request, Response
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 
-from app.deps import JobsDep, StoreDep, TokenDep, services_of
+from app.deps import JobsDep, SettingsDep, StoreDep, TokenDep, services_of
 from app.errors import BadRequest, InvalidRequest, UnsupportedMediaType
 from app.schemas import VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
 
@@ -78,9 +78,22 @@ async def train_request_of(request: Request) -> TrainRequest:
         503: {"model": ErrorBody, "description": "no trainer is running, or the database is out"},
     },
 )
-async def create_training_job(request: Request, response: Response, jobs: JobsDep) -> JobPublic:
+async def create_training_job(
+    request: Request, response: Response, jobs: JobsDep, settings: SettingsDep
+) -> JobPublic:
     """Start a background training job (the same code as `python -m training`) and answer at once."""
     train = await train_request_of(request)
+    if train.nproc_per_node is not None and train.nproc_per_node > settings.train_max_procs:
+        raise InvalidRequest(
+            [
+                {
+                    "loc": ("body", "nproc_per_node"),
+                    "msg": f"this server runs at most {settings.train_max_procs} processes per job "
+                    "(MNIST_TRAIN_MAX_PROCS)",
+                    "type": "less_than_equal",
+                }
+            ]
+        )
     job = await jobs.submit(train.model_dump(exclude_none=True))
     response.headers["Location"] = f"/train/{job.id}"
     return JobPublic.model_validate(job)

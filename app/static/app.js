@@ -131,7 +131,16 @@ drop.addEventListener("drop", (event) => {
 
 async function loadModel() {
   const response = await fetch("/model");
-  $("model-version").textContent = response.ok ? (await response.json()).model_version : `none (${await detailOf(response)})`;
+  if (!response.ok) {
+    $("model-version").textContent = `none (${await detailOf(response)})`;
+    return;
+  }
+  const model = await response.json();
+  $("model-version").textContent = model.model_version;
+  // Several training processes per job only where the server allows them.
+  const maxProcs = model.serving.settings.train_max_procs;
+  $("procs-field").hidden = !(maxProcs > 1);
+  $("train-form").elements.nproc_per_node.max = maxProcs;
 }
 
 // Training panel.
@@ -184,6 +193,9 @@ $("train-form").addEventListener("submit", async (event) => {
     if (fields[name].value !== "") body[name] = Number(fields[name].value);
   }
   body.recipe = fields.recipe.value;
+  if (!$("procs-field").hidden && Number(fields.nproc_per_node.value) > 1) {
+    body.nproc_per_node = Number(fields.nproc_per_node.value);
+  }
   const response = await fetch("/train", {
     method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body),
   });

@@ -25,6 +25,8 @@ GOOD = {"Authorization": "Bearer s3cret"}
         {"limit_train": 0},
         {"seed": -1},
         {"min_accuracy": 101},
+        {"nproc_per_node": 0},
+        {"nproc_per_node": 2000},
         {"epochs": "many"},
         {"unknown": 1},
         [1, 2],
@@ -71,3 +73,21 @@ async def test_an_open_server_warns_at_startup(serve: Serve, caplog: pytest.LogC
     async with serve():
         pass
     assert "MNIST_TRAIN_TOKEN is not set" in caplog.text
+
+
+async def test_processes_per_job_are_bounded_by_the_server(serve: Serve) -> None:
+    async with serve(TRAIN_MAX_PROCS="2", DEVICE="cpu") as client:
+        settings = (await client.get("/model")).json()["serving"]["settings"]
+        assert settings["train_max_procs"] == 2  # what the page offers
+        response = await client.post("/train", json={"nproc_per_node": 3})
+        assert response.status_code == 422
+        assert response.json()["errors"] == [
+            {
+                "loc": ["body", "nproc_per_node"],
+                "msg": "this server runs at most 2 processes per job (MNIST_TRAIN_MAX_PROCS)",
+                "type": "less_than_equal",
+            }
+        ]
+        assert (await client.get("/train")).json() == {"jobs": []}
+    async with serve(DEVICE="cpu") as client:  # unset: 1 where jobs train on the CPU
+        assert (await client.get("/model")).json()["serving"]["settings"]["train_max_procs"] == 1

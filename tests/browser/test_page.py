@@ -25,6 +25,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Path) -> Iterator[ServerProcess]:
     env = fresh_deployment(tmp_path_factory.mktemp("page"), trained_checkpoint)
+    # Jobs of two processes allowed: the panel offers the choice.
+    env.update(MNIST_TRAIN_MAX_PROCS="2", MNIST_DEVICE="cpu")
     with ServerProcess(env, ready_path="/readyz") as running:
         yield running
 
@@ -135,6 +137,9 @@ def test_training_from_the_panel(page: "playwright_api.Page") -> None:
     before = page.locator("#model-version").inner_text()
     page.fill("input[name=epochs]", "1")
     page.fill("input[name=limit_train]", "2000")
+    assert page.locator("#procs-field").is_visible()
+    assert page.locator("input[name=nproc_per_node]").get_attribute("max") == "2"
+    page.fill("input[name=nproc_per_node]", "2")
     page.click("#train")
     page.wait_for_function(
         "document.getElementById('job-status').textContent.includes('running')", timeout=60000
@@ -145,3 +150,5 @@ def test_training_from_the_panel(page: "playwright_api.Page") -> None:
     assert "promoted" in page.locator("#job-detail").inner_text()
     page.wait_for_function(f"document.getElementById('model-version').textContent !== '{before}'")
     page.screenshot(path=str(SHOTS / "trained.png"), full_page=True)
+    trained = page.evaluate("fetch('/model').then((response) => response.json())")
+    assert trained["distributed"]["world_size"] == 2

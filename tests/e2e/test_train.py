@@ -15,6 +15,7 @@ from models.checkpoint import load_checkpoint
 from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.server import ServerProcess, fresh_deployment
+from tests.tools import gone, processes_with
 from training.data import Mnist
 
 QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
@@ -264,3 +265,49 @@ def test_every_server_process_picks_up_a_promoted_model(
         ]
         assert len(served) == 2, served
         assert all(f'version="{job["model_version"]}"' in line for line in served)
+
+
+@pytest.fixture
+def two_process_server(tmp_path: Path, small_checkpoint: Path) -> Iterator[ServerProcess]:
+    env = {
+        **fresh_deployment(tmp_path, small_checkpoint),
+        "MNIST_TRAIN_MAX_PROCS": "2",
+        "MNIST_DEVICE": "cpu",
+    }
+    with ServerProcess(env, ready_path="/readyz") as running:
+        yield running
+
+
+def test_a_two_process_job_reaches_the_tutorial_accuracy_and_is_promoted(
+    two_process_server: ServerProcess,
+) -> None:
+    client = httpx.Client(base_url=two_process_server.url, timeout=30)
+    response = client.post("/train", json={"nproc_per_node": 2, "min_accuracy": 98.5})
+    assert response.status_code == 202, response.text
+    seen: list[dict[str, Any]] = []
+    job = wait_for(client, response.json()["id"], finished, timeout_s=600, seen=seen)
+    assert job["status"] == "succeeded", job  # promoted: at least min_accuracy
+    assert job["test_accuracy"] >= 98.5
+    assert job["hyperparameters"]["nproc_per_node"] == 2
+    # Progress came from rank 0 as it trained: both epochs' test figures, and fractions on the way.
+    assert [entry["epoch"] for entry in job["progress"]["history"]] == [1, 2]
+    assert any(0 < (j["progress"]["fraction"] or 0) < 1 for j in seen if j["status"] == "running")
+    served = client.get("/model").json()
+    assert served["model_version"] == job["model_version"]
+    assert served["distributed"]["world_size"] == 2 and served["distributed"]["backend"] == "gloo"
+    assert served["hyperparameters"]["batch_size"] == 32  # per rank
+
+
+def test_cancelling_a_two_process_job_leaves_no_process_behind(
+    two_process_server: ServerProcess, small_checkpoint: Path
+) -> None:
+    client = httpx.Client(base_url=two_process_server.url, timeout=30)
+    job = client.post("/train", json={"nproc_per_node": 2, "epochs": 5}).json()
+    wait_for(client, job["id"], lambda j: (j["progress"].get("fraction") or 0) > 0)
+    # The launcher and both ranks carry the job's output path on their command lines.
+    running = processes_with(job["id"])
+    assert sorted(env.get("RANK", "launcher") for env in running.values()) == ["0", "1", "launcher"]
+    cancelled = client.delete(f"/train/{job['id']}")
+    assert cancelled.json()["status"] == "cancelled"
+    assert gone(job["id"]), f"left behind: {processes_with(job['id'])}"
+    assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version

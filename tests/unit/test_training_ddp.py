@@ -1,0 +1,171 @@
+"""Training across processes as users run it: `python -m training --nproc-per-node 2`, and torchrun
+itself, with gloo on loopback: real processes, real MNIST, real checkpoints."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, sha256_bytes
+from models.cnn import Net
+from tests.datasets import unreadable_mnist
+from tests.server import free_port
+from tests.tools import gone, installed, processes_with
+from tests.unit.test_training_cli import REPO
+
+SMALL = ["--device", "cpu", "--epochs", "1", "--limit-train", "2000"]
+
+
+def environment(mnist_dir: Path) -> dict[str, str]:
+    # One thread per rank in every run, so that runs of different shapes may be compared bit for bit.
+    return {**os.environ, "MNIST_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def start(command: list[str], mnist_dir: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=environment(mnist_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def training(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training", *args]
+
+
+def finish(process: subprocess.Popen[str], timeout_s: float = 300) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout_s)
+    return process.returncode, stderr
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_two_ranks_are_reproducible_and_two_machines_train_the_same_weights(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    shas = []
+    for name in ("first.pt", "second.pt"):
+        command = training("--nproc-per-node", "2", *SMALL, "--out", name)
+        code, stderr = finish(start(command, mnist_dir, tmp_path))
+        assert code == 0, stderr
+        shas.append(sha256_bytes((tmp_path / name).read_bytes()))
+    assert shas[0] == shas[1]  # same seed, same world size: the same weights bit for bit
+
+    meta = load_checkpoint(tmp_path / "first.pt").metadata
+    assert meta["distributed"] == {
+        "world_size": 2,
+        "nnodes": 1,
+        "backend": "gloo",
+        "batch_size_per_rank": 32,
+        "global_batch_size": 64,
+        "effective_lr": 0.02,
+    }
+    assert meta["hyperparameters"]["batch_size"] == 32 and meta["hyperparameters"]["lr"] == 0.01
+    # A plain state_dict (no DDP `module.` prefixes): the tutorial's own Net loads it as it is.
+    Net().load_state_dict(torch.load(tmp_path / "first.pt", weights_only=True), strict=True)
+
+    # Two machines of one rank each, on loopback: torchrun itself on one, this module's launcher on
+    # the other, meeting at one c10d endpoint. Ranks 0 and 1 get the same shares as above, and the
+    # average of two gradients does not depend on where they came from: the same weights again.
+    torchrun = installed("torchrun")
+    assert torchrun is not None, "torchrun comes with torch"
+    endpoint = f"127.0.0.1:{free_port()}"
+    meet = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-endpoint", endpoint, "--rdzv-id", "loopback"]
+    by_torchrun = [torchrun, *meet, "--rdzv-backend", "c10d", "-m", "training", *SMALL, "--out", "two.pt"]
+    machines = [
+        start(by_torchrun, mnist_dir, tmp_path),
+        start(training(*meet, *SMALL, "--out", "two.pt"), mnist_dir, tmp_path),
+    ]
+    for machine in machines:
+        code, stderr = finish(machine)
+        assert code == 0, stderr
+    two = load_checkpoint(tmp_path / "two.pt")
+    assert two.metadata["distributed"]["nnodes"] == 2 and two.metadata["distributed"]["world_size"] == 2
+    assert two.metadata["sha256"] == shas[0]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_run_with_one_line_naming_it(tmp_path: Path, mnist_dir: Path) -> None:
+    out, events = tmp_path / "killed.pt", tmp_path / "events.jsonl"
+    args = ["--nproc-per-node", "2", "--device", "cpu", "--epochs", "2", "--log-interval", "5"]
+    launcher = start(training(*args, "--events", str(events), "--out", str(out)), mnist_dir, tmp_path)
+    deadline = time.monotonic() + 120
+    while '"progress"' not in (events.read_text() if events.exists() else ""):
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.monotonic() < deadline, "no progress within 120 s"
+        time.sleep(0.1)
+    ranks = {env.get("RANK"): pid for pid, env in processes_with(str(out)).items() if "RANK" in env}
+    assert set(ranks) == {"0", "1"}, ranks
+    os.kill(ranks["1"], signal.SIGKILL)
+
+    code, stderr = finish(launcher, timeout_s=60)
+    assert code == 1
+    assert last_line(stderr) == (
+        f"error: rank 1 of 2 (pid {ranks['1']}) was killed by SIGKILL; every rank was stopped"
+    )
+    reported = json.loads(events.read_text().splitlines()[-1])
+    assert reported["event"] == "error" and reported["message"].startswith("rank 1 of 2")
+    assert gone(str(out)), "a rank outlived the run"
+    assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_launcher_killed_outright(tmp_path: Path, mnist_dir: Path) -> None:
+    out = tmp_path / "orphaned.pt"
+    launcher = start(
+        training("--nproc-per-node", "2", *SMALL, "--quiet", "--out", str(out)), mnist_dir, tmp_path
+    )
+    deadline = time.monotonic() + 120
+    while len([env for env in processes_with(str(out)).values() if "RANK" in env]) < 2:
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.monotonic() < deadline, "the ranks did not start within 120 s"
+        time.sleep(0.1)
+    launcher.kill()  # no chance to stop its ranks itself
+    launcher.wait()
+    assert gone(str(out)), f"ranks outlived their launcher: {processes_with(str(out))}"
+    assert not out.exists()
+
+
+def test_a_failing_rank_is_named_with_its_own_reason(tmp_path: Path, mnist_dir: Path) -> None:
+    bad = unreadable_mnist(tmp_path / "bad")
+    launcher = start(
+        training("--nproc-per-node", "2", "--device", "cpu", "--data-dir", str(bad), "--out", "m.pt"),
+        mnist_dir,
+        tmp_path,
+    )
+    code, stderr = finish(launcher, timeout_s=120)
+    assert code == 1
+    assert re.fullmatch(
+        r"error: rank [01] of 2 \(pid \d+\) exited with status 1: \S*/train-images-idx3-ubyte: only 15 "
+        r"bytes, shorter than an IDX header; every rank was stopped",
+        last_line(stderr),
+    ), stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_rendezvous_nobody_joins_times_out_with_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    launcher = start(
+        training("--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-timeout", "2", *SMALL),
+        mnist_dir,
+        tmp_path,
+    )
+    code, stderr = finish(launcher, timeout_s=120)
+    assert code == 1
+    assert last_line(stderr) == (
+        f"error: the rendezvous at {endpoint} timed out after 2 s: fewer than 2 machines joined "
+        "(start the same command on each, or raise --rdzv-timeout)"
+    )

@@ -1,0 +1,153 @@
+"""One training run across several processes: where this process stands in it (torchrun's
+environment), its device and process group, and its share of each epoch.
+
+A process started by torchrun (or by `python -m training --nproc-per-node N`, which uses torchrun's
+machinery) is one rank of `world_size`; any other process is the only rank of a world of one, and
+trains exactly as it always did: no process group, no DDP wrapper, every sample in the tutorial's
+order.
+"""
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from models.device import resolve_device
+
+# How long machines wait for each other to join, and a rank for the others at a step.
+DEFAULT_RDZV_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run. The default is a run of one process."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    nnodes: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone evaluates, reports and saves."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def label(self) -> str:
+        """`rank 1 of 2` in messages (empty for a run of one)."""
+        return f"rank {self.rank} of {self.world_size}" if self.distributed else ""
+
+
+ONE_PROCESS = World()
+# In a rank's error file: it failed because another rank went away.
+LOST_PEER = "lost_peer"
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def world_from_environment() -> World:
+    """The world torchrun describes in this process's environment, or a world of one."""
+    if not launched_by_torchrun():
+        return World()
+    env = os.environ
+    world_size = int(env["WORLD_SIZE"])
+    local_world = int(env.get("LOCAL_WORLD_SIZE", world_size))
+    return World(
+        rank=int(env["RANK"]),
+        local_rank=int(env.get("LOCAL_RANK", 0)),
+        world_size=world_size,
+        nnodes=int(env.get("GROUP_WORLD_SIZE", max(1, world_size // local_world))),
+    )
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(requested: str, world: World) -> torch.device:
+    """The device this rank trains on: `--device` as always for a run of one; with several ranks,
+    CUDA device LOCAL_RANK (one GPU per rank) or the CPU."""
+    device = resolve_device(requested)
+    if not world.distributed or device.type == "cpu":
+        return device
+    if device.index is not None:
+        raise ValueError(
+            f"--device {requested} names one GPU, but each of several ranks takes its own: "
+            "use --device cuda (rank N on this host uses GPU N)"
+        )
+    gpus = torch.cuda.device_count()
+    if world.local_rank >= gpus:
+        raise ValueError(
+            f"local rank {world.local_rank} has no GPU: this host has {gpus}; "
+            f"run at most {gpus} processes per node here, or train on the CPU (--device cpu)"
+        )
+    return torch.device("cuda", world.local_rank)
+
+
+@contextlib.contextmanager
+def process_group(world: World, device: torch.device, timeout_s: float) -> Iterator[str | None]:
+    """Join the run's process group (NCCL on CUDA, gloo on CPU) for the duration; yields the
+    backend, or None for a run of one. `timeout_s` bounds every wait for another rank."""
+    if not world.distributed:
+        yield None
+        return
+    backend = backend_for(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend,
+        timeout=timedelta(seconds=timeout_s),
+        device_id=device if device.type == "cuda" else None,
+    )
+    try:
+        yield backend
+    finally:
+        dist.destroy_process_group()
+
+
+def shard(order: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's share of an epoch's sample order, by `DistributedSampler`'s rule: pad the order
+    with its own first entries to a multiple of the world size, then take every world_size-th entry
+    from position `rank`. A world of one takes the whole order unchanged."""
+    if not world.distributed:
+        return order
+    per_rank = -(-len(order) // world.world_size)
+    padding = per_rank * world.world_size - len(order)
+    if padding:
+        order = torch.cat([order, order.repeat(-(-padding // len(order)))[:padding]])
+    return order[world.rank :: world.world_size]
+
+
+def die_with_parent() -> None:
+    """A rank must not outlive its launcher: if that is killed outright (SIGKILL, no chance to
+    stop its workers), Linux kills this process too."""
+    if sys.platform != "linux":
+        return
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def report_to_launcher(message: str, lost_peer: bool = False) -> None:
+    """Leave this rank's one-line reason where torchrun's agent looks for it (the error file it
+    names), so the launcher can say which rank failed and why; `lost_peer` marks a rank that failed
+    only because another one went away."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    with contextlib.suppress(OSError), open(path, "w") as file:
+        json.dump({"message": message, "timestamp": int(time.time()), LOST_PEER: lost_peer}, file)
