@@ -139,6 +139,9 @@ class JobPublic(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobPublic]
+    max_nproc_per_node: int = Field(
+        description="the most processes a job may ask for here (MNIST_TRAIN_MAX_PROCS)"
+    )
 
 
 class VersionList(BaseModel):

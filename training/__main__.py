@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -26,7 +27,13 @@ from models.hyperparameters import (
     value_type,
 )
 from training.data import DataError
-from training.distributed import World, die_with_parent, report_to_launcher, world_from_environment
+from training.distributed import (
+    World,
+    die_with_parent,
+    lost_contact,
+    report_to_launcher,
+    world_from_environment,
+)
 from training.launch import LaunchError, add_launch_flags, launch, report_launch_error, wants_launch
 from training.loop import TrainConfig, run
 
@@ -189,7 +196,7 @@ def launch_ranks(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     try:
         launch(args, argv)
-    except (LaunchError, ValueError) as exc:
+    except (LaunchError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         report_launch_error(args.events, str(exc))
         return 1
@@ -217,10 +224,16 @@ def train(args: argparse.Namespace, world: World) -> int:
     except (ValueError, DataError, CheckpointError, OSError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not world.distributed:
             raise  # one process: a RuntimeError is a bug, shown with its traceback
-        # With several ranks a RuntimeError is another rank gone (gloo/NCCL lost the connection):
-        # a consequence, which the launcher names only when no rank failed of its own accord.
-        lost_peer = isinstance(exc, RuntimeError)
-        reason = f"lost contact with the other ranks ({first_line(exc)})" if lost_peer else str(exc)
+        # A rank that lost contact with another reports it as a consequence, which the launcher
+        # names only when no rank failed of its own accord. Any other RuntimeError of a rank (out
+        # of memory, a bug) is its own failure, with its traceback on stderr.
+        lost_peer = lost_contact(exc)
+        reason = str(exc)
+        if lost_peer:
+            reason = f"lost contact with the other ranks ({first_line(exc)})"
+        elif isinstance(exc, RuntimeError):
+            traceback.print_exc()
+            reason = first_line(exc)
         message = f"{world.label()}: {reason}" if world.distributed else reason
         print(f"error: {message}", file=sys.stderr)
         reporter(ErrorEvent(event="error", message=message))  # programs read the reason there

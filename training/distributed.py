@@ -2,9 +2,9 @@
 environment), its device and process group, and its share of each epoch.
 
 A process started by torchrun (or by `python -m training --nproc-per-node N`, which uses torchrun's
-machinery) is one rank of `world_size`; any other process is the only rank of a world of one, and
-trains exactly as it always did: no process group, no DDP wrapper, every sample in the tutorial's
-order.
+machinery) is one rank of `world_size` (even a world of one: `torchrun --nproc-per-node 1` is DDP
+over one GPU); any other process trains exactly as it always did: no process group, no DDP
+wrapper, every sample in the tutorial's order.
 """
 
 import contextlib
@@ -25,6 +25,20 @@ from models.device import resolve_device
 
 # How long machines wait for each other to join, and a rank for the others at a step.
 DEFAULT_RDZV_TIMEOUT_S = 300.0
+# A rank waits at least this long for the others at a step (rank 0 evaluates meanwhile), however
+# short the rendezvous timeout.
+MIN_STEP_WAIT_S = 60.0
+# Set by our launcher for its ranks: the pid that must outlive them (see die_with_parent).
+LAUNCHER_PID = "MNIST_LAUNCHER_PID"
+# Errors of a collective whose peer went away (gloo and NCCL raise plain RuntimeErrors).
+LOST_CONTACT_SIGNS = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "transport/tcp",
+    "NCCL communicator was aborted",
+    "remote process exited",
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class World:
     local_rank: int = 0
     world_size: int = 1
     nnodes: int = 1
+    launched: bool = False  # by torchrun: a DDP rank, however many there are
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +58,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     def label(self) -> str:
         """`rank 1 of 2` in messages (empty for a run of one)."""
@@ -71,6 +86,7 @@ def world_from_environment() -> World:
         local_rank=int(env.get("LOCAL_RANK", 0)),
         world_size=world_size,
         nnodes=int(env.get("GROUP_WORLD_SIZE", max(1, world_size // local_world))),
+        launched=True,
     )
 
 
@@ -95,22 +111,23 @@ def rank_device(requested: str, world: World) -> torch.device:
             f"local rank {world.local_rank} has no GPU: this host has {gpus}; "
             f"run at most {gpus} processes per node here, or train on the CPU (--device cpu)"
         )
-    return torch.device("cuda", world.local_rank)
+    device = torch.device("cuda", world.local_rank)
+    torch.cuda.set_device(device)  # before anything touches CUDA: no stray context on GPU 0
+    return device
 
 
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device, timeout_s: float) -> Iterator[str | None]:
     """Join the run's process group (NCCL on CUDA, gloo on CPU) for the duration; yields the
-    backend, or None for a run of one. `timeout_s` bounds every wait for another rank."""
+    backend, or None when not launched. `timeout_s` (at least MIN_STEP_WAIT_S) bounds every wait
+    for another rank."""
     if not world.distributed:
         yield None
         return
     backend = backend_for(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     dist.init_process_group(
         backend,
-        timeout=timedelta(seconds=timeout_s),
+        timeout=timedelta(seconds=max(timeout_s, MIN_STEP_WAIT_S)),
         device_id=device if device.type == "cuda" else None,
     )
     try:
@@ -123,7 +140,7 @@ def shard(order: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's share of an epoch's sample order, by `DistributedSampler`'s rule: pad the order
     with its own first entries to a multiple of the world size, then take every world_size-th entry
     from position `rank`. A world of one takes the whole order unchanged."""
-    if not world.distributed:
+    if world.world_size == 1:
         return order
     per_rank = -(-len(order) // world.world_size)
     padding = per_rank * world.world_size - len(order)
@@ -134,12 +151,25 @@ def shard(order: torch.Tensor, world: World) -> torch.Tensor:
 
 def die_with_parent() -> None:
     """A rank must not outlive its launcher: if that is killed outright (SIGKILL, no chance to
-    stop its workers), Linux kills this process too."""
+    stop its workers), Linux kills this process too. A launcher that died before this was asked
+    (while the rank imported torch) is noticed by its pid, which our launcher hands down."""
     if sys.platform != "linux":
         return
     PR_SET_PDEATHSIG = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher and launcher.isdigit() and os.getppid() != int(launcher):
+        os._exit(1)  # orphaned already: nobody is left to read anything we would say
+
+
+def lost_contact(exc: BaseException) -> bool:
+    """Whether a rank's error is another rank going away (its connection reset, its group aborted)
+    rather than a failure of its own."""
+    if isinstance(exc, dist.DistNetworkError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in LOST_CONTACT_SIGNS)
 
 
 def report_to_launcher(message: str, lost_peer: bool = False) -> None:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from torch.distributed.elastic.rendezvous.api import RendezvousError, Rendezvous
 
 from models.device import resolve_device
 from models.events import ErrorEvent
-from training.distributed import DEFAULT_RDZV_TIMEOUT_S, LOST_PEER
+from training.distributed import DEFAULT_RDZV_TIMEOUT_S, LAUNCHER_PID, LOST_PEER
 
 # Flags that shape the launch; the ranks get every other flag as given.
 LAUNCH_FLAGS = ("--nproc-per-node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id")
@@ -87,6 +88,10 @@ def rank_argv(argv: list[str]) -> list[str]:
 def check_devices(args: argparse.Namespace) -> None:
     """Refuse at once what the ranks would fail on one by one."""
     device = resolve_device(args.device)
+    if device.index is not None and args.nproc_per_node > 1:
+        raise LaunchError(
+            f"--device {args.device} names one GPU, but each rank takes its own: use --device cuda"
+        )
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
         if args.nproc_per_node > gpus:
@@ -113,26 +118,40 @@ def torchrun_args(args: argparse.Namespace, ranks_argv: list[str]) -> list[str]:
             "--rdzv-id",
             args.rdzv_id,
             "--rdzv-conf",
-            f"join_timeout={args.rdzv_timeout:g}",
+            # join: machines that never come; read: an endpoint that never answers.
+            f"join_timeout={math.ceil(args.rdzv_timeout)},read_timeout={math.ceil(args.rdzv_timeout)}",
         ]
     return [*launch, "--module", "training", *ranks_argv]
 
 
 def threads_per_rank(nproc: int) -> str:
-    """Share the cores among this machine's ranks unless OMP_NUM_THREADS says otherwise."""
-    return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    """Share the cores this process may use among this machine's ranks, unless OMP_NUM_THREADS
+    says otherwise."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // nproc))
 
 
 def consequence(failure: ProcessFailure) -> bool:
-    """A rank that failed because another went away: it lost contact, or the agent stopped it."""
+    """A rank that failed because another went away: it lost contact, the agent stopped it
+    (SIGTERM), or NCCL's watchdog aborted it (SIGABRT) while it waited for a rank gone."""
     data = failure.error_file_data
-    return bool(isinstance(data, dict) and data.get(LOST_PEER)) or failure.exitcode == -signal.SIGTERM
+    lost = isinstance(data, dict) and bool(data.get(LOST_PEER))
+    return lost or failure.exitcode in (-signal.SIGTERM, -signal.SIGABRT)
+
+
+def failed_at(failure: ProcessFailure) -> float:
+    """When a rank failed: its error file's time (torch keeps whole seconds only), else when the
+    agent noticed."""
+    try:
+        return os.path.getmtime(failure.error_file)
+    except OSError:
+        return float(failure.timestamp)
 
 
 def describe_failure(error: ChildFailedError, world_size: int) -> str:
     """`rank 1 of 2 (pid 4242) was killed by SIGKILL; ...`: the rank that failed first of its own
     accord, and its own one-line reason where it left one (distributed.py `report_to_launcher`)."""
-    rank, failure = min(error.failures.items(), key=lambda item: (consequence(item[1]), item[1].timestamp))
+    rank, failure = min(error.failures.items(), key=lambda item: (consequence(item[1]), failed_at(item[1])))
     if failure.exitcode < 0:
         how = f"was killed by {failure.signal_name()}"
     else:
@@ -149,9 +168,15 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
     """Run the ranks to the end, or raise LaunchError saying which failed and why."""
     check_devices(args)
     os.environ["OMP_NUM_THREADS"] = threads_per_rank(args.nproc_per_node)
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks' parent: torchrun's agent runs here
     # torchrun's INFO and WARNING lines are for debugging it (each SIGTERM it sends, say); its
-    # errors still show, before the one line below that says which rank failed.
-    logging.getLogger("torch.distributed").setLevel(logging.ERROR)
+    # errors still show, before the one line below that says which rank failed. Its loggers set
+    # their own levels, so each one is told.
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    if args.events and args.events != "-":
+        open(args.events, "w").close()  # this run's events only, the launcher's error included
     parsed = torchrun.parse_args(torchrun_args(args, rank_argv(argv)))  # type: ignore[no-untyped-call]
     try:
         torchrun.run(parsed)  # type: ignore[no-untyped-call]
@@ -167,6 +192,10 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         raise LaunchError(f"the rendezvous at {args.rdzv_endpoint} failed: {exc}") from None
     except SignalException as exc:
         raise LaunchError(f"stopped by {signal.Signals(exc.sigval).name}: every rank was stopped") from None
+    except (OSError, RuntimeError) as exc:  # the store's port taken, an endpoint unreachable...
+        raise LaunchError(
+            f"the launch failed: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}"
+        ) from None
 
 
 def report_launch_error(events_target: str | None, message: str) -> None:

@@ -60,6 +60,23 @@ CHILD_WITHHELD = frozenset(
         "AWS_SESSION_TOKEN",
     }
 )
+# Where the server itself runs as a rank of some launch (a PyTorchJob pod, say), its job's child
+# must not think it is one: it launches its own ranks, or trains alone.
+LAUNCH_VARIABLES = frozenset(
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "GROUP_WORLD_SIZE",
+        "ROLE_RANK",
+        "ROLE_NAME",
+        "ROLE_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    }
+)
 # How long a finished job's model waits for an unreachable model store before the job fails.
 STORE_PATIENCE_S = 300.0
 
@@ -280,7 +297,11 @@ class JobManager:
         out = self.versions.incoming_path(job.id)
         threads = str(max(1, self.threads // procs))  # the job's threads, shared by its ranks
         env = {
-            **{name: value for name, value in os.environ.items() if name not in CHILD_WITHHELD},
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if name not in CHILD_WITHHELD | LAUNCH_VARIABLES and not name.startswith("TORCHELASTIC_")
+            },
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "PYTHONUNBUFFERED": "1",

@@ -100,10 +100,14 @@ async def create_training_job(
 
 
 @router.get("", response_model=JobList)
-async def read_training_jobs(store: StoreDep, limit: int = Query(20, ge=1, le=500)) -> JobList:
-    """Training jobs, newest first."""
+async def read_training_jobs(
+    store: StoreDep, settings: SettingsDep, limit: int = Query(20, ge=1, le=500)
+) -> JobList:
+    """Training jobs, newest first, and how many processes a new one may ask for."""
     found = await store.database.run(store.list, limit)
-    return JobList(jobs=[JobPublic.model_validate(job) for job in found])
+    return JobList(
+        jobs=[JobPublic.model_validate(job) for job in found], max_nproc_per_node=settings.train_max_procs
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)

@@ -131,14 +131,14 @@ drop.addEventListener("drop", (event) => {
 
 async function loadModel() {
   const response = await fetch("/model");
-  if (!response.ok) {
-    $("model-version").textContent = `none (${await detailOf(response)})`;
-    return;
-  }
-  const model = await response.json();
-  $("model-version").textContent = model.model_version;
-  // Several training processes per job only where the server allows them.
-  const maxProcs = model.serving.settings.train_max_procs;
+  $("model-version").textContent = response.ok ? (await response.json()).model_version : `none (${await detailOf(response)})`;
+}
+
+// Several training processes per job only where the server allows them (also with no model yet).
+async function loadTrainingLimits() {
+  const response = await fetch("/train?limit=1");
+  if (!response.ok) return;
+  const maxProcs = (await response.json()).max_nproc_per_node;
   $("procs-field").hidden = !(maxProcs > 1);
   $("train-form").elements.nproc_per_node.max = maxProcs;
 }
@@ -170,6 +170,7 @@ function showJob(job) {
   if (job.status === "succeeded") {
     $("job-detail").textContent = `New model ${job.model_version} promoted (test accuracy ${job.test_accuracy}%) and now served.`;
     loadModel();
+loadTrainingLimits();
   } else if (job.error) {
     $("job-detail").textContent = job.error;
   } else {
@@ -218,3 +219,4 @@ $("cancel").addEventListener("click", async () => {
 });
 
 loadModel();
+loadTrainingLimits();

@@ -292,8 +292,10 @@ def test_a_two_process_job_reaches_the_tutorial_accuracy_and_is_promoted(
     # Progress came from rank 0 as it trained: both epochs' test figures, and fractions on the way.
     assert [entry["epoch"] for entry in job["progress"]["history"]] == [1, 2]
     assert any(0 < (j["progress"]["fraction"] or 0) < 1 for j in seen if j["status"] == "running")
-    served = client.get("/model").json()
-    assert served["model_version"] == job["model_version"]
+    deadline = time.monotonic() + 10  # recorded first, then swapped in: poll for the swap
+    while (served := client.get("/model").json())["model_version"] != job["model_version"]:
+        assert time.monotonic() < deadline, served["model_version"]
+        time.sleep(0.1)
     assert served["distributed"]["world_size"] == 2 and served["distributed"]["backend"] == "gloo"
     assert served["hyperparameters"]["batch_size"] == 32  # per rank
 

@@ -2,14 +2,27 @@
 the world torchrun describes, and what the launcher passes on or refuses."""
 
 import argparse
+import json
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.utils.data import DistributedSampler
 
 from training.__main__ import parse_args
-from training.distributed import World, rank_device, shard, world_from_environment
-from training.launch import LaunchError, check_devices, rank_argv, torchrun_args, wants_launch
+from training.distributed import LOST_PEER, World, lost_contact, rank_device, shard, world_from_environment
+from training.launch import (
+    LaunchError,
+    check_devices,
+    describe_failure,
+    rank_argv,
+    torchrun_args,
+    wants_launch,
+)
 
 
 @pytest.mark.parametrize("n", [10, 11, 60000, 3])
@@ -51,7 +64,7 @@ def test_the_world_comes_from_torchruns_environment(monkeypatch: pytest.MonkeyPa
     }.items():
         monkeypatch.setenv(name, value)
     world = world_from_environment()
-    assert world == World(rank=3, local_rank=1, world_size=4, nnodes=2)
+    assert world == World(rank=3, local_rank=1, world_size=4, nnodes=2, launched=True)
     assert not world.is_main and world.distributed and world.label() == "rank 3 of 4"
 
 
@@ -91,12 +104,60 @@ def test_one_machine_meets_on_a_free_port_and_many_at_the_endpoint() -> None:
     )
     assert "--standalone" not in many
     assert many[many.index("--rdzv-endpoint") + 1] == "h:29400"
-    assert many[many.index("--rdzv-conf") + 1] == "join_timeout=7"
+    assert many[many.index("--rdzv-conf") + 1] == "join_timeout=7,read_timeout=7"
 
 
 def test_several_machines_need_an_endpoint() -> None:
     with pytest.raises(LaunchError, match="--rdzv-endpoint"):
         check_devices(parse_args(["--nnodes", "2", "--device", "cpu"]))
+
+
+def failure(
+    tmp_path: Path, rank: int, exitcode: int, report: dict[str, object] | None, at: float
+) -> ProcessFailure:
+    """What torchrun's agent hands the launcher for one failed rank, with the error file the rank
+    left (training/distributed.py `report_to_launcher`), if any, written at time `at`."""
+    error_file = tmp_path / f"error{rank}.json"
+    error_file.unlink(missing_ok=True)
+    if report is not None:
+        error_file.write_text(json.dumps({**report, "timestamp": int(at)}))
+        os.utime(error_file, (at, at))
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
+
+
+def test_the_rank_that_failed_of_its_own_accord_is_named(tmp_path: Path) -> None:
+    now = time.time()
+    # Rank 1 ran out of memory; rank 0 then lost contact with it, in the same second but earlier.
+    own = {"message": "CUDA out of memory", LOST_PEER: False}
+    lost = {"message": "lost contact with the other ranks (Connection reset by peer)", LOST_PEER: True}
+    failures = {0: failure(tmp_path, 0, 1, lost, now), 1: failure(tmp_path, 1, 1, own, now + 0.2)}
+    assert describe_failure(ChildFailedError("training", failures), 2) == (
+        "rank 1 of 2 (pid 1001) exited with status 1: CUDA out of memory; every rank was stopped"
+    )
+    # Killed outright: no error file; the ranks the agent stopped (SIGTERM) or NCCL aborted
+    # (SIGABRT) come after it, whenever they ended.
+    failures = {
+        0: failure(tmp_path, 0, -signal.SIGTERM, None, now),
+        1: failure(tmp_path, 1, -signal.SIGKILL, None, now),
+        2: failure(tmp_path, 2, -signal.SIGABRT, None, now),
+    }
+    assert describe_failure(ChildFailedError("training", failures), 3) == (
+        "rank 1 of 3 (pid 1001) was killed by SIGKILL; every rank was stopped"
+    )
+    # Two failures of their own: the earlier, to the fraction of a second.
+    first, second = {"message": "disk full", LOST_PEER: False}, {"message": "bad data", LOST_PEER: False}
+    failures = {0: failure(tmp_path, 0, 1, second, now + 0.6), 1: failure(tmp_path, 1, 1, first, now + 0.3)}
+    assert "rank 1 of 2 (pid 1001) exited with status 1: disk full" in describe_failure(
+        ChildFailedError("training", failures), 2
+    )
+
+
+def test_only_a_vanished_peer_counts_as_lost_contact() -> None:
+    gloo = "[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: Connection reset by peer"
+    assert lost_contact(RuntimeError(gloo))
+    assert lost_contact(RuntimeError("NCCL communicator was aborted on rank 0"))
+    assert not lost_contact(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not lost_contact(ValueError("Connection reset by peer"))  # ours, not a collective's
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
@@ -108,7 +169,7 @@ def test_ranks_on_cuda_without_cuda_is_a_clear_error() -> None:
 def test_one_named_gpu_cannot_hold_several_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="names one GPU"):
-        rank_device("cuda:1", World(rank=1, local_rank=1, world_size=2))
+        rank_device("cuda:1", World(rank=1, local_rank=1, world_size=2, launched=True))
 
 
 @pytest.mark.gpu
@@ -118,4 +179,4 @@ def test_more_ranks_than_gpus_is_refused_before_launching() -> None:
     with pytest.raises(LaunchError, match=f"needs {gpus + 1} GPUs"):
         check_devices(args)
     with pytest.raises(ValueError, match=f"local rank {gpus} has no GPU"):
-        rank_device("cuda", World(rank=gpus, local_rank=gpus, world_size=gpus + 1))
+        rank_device("cuda", World(rank=gpus, local_rank=gpus, world_size=gpus + 1, launched=True))

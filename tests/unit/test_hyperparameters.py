@@ -34,10 +34,12 @@ def test_every_hyperparameter_has_a_chosen_value_unlike_the_tutorials() -> None:
 
 
 def test_a_request_reaches_the_recorded_hyperparameters_unchanged(tmp_path: Path) -> None:
-    body = TrainRequest.model_validate({**CHOSEN, "min_accuracy": 90}).model_dump(exclude_none=True)
+    request = {**CHOSEN, "min_accuracy": 90, "nproc_per_node": 2}
+    body = TrainRequest.model_validate(request).model_dump(exclude_none=True)
     command = training_command(body, tmp_path / "new.pt", "cpu", None)
     assert command[1:3] == ["-m", "training"]
     args = parse_args(command[3:])
+    assert args.nproc_per_node == 2  # the child launches two ranks
     config = TrainConfig.from_recipe(
         **{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
     )
@@ -59,8 +61,9 @@ def test_left_out_values_come_from_the_recipe() -> None:
     assert TrainConfig.from_recipe().hyperparameters() == Hyperparameters().hyperparameters()
 
 
-def test_the_request_takes_the_hyperparameters_and_min_accuracy_only() -> None:
-    assert list(TrainRequest.model_json_schema()["properties"]) == [*NAMES, "min_accuracy"]
+def test_the_request_takes_the_hyperparameters_min_accuracy_and_processes_only() -> None:
+    properties = TrainRequest.model_json_schema()["properties"]
+    assert list(properties) == [*NAMES, "min_accuracy", "nproc_per_node"]
     with pytest.raises(ValidationError):
         TrainRequest.model_validate({"weight_decays": 0.1})
 

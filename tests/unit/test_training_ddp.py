@@ -169,3 +169,15 @@ def test_a_rendezvous_nobody_joins_times_out_with_a_clear_error(tmp_path: Path, 
         f"error: the rendezvous at {endpoint} timed out after 2 s: fewer than 2 machines joined "
         "(start the same command on each, or raise --rdzv-timeout)"
     )
+
+
+@pytest.mark.gpu
+def test_a_gpu_rank_under_torchrun_trains_over_nccl(tmp_path: Path, mnist_dir: Path) -> None:
+    # One rank is enough to run the NCCL process group and DDP on a machine with a single GPU.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1"]
+    args = ["--device", "cuda", "--epochs", "1", "--limit-train", "2000", "--out", "nccl.pt"]
+    code, stderr = finish(start([*torchrun, "-m", "training", *args], mnist_dir, tmp_path))
+    assert code == 0, stderr
+    meta = load_checkpoint(tmp_path / "nccl.pt").metadata
+    assert meta["distributed"]["backend"] == "nccl" and meta["distributed"]["world_size"] == 1
+    assert meta["device"] == "cuda:0" and meta["test_accuracy"] > 80
