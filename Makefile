@@ -36,7 +36,7 @@ format: install
 
 # The whole suite (slow training and end-to-end tests included), except tests that need a GPU.
 test: lint
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu" --durations=20 $(PYTEST_ARGS)
 
 # The reliability suite, long (RELIABILITY=long): fuzzing with more examples, a longer soak, more
 # slow clients. `make test` runs it short.

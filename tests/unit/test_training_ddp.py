@@ -56,13 +56,11 @@ def last_line(text: str) -> str:
 def test_two_ranks_are_reproducible_and_two_machines_train_the_same_weights(
     tmp_path: Path, mnist_dir: Path
 ) -> None:
-    shas = []
-    for name in ("first.pt", "second.pt"):
-        command = training("--nproc-per-node", "2", *SMALL, "--out", name)
-        code, stderr = finish(start(command, mnist_dir, tmp_path))
-        assert code == 0, stderr
-        shas.append(sha256_bytes((tmp_path / name).read_bytes()))
-    assert shas[0] == shas[1]  # same seed, same world size: the same weights bit for bit
+    code, stderr = finish(
+        start(training("--nproc-per-node", "2", *SMALL, "--out", "first.pt"), mnist_dir, tmp_path)
+    )
+    assert code == 0, stderr
+    first = sha256_bytes((tmp_path / "first.pt").read_bytes())
 
     meta = load_checkpoint(tmp_path / "first.pt").metadata
     assert meta["distributed"] == {
@@ -77,9 +75,10 @@ def test_two_ranks_are_reproducible_and_two_machines_train_the_same_weights(
     # A plain state_dict (no DDP `module.` prefixes): the tutorial's own Net loads it as it is.
     Net().load_state_dict(torch.load(tmp_path / "first.pt", weights_only=True), strict=True)
 
-    # Two machines of one rank each, on loopback: torchrun itself on one, this module's launcher on
-    # the other, meeting at one c10d endpoint. Ranks 0 and 1 get the same shares as above, and the
-    # average of two gradients does not depend on where they came from: the same weights again.
+    # The same seed and world size again, as two machines of one rank each on loopback: torchrun
+    # itself on one, this module's launcher on the other, meeting at one c10d endpoint. Ranks 0 and
+    # 1 get the same shares as above, and the average of two gradients does not depend on where
+    # they came from: the same weights, bit for bit.
     torchrun = installed("torchrun")
     assert torchrun is not None, "torchrun comes with torch"
     endpoint = f"127.0.0.1:{free_port()}"
@@ -94,7 +93,7 @@ def test_two_ranks_are_reproducible_and_two_machines_train_the_same_weights(
         assert code == 0, stderr
     two = load_checkpoint(tmp_path / "two.pt")
     assert two.metadata["distributed"]["nnodes"] == 2 and two.metadata["distributed"]["world_size"] == 2
-    assert two.metadata["sha256"] == shas[0]
+    assert two.metadata["sha256"] == first
 
 
 @pytest.mark.slow
