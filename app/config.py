@@ -16,6 +16,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MULTIPART_OVERHEAD = 16 * 1024
 # A 2048x2048 image already costs ~60 MB to decode; digits need a few thousand pixels.
 DEFAULT_MAX_PIXELS = 2048 * 2048
+# Predictions less sure than this are flagged: chosen from the tutorial model's test set (README).
+LOW_CONFIDENCE = 0.9
 
 
 def available_cores() -> int:
@@ -65,6 +67,12 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024 * 1024, description="upload bytes held at once per process (503 past it)"
     )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
+    low_confidence: float = Field(
+        LOW_CONFIDENCE,
+        ge=0,
+        le=1,
+        description="predictions less sure than this carry low_confidence: true",
+    )
     train_token: str | None = None
     state_dir: Path = Path("state")
     database_url: str | None = Field(

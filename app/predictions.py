@@ -9,15 +9,19 @@ import torch
 from app.preprocess import png_data_url
 
 
-def prediction(log_probs: torch.Tensor, version: str, image: np.ndarray | None = None) -> dict[str, Any]:
+def prediction(
+    log_probs: torch.Tensor, version: str, unsure_below: float, image: np.ndarray | None = None
+) -> dict[str, Any]:
     """One row of log-softmax output as the API's prediction (plain floats: ten torch ops on a
-    10-element tensor would cost more than the list arithmetic)."""
+    10-element tensor would cost more than the list arithmetic); `low_confidence` when its
+    probability is below `unsure_below` (MNIST_LOW_CONFIDENCE)."""
     logs: list[float] = log_probs.tolist()
     probs = [math.exp(value) for value in logs]
     digit = max(range(len(probs)), key=probs.__getitem__)
     result = {
         "digit": digit,
         "confidence": probs[digit],
+        "low_confidence": probs[digit] < unsure_below,
         "log_probs": logs,
         "probs": probs,
         "model_version": version,

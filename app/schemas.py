@@ -14,6 +14,10 @@ class Prediction(BaseModel):
 
     digit: int = Field(ge=0, le=9, description="the most probable digit")
     confidence: float = Field(ge=0, le=1, description="its probability")
+    low_confidence: bool = Field(
+        description="confidence below MNIST_LOW_CONFIDENCE: worth a person's look (the model card's "
+        "`low_confidence` table says what share of errors that catches)"
+    )
     log_probs: list[float] = Field(min_length=10, max_length=10, description="log-softmax output, digits 0-9")
     probs: list[float] = Field(min_length=10, max_length=10, description="exp(log_probs), summing to 1")
     model_version: str = Field(description="first 12 hex digits of the weights' sha256")

@@ -6,6 +6,7 @@ model's own arithmetic is what is left, and channels-last memory makes the convo
 Progress goes to a callback; this module never prints.
 """
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.card import model_card
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.constants import MNIST_MEAN, MNIST_STD
@@ -111,19 +113,48 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
 
 
+@dataclass(frozen=True)
+class TestResults:
+    """A model's answers on a test set: the mean NLL loss, each prediction and its probability."""
+
+    loss: float
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    def correct(self, labels: torch.Tensor) -> int:
+        return int((self.predicted == labels).sum().item())
+
+
 @torch.inference_mode()
-def evaluate(
+def test_results(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
-) -> tuple[float, int]:
-    """(mean NLL loss, number correct) over a normalised set, as the tutorial's test()."""
+) -> TestResults:
+    """The tutorial's test() over a normalised set, keeping each prediction for the model card."""
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, predicted, confidence = 0.0, [], []
     for start in range(0, len(images), batch_size):
         output = model(images[start : start + batch_size])
         target = labels[start : start + batch_size]
         total_loss += F.nll_loss(output, target, reduction="sum").item()
-        correct += int((output.argmax(dim=1) == target).sum().item())
-    return total_loss / len(images), correct
+        best, digit = output.max(dim=1)
+        predicted.append(digit)
+        confidence.append(best.exp())
+    return TestResults(total_loss / len(images), torch.cat(predicted), torch.cat(confidence))
+
+
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[float, int]:
+    """(mean NLL loss, number correct) over a normalised set, as the tutorial's test()."""
+    results = test_results(model, images, labels, batch_size)
+    return results.loss, results.correct(labels)
+
+
+def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the exact images and labels a model was trained on (the card's provenance)."""
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train_epoch(
@@ -138,9 +169,9 @@ def train_epoch(
     on_event: EventCallback,
     graphed: cuda_graph.GraphedStep | None = None,
     world: World = ONE_PROCESS,
-) -> None:
+) -> float:
     """One pass over this rank's share of the training set in the tutorial's order, reporting
-    every log_interval (samples counted over all ranks).
+    every log_interval (samples counted over all ranks); returns the epoch's mean training loss.
 
     With `graphed`, each full batch is one CUDA graph replay of the same step.
     """
@@ -150,6 +181,7 @@ def train_epoch(
     # Every rank draws the same permutation (same seed, same draws) and takes its own share.
     order = shard(epoch_order(n), world).to(x_train.device)
     batches = math.ceil(len(order) / config.batch_size)
+    total_loss = torch.zeros((), device=x_train.device)  # summed on the device: no sync per step
     for batch_idx in range(batches):
         index = order[batch_idx * config.batch_size : (batch_idx + 1) * config.batch_size]
         if graphed is not None and len(index) == config.batch_size:
@@ -163,6 +195,7 @@ def train_epoch(
             loss = F.nll_loss(model(data), target)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+        total_loss += loss.detach()
         if scheduler is not None:
             scheduler.step()
         if batch_idx % config.log_interval == 0 or batch_idx == batches - 1:
@@ -182,6 +215,7 @@ def train_epoch(
             )
         if config.dry_run:
             break
+    return float(total_loss.item()) / (batch_idx + 1)
 
 
 def run(
@@ -246,13 +280,23 @@ def run(
             start["cuda_graph_error"] = graph_error
         report(start)
 
-        test_loss, correct = math.inf, 0
+        test_loss, correct, history = math.inf, 0, []
+        results: TestResults | None = None
         for epoch in range(1, config.epochs + 1):
-            train_epoch(
+            train_loss = train_epoch(
                 trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
             )
             if world.is_main:
-                test_loss, correct = evaluate(model, x_test, y_test, config.test_batch_size)
+                results = test_results(model, x_test, y_test, config.test_batch_size)
+                test_loss, correct = results.loss, results.correct(y_test)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": round(train_loss, 6),  # rank 0's share
+                        "test_loss": round(test_loss, 6),
+                        "test_accuracy": round(100.0 * correct / len(x_test), 2),
+                    }
+                )
                 report(
                     EpochEvent(
                         event="epoch",
@@ -267,7 +311,7 @@ def run(
             if config.dry_run:
                 break
 
-    if not world.is_main:
+    if not world.is_main or results is None:
         return None
     metadata = save_checkpoint(
         model,
@@ -282,6 +326,16 @@ def run(
             "train_samples": n,
             "distributed": distributed,
             "training_seconds": round(time.perf_counter() - started, 1),
+            "history": history,
+            "data": {
+                "dataset": "MNIST",
+                "train_samples": n,
+                "test_samples": len(x_test),
+                "train_sha256": data_fingerprint(train_images, train_labels),
+                "test_sha256": data_fingerprint(mnist.test_images, mnist.test_labels),
+                "augmentation": recipe.augment,
+            },
+            **model_card(y_test, results.predicted, results.confidence),
         },
     )
     report(

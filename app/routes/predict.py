@@ -88,7 +88,8 @@ async def predict_digit(
         upload = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[0]
         inputs, images = await services.decoder.decode([upload], invert)
         log_probs, version = await services.engine.infer(inputs)
-        return json_response(prediction(log_probs[0], version, images[0] if return_input else None))
+        shown = images[0] if return_input else None
+        return json_response(prediction(log_probs[0], version, settings.low_confidence, shown))
 
 
 @router.post(
@@ -116,7 +117,7 @@ async def predict_digits(
         inputs, images = await services.decoder.decode(files, invert)
         log_probs, version = await services.engine.infer(inputs)
     predictions = [
-        prediction(row, version, image if return_input else None)
+        prediction(row, version, settings.low_confidence, image if return_input else None)
         for row, image in zip(log_probs, images, strict=True)
     ]
     return json_response({"predictions": predictions, "model_version": version})

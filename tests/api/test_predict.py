@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.config import LOW_CONFIDENCE
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.images import black_on_white, encode, larger, rgb
@@ -24,7 +25,8 @@ async def test_an_answer_has_every_field_and_they_agree(
     response = await api.post("/predict", files=image_file(digit))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"digit", "confidence", "log_probs", "probs", "model_version"}
+    assert set(body) == {"digit", "confidence", "low_confidence", "log_probs", "probs", "model_version"}
+    assert body["low_confidence"] == (body["confidence"] < LOW_CONFIDENCE)
     assert body["model_version"] == load_checkpoint(small_checkpoint).version
     assert abs(sum(body["probs"]) - 1) < 1e-5
     assert body["confidence"] == max(body["probs"]) and body["digit"] == int(np.argmax(body["probs"]))

@@ -1,5 +1,6 @@
 """The training loop: the tutorial's sample order, determinism, augmentation, and the accuracy bars."""
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,8 @@ def test_epoch_order_is_the_dataloaders_order() -> None:
 
 
 def quick(tmp_path: Path, mnist_dir: Path, name: str, **overrides) -> dict:
-    config = TrainConfig(
-        epochs=1,
-        limit_train=640,
-        device="cpu",
-        data_dir=str(mnist_dir),
-        out=str(tmp_path / name),
-        **overrides,
-    )
+    defaults = {"epochs": 1, "limit_train": 640, "device": "cpu", "data_dir": str(mnist_dir)}
+    config = TrainConfig(**{**defaults, "out": str(tmp_path / name), **overrides})
     return run(config)
 
 
@@ -80,6 +75,30 @@ def test_metadata_records_what_was_trained(tmp_path: Path, mnist_dir: Path) -> N
     assert meta["hyperparameters"]["limit_train"] == 640
     assert meta["device"] == "cpu"
     assert 10 < meta["test_accuracy"] <= 100
+
+
+def test_the_model_card_agrees_with_the_test_set(tmp_path: Path, mnist_dir: Path, mnist: Mnist) -> None:
+    meta = quick(tmp_path, mnist_dir, "card.pt", epochs=2)
+    confusion = torch.tensor(meta["confusion_matrix"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == 10000
+    # Rows are the true digits: their sums are the test set's counts of each digit.
+    assert confusion.sum(dim=1).tolist() == torch.bincount(mnist.test_labels.long(), minlength=10).tolist()
+    assert 100 * int(confusion.diag().sum()) / 10000 == pytest.approx(meta["test_accuracy"], abs=0.005)
+    per_class = 100 * confusion.diag().double() / confusion.sum(dim=1).double()
+    assert meta["per_class_accuracy"] == pytest.approx(per_class.tolist(), abs=0.005)
+    # The history has each epoch; its last test figures are the card's.
+    assert [entry["epoch"] for entry in meta["history"]] == [1, 2]
+    assert meta["history"][-1]["test_accuracy"] == meta["test_accuracy"]
+    assert all(entry["train_loss"] > 0 for entry in meta["history"])
+    assert meta["history"][1]["train_loss"] < meta["history"][0]["train_loss"]
+    data = meta["data"]
+    assert data["train_samples"] == 640 and data["test_samples"] == 10000 and len(data["train_sha256"]) == 64
+    # The unsure-prediction table: a higher threshold flags more and catches more errors.
+    table = meta["low_confidence"]
+    assert [row["threshold"] for row in table] == sorted(row["threshold"] for row in table)
+    for lower, higher in itertools.pairwise(table):
+        assert lower["flagged_percent"] <= higher["flagged_percent"]
+        assert lower["errors_caught_percent"] <= higher["errors_caught_percent"]
 
 
 def test_augment_keeps_shape_and_background(mnist: Mnist) -> None:

@@ -1,0 +1,47 @@
+"""The model card as the API shows it, and the low-confidence flag against what the card states:
+all 10,000 MNIST test digits as PNG uploads through /predict/batch, in process."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.config import LOW_CONFIDENCE
+from models.checkpoint import read_metadata
+from tests.asgi import Serve
+from tests.images import encode
+from training.data import Mnist
+
+BATCH = 64
+
+
+async def test_the_flag_catches_the_share_of_errors_the_card_states(
+    serve: Serve, trained_checkpoint: Path, mnist: Mnist
+) -> None:
+    card = read_metadata(trained_checkpoint)
+    assert card is not None
+    stated = next(row for row in card["low_confidence"] if row["threshold"] == LOW_CONFIDENCE)
+    labels = mnist.test_labels.tolist()
+    flagged = wrong = caught = 0
+    async with serve(trained_checkpoint) as client:
+        shown = (await client.get("/model")).json()
+        assert shown["confusion_matrix"] == card["confusion_matrix"]
+        assert shown["per_class_accuracy"] == card["per_class_accuracy"]
+        for start in range(0, len(labels), BATCH):
+            files = [
+                ("files", (f"{i}.png", encode(mnist.test_images[i]), "image/png"))
+                for i in range(start, min(start + BATCH, len(labels)))
+            ]
+            response = await client.post("/predict/batch", files=files)
+            assert response.status_code == 200
+            for label, answer in zip(labels[start:], response.json()["predictions"], strict=False):
+                flagged += answer["low_confidence"]
+                wrong += answer["digit"] != label
+                caught += answer["low_confidence"] and answer["digit"] != label
+    # Served from PNG uploads in batches of 64, the same answers as the card's evaluation, up to
+    # float32 rounding at the threshold: a digit or two either way.
+    confusion = torch.tensor(card["confusion_matrix"])
+    assert abs(wrong - (10000 - int(confusion.diag().sum()))) <= 2
+    assert 100 * flagged / 10000 == pytest.approx(stated["flagged_percent"], abs=0.05)
+    assert 100 * caught / wrong == pytest.approx(stated["errors_caught_percent"], abs=1.5)
+    assert caught / wrong > 0.5  # the default catches most errors while flagging a few percent
