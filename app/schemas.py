@@ -148,6 +148,17 @@ class JobList(BaseModel):
     )
 
 
+class CardComparison(BaseModel):
+    """Two versions' model cards (models/card.py) and b minus a: positive accuracy is b's gain."""
+
+    a: dict[str, Any]
+    b: dict[str, Any]
+    difference: dict[str, Any] = Field(
+        description="test_accuracy, test_loss, per_class_accuracy and confusion_matrix of b minus a; "
+        "null where a card lacks the figure"
+    )
+
+
 class VersionList(BaseModel):
     versions: list[dict[str, Any]]
     active: str | None

@@ -160,6 +160,15 @@ class ModelVersions:
         """Make `version` the active version, after checking its weights in the store are sound
         (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH
         where that can be written."""
+        weights = self.store.local_copy(self.metadata_of(version))
+        self._set_active(version, by)
+        try:
+            copy_checkpoint(weights, self.model_path)
+        except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
+            log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
+
+    def metadata_of(self, version: str) -> dict[str, Any]:
+        """A kept version's recorded metadata (its model card among it), or VersionNotFound."""
         if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
             raise VersionNotFound(f"no model version {version[:64]!r}")
         with self.database.read() as db:
@@ -168,12 +177,7 @@ class ModelVersions:
             ).first()
         if row is None:
             raise VersionNotFound(f"no model version {version}")
-        weights = self.store.local_copy(row.metadata)
-        self._set_active(version, by)
-        try:
-            copy_checkpoint(weights, self.model_path)
-        except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
-            log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
+        return {**row.metadata, "model_version": version}
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
         """A verified local checkpoint of a recorded version (fetched from the store if need be)."""

@@ -51,3 +51,44 @@ def model_card(labels: torch.Tensor, predicted: torch.Tensor, confidence: torch.
         "confusion_matrix": counts.tolist(),
         "low_confidence": low_confidence_table(labels, predicted, confidence),
     }
+
+
+# What a card comparison shows of each model, beside the differences.
+CARD_FIELDS = (
+    "model_version",
+    "arch",
+    "created_at",
+    "test_accuracy",
+    "test_loss",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "history",
+    "data",
+    "hyperparameters",
+    "low_confidence",
+)
+
+
+def card_of(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A version's card from its recorded metadata (None where it was never measured: a
+    tutorial-made file adopted as it is)."""
+    return {name: metadata.get(name) for name in CARD_FIELDS}
+
+
+def compare_cards(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """b minus a, for every figure both cards have: accuracy and loss, each digit's accuracy, each
+    cell of the confusion matrix (positive: b puts more digits there)."""
+
+    def minus(x: Any, y: Any) -> Any:
+        if x is None or y is None:
+            return None
+        if isinstance(x, list):
+            return [minus(p, q) for p, q in zip(x, y, strict=True)]
+        return round(y - x, 6)
+
+    return {
+        "test_accuracy": minus(a.get("test_accuracy"), b.get("test_accuracy")),
+        "test_loss": minus(a.get("test_loss"), b.get("test_loss")),
+        "per_class_accuracy": minus(a.get("per_class_accuracy"), b.get("per_class_accuracy")),
+        "confusion_matrix": minus(a.get("confusion_matrix"), b.get("confusion_matrix")),
+    }

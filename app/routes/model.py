@@ -5,7 +5,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.deps import EngineDep, FollowerDep, SettingsDep, TokenDep, VersionsDep
-from app.schemas import VALIDATION, ErrorBody, ModelInfo, VersionList
+from app.schemas import VALIDATION, CardComparison, ErrorBody, ModelInfo, VersionList
+from models.card import card_of, compare_cards
 
 router = APIRouter(tags=["model"], responses=VALIDATION)
 
@@ -27,6 +28,18 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
     and by whom it was activated, and which one this server serves."""
     served = engine.checkpoint.version if engine.checkpoint else None
     return {"versions": await versions.database.run(versions.list), "active": served}
+
+
+@router.get(
+    "/model/versions/{a}/compare/{b}",
+    response_model=CardComparison,
+    responses={404: {"model": ErrorBody, "description": "no such version"}},
+)
+async def compare_model_versions(a: str, b: str, versions: VersionsDep) -> dict[str, Any]:
+    """Two kept versions' model cards side by side, and b minus a for each figure both have."""
+    first = card_of(await versions.database.run(versions.metadata_of, a))
+    second = card_of(await versions.database.run(versions.metadata_of, b))
+    return {"a": first, "b": second, "difference": compare_cards(first, second)}
 
 
 @router.post(

@@ -113,6 +113,20 @@ def test_a_quick_job_trains_promotes_and_swaps_with_no_failed_request(
     versions = client.get("/model/versions").json()
     assert versions["active"] == new
     assert {v["model_version"] for v in versions["versions"]} == {old, new}
+    assert all(sum(map(sum, v["confusion_matrix"])) == 10000 for v in versions["versions"])
+
+    # The two cards side by side: b minus a, figure by figure.
+    compared = client.get(f"/model/versions/{old}/compare/{new}").json()
+    a, b, difference = compared["a"], compared["b"], compared["difference"]
+    assert a["model_version"] == old and b["model_version"] == new
+    assert difference["test_accuracy"] == pytest.approx(b["test_accuracy"] - a["test_accuracy"], abs=1e-6)
+    assert difference["per_class_accuracy"] == pytest.approx(
+        [y - x for x, y in zip(a["per_class_accuracy"], b["per_class_accuracy"], strict=True)], abs=1e-6
+    )
+    assert sum(map(sum, difference["confusion_matrix"])) == 0  # 10,000 digits in each
+    seen_epochs = [entry["test_accuracy"] for entry in job["progress"]["history"]]
+    assert [entry["test_accuracy"] for entry in b["history"]] == pytest.approx(seen_epochs, abs=0.005)
+    assert client.get(f"/model/versions/{old}/compare/0badc0ffee00").status_code == 404
 
 
 def test_one_job_at_a_time_and_cancel(server: ServerProcess, small_checkpoint: Path) -> None:
