@@ -177,7 +177,7 @@ class ModelVersions:
             ).first()
         if row is None:
             raise VersionNotFound(f"no model version {version}")
-        return {**row.metadata, "model_version": version}
+        return dict(row.metadata)
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
         """A verified local checkpoint of a recorded version (fetched from the store if need be)."""

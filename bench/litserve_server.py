@@ -11,6 +11,7 @@ import litserve as ls
 import torch
 from fastapi import Request
 
+from app.config import LOW_CONFIDENCE
 from app.predictions import prediction
 from app.preprocess import preprocess
 from models.checkpoint import load_checkpoint
@@ -36,7 +37,7 @@ class DigitAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output: torch.Tensor) -> dict[str, Any]:
-        return prediction(output, self.checkpoint.version)
+        return prediction(output, self.checkpoint.version, LOW_CONFIDENCE)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 import torch
 from fastapi import FastAPI, File, UploadFile
 
+from app.config import LOW_CONFIDENCE
 from app.predictions import prediction
 from app.preprocess import preprocess
 from models.checkpoint import load_checkpoint
@@ -26,4 +27,4 @@ def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
     x = preprocess(file.file.read())
     with torch.inference_mode():
         log_probs = checkpoint.model(x.unsqueeze(0).to(device))[0].cpu()
-    return prediction(log_probs, checkpoint.version)
+    return prediction(log_probs, checkpoint.version, LOW_CONFIDENCE)

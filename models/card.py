@@ -80,11 +80,19 @@ def compare_cards(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     cell of the confusion matrix (positive: b puts more digits there)."""
 
     def minus(x: Any, y: Any) -> Any:
-        if x is None or y is None:
-            return None
-        if isinstance(x, list):
-            return [minus(p, q) for p, q in zip(x, y, strict=True)]
-        return round(y - x, 6)
+        """y - x, element by element; None where either lacks it or they do not match in shape."""
+        if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            differences = [minus(p, q) for p, q in zip(x, y, strict=True)]
+            return None if None in differences else differences
+        numbers = (int, float)
+        if (
+            isinstance(x, numbers)
+            and isinstance(y, numbers)
+            and not isinstance(x, bool)
+            and not isinstance(y, bool)
+        ):
+            return round(y - x, 6)
+        return None
 
     return {
         "test_accuracy": minus(a.get("test_accuracy"), b.get("test_accuracy")),

@@ -114,7 +114,7 @@ def build_optimizer(
 
 
 @dataclass(frozen=True)
-class TestResults:
+class Evaluation:
     """A model's answers on a test set: the mean NLL loss, each prediction and its probability."""
 
     loss: float
@@ -126,9 +126,9 @@ class TestResults:
 
 
 @torch.inference_mode()
-def test_results(
+def answers_on(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
-) -> TestResults:
+) -> Evaluation:
     """The tutorial's test() over a normalised set, keeping each prediction for the model card."""
     model.eval()
     total_loss, predicted, confidence = 0.0, [], []
@@ -139,14 +139,14 @@ def test_results(
         best, digit = output.max(dim=1)
         predicted.append(digit)
         confidence.append(best.exp())
-    return TestResults(total_loss / len(images), torch.cat(predicted), torch.cat(confidence))
+    return Evaluation(total_loss / len(images), torch.cat(predicted), torch.cat(confidence))
 
 
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> tuple[float, int]:
     """(mean NLL loss, number correct) over a normalised set, as the tutorial's test()."""
-    results = test_results(model, images, labels, batch_size)
+    results = answers_on(model, images, labels, batch_size)
     return results.loss, results.correct(labels)
 
 
@@ -281,13 +281,13 @@ def run(
         report(start)
 
         test_loss, correct, history = math.inf, 0, []
-        results: TestResults | None = None
+        results: Evaluation | None = None
         for epoch in range(1, config.epochs + 1):
             train_loss = train_epoch(
                 trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
             )
             if world.is_main:
-                results = test_results(model, x_test, y_test, config.test_batch_size)
+                results = answers_on(model, x_test, y_test, config.test_batch_size)
                 test_loss, correct = results.loss, results.correct(y_test)
                 history.append(
                     {
@@ -311,8 +311,9 @@ def run(
             if config.dry_run:
                 break
 
-    if not world.is_main or results is None:
+    if not world.is_main:
         return None
+    assert results is not None  # rank 0 evaluated after every epoch
     metadata = save_checkpoint(
         model,
         config.out,

@@ -37,8 +37,8 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
 )
 async def compare_model_versions(a: str, b: str, versions: VersionsDep) -> dict[str, Any]:
     """Two kept versions' model cards side by side, and b minus a for each figure both have."""
-    first = card_of(await versions.database.run(versions.metadata_of, a))
-    second = card_of(await versions.database.run(versions.metadata_of, b))
+    first = card_of({**await versions.database.run(versions.metadata_of, a), "model_version": a})
+    second = card_of({**await versions.database.run(versions.metadata_of, b), "model_version": b})
     return {"a": first, "b": second, "difference": compare_cards(first, second)}
 
 
