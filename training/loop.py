@@ -126,9 +126,7 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def answers_on(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
-) -> Evaluation:
+def answers_on(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Evaluation:
     """The tutorial's test() over a normalised set, keeping each prediction for the model card."""
     model.eval()
     total_loss, predicted, confidence = 0.0, [], []
