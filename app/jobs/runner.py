@@ -266,15 +266,19 @@ class JobManager:
             await self._run_child(job)
         except Exception as exc:  # the job must never stay "running" because of our own error
             log.exception("training job %s failed in the server", job.id)
-            with contextlib.suppress(RecordsUnavailable):  # else the stale window ends it
-                await self.records(
-                    self.store.update,
-                    job.id,
-                    self.owner,
-                    status=JobStatus.FAILED,
-                    finished_at=now_iso(),
-                    error=f"internal error: {type(exc).__name__}",
-                )
+            await self._fail(job.id, f"internal error: {type(exc).__name__}")
+
+    async def _fail(self, job_id: str, error: str) -> None:
+        """End a job of ours as failed, saying why (its child, if any, is stopped by the caller)."""
+        with contextlib.suppress(RecordsUnavailable):  # else the stale window ends it
+            await self.records(
+                self.store.update,
+                job_id,
+                self.owner,
+                status=JobStatus.FAILED,
+                finished_at=now_iso(),
+                error=error,
+            )
 
     async def _run_child(self, job: Job) -> None:
         if self._stopping:  # claimed as the server began to shut down: back to the queue
@@ -283,16 +287,8 @@ class JobManager:
             return
         procs = procs_of(job.params)
         if procs > self.max_procs:  # accepted by an api replica whose limit is not this trainer's
-            with contextlib.suppress(RecordsUnavailable):  # else the stale window ends it
-                await self.records(
-                    self.store.update,
-                    job.id,
-                    self.owner,
-                    status=JobStatus.FAILED,
-                    finished_at=now_iso(),
-                    error=f"nproc_per_node {procs} is more than this trainer runs (MNIST_TRAIN_MAX_PROCS "
-                    f"{self.max_procs})",
-                )
+            limit = f"MNIST_TRAIN_MAX_PROCS {self.max_procs}"
+            await self._fail(job.id, f"nproc_per_node {procs} is more than this trainer runs ({limit})")
             return
         out = self.versions.incoming_path(job.id)
         threads = str(max(1, self.threads // procs))  # the job's threads, shared by its ranks
