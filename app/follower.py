@@ -22,7 +22,7 @@ from app.batching import BatchingEngine
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.metrics import Metrics
 from app.versions import Adopt, ModelVersions, metadata_agrees
-from models.checkpoint import CheckpointError, load_checkpoint, metadata_path
+from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, metadata_path
 
 log = logging.getLogger("app.follower")
 
@@ -118,6 +118,9 @@ class ModelFollower:
         sha256 = str(active["sha256"])
         if serving is not None and serving.metadata.get("sha256") == sha256:
             self._failed, self.fallback = None, None
+            if any(serving.metadata.get(key) != value for key, value in active.items()):
+                # Figures added to its record since it was loaded (measured for a comparison).
+                self.engine.swap(LoadedCheckpoint(serving.model, {**serving.metadata, **active}))
             return
         loop = asyncio.get_running_loop()
         if self._failed and self._failed[0] == sha256 and loop.time() < self._failed[1]:

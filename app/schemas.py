@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from app.jobs.promotion import PromoteRule
 from app.jobs.store import JobStatus
 from models.hyperparameters import bounds_of, hyperparameter_fields, value_type
 
@@ -102,6 +103,12 @@ class TrainRequest(HyperparameterFields):
     min_accuracy: float | None = Field(
         None, ge=0, le=100, description="test accuracy (percent) the new model needs to be promoted"
     )
+    promote: PromoteRule | None = Field(
+        None,
+        description="if_better (the default): promote the new model only if it is at least as good "
+        "as the active one on the same test data (accuracy, then loss at equal accuracy), else the "
+        "job ends rejected; always; never (keep it as a version without activating it)",
+    )
     nproc_per_node: int | None = Field(
         None,
         ge=1,
@@ -123,6 +130,27 @@ class JobProgress(BaseModel):
     history: list[dict[str, float]] = Field(default_factory=list, description="test figures after each epoch")
 
 
+class Standing(BaseModel):
+    model_version: str
+    test_accuracy: float | None
+    test_loss: float | None
+
+
+class Promotion(BaseModel):
+    """How a finished job's model was judged against the active one."""
+
+    rule: PromoteRule
+    promoted: bool = Field(description="the new model is the active version now")
+    reason: str | None = Field(description="why it was not promoted, in words")
+    challenger: Standing = Field(description="the job's model")
+    champion: Standing | None = Field(
+        description="the active model it was compared with (null: none was active, or not compared)"
+    )
+    difference: dict[str, float] | None = Field(
+        description="test_accuracy (points) and test_loss of the challenger minus the champion"
+    )
+
+
 class JobPublic(BaseModel):
     """A training job's state, read from its record (owner, heartbeat and cancel flag stay internal)."""
 
@@ -136,8 +164,11 @@ class JobPublic(BaseModel):
     started_at: str | None
     finished_at: str | None
     error: str | None
-    model_version: str | None = Field(description="the promoted model's version, on success")
+    model_version: str | None = Field(
+        description="the new model's version (kept, and activatable, whether or not it was promoted)"
+    )
     test_accuracy: float | None
+    promotion: Promotion | None = Field(description="once the job's model was judged")
     pid: int | None = Field(description="the training process")
 
 

@@ -11,6 +11,7 @@ at MNIST_MODEL_PATH that the database does not know (the tutorial's file, or one
 
 import logging
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -160,12 +161,45 @@ class ModelVersions:
         """Make `version` the active version, after checking its weights in the store are sound
         (ModelObjectCorrupt if not: nobody could serve it), and copy it onto MNIST_MODEL_PATH
         where that can be written."""
+        self._activate(version, by, lambda active: True)
+
+    def promote(self, version: str, by: str, replacing: str | None) -> bool:
+        """Activate `version` only if `replacing` is still the active version (None: none is), in
+        the same transaction; False if another was activated meanwhile (it was judged against a
+        model that no longer serves)."""
+        return self._activate(version, by, lambda active: active == replacing)
+
+    def _activate(self, version: str, by: str, allowed: Callable[[str | None], bool]) -> bool:
         weights = self.store.local_copy(self.metadata_of(version))
-        self._set_active(version, by)
+        if not self._set_active(version, by, allowed):
+            return False
         try:
             copy_checkpoint(weights, self.model_path)
         except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
             log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
+        return True
+
+    def record_evaluation(self, version: str, figures: dict[str, Any], by: str) -> dict[str, Any]:
+        """Add a kept version's test figures and model card, measured after the fact
+        (training/evaluate.py), to its record, saying when and why; return the new metadata."""
+        with self.database.write() as db:
+            row = db.execute(
+                select(model_versions.c.metadata).where(model_versions.c.version == version)
+            ).first()
+            if row is None:
+                raise VersionNotFound(f"no model version {version}")
+            metadata = dict(row.metadata)
+            known = metadata.get("data")
+            known_data = known if isinstance(known, dict) else {}
+            metadata.update({key: value for key, value in figures.items() if key != "version"})
+            metadata["data"] = {**known_data, **figures["data"]}
+            metadata["evaluated"] = {"at": now_iso(), "by": by}
+            db.execute(
+                model_versions.update()
+                .where(model_versions.c.version == version)
+                .values(metadata=metadata, test_accuracy=metadata.get("test_accuracy"))
+            )
+        return metadata
 
     def metadata_of(self, version: str) -> dict[str, Any]:
         """A kept version's recorded metadata (its model card among it), or VersionNotFound."""
@@ -237,10 +271,17 @@ class ModelVersions:
             )
         return True
 
-    def _set_active(self, version: str, by: str) -> None:
+    def _set_active(
+        self, version: str, by: str, allowed: Callable[[str | None], bool] = lambda active: True
+    ) -> bool:
+        """Record `version` as active if `allowed` agrees, given the active version now."""
         values = {"version": version, "activated_at": now_iso(), "activated_by": by}
         with self.database.write() as db:
-            if db.execute(select(active_model.c.id)).first() is None:
+            active = db.execute(select(active_model.c.version)).scalar()
+            if not allowed(active):
+                return False
+            if active is None:
                 db.execute(active_model.insert().values(id=1, **values))
             else:
                 db.execute(active_model.update().values(**values))
+        return True

@@ -31,7 +31,7 @@ def mnist(mnist_dir: Path) -> Mnist:
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """A real checkpoint: the tutorial's Net trained for one epoch on 2,000 images (~90% accurate)."""
+    """A real checkpoint: the tutorial's Net trained for one epoch on 2,000 images (72.63% accurate)."""
     out = tmp_path_factory.mktemp("model") / "mnist_cnn.pt"
     run(TrainConfig(epochs=1, limit_train=2000, device="cpu", data_dir=str(mnist_dir), out=str(out)))
     return out
@@ -42,6 +42,14 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
     """A checkpoint good enough to judge recognition: the tutorial's recipe, one full epoch (~98%)."""
     out = tmp_path_factory.mktemp("trained") / "mnist_cnn.pt"
     run(TrainConfig(epochs=1, device="cpu", data_dir=str(mnist_dir), out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tutorial_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """The tutorial's model: its recipe in full (2 epochs, 98.65%). About a minute on a CPU."""
+    out = tmp_path_factory.mktemp("tutorial") / "mnist_cnn.pt"
+    run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out)))
     return out
 
 

@@ -155,6 +155,11 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def test_set_record(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """What a model's test figures were measured on: comparable only where this is the same."""
+    return {"dataset": "MNIST", "test_samples": len(images), "test_sha256": data_fingerprint(images, labels)}
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -327,11 +332,9 @@ def run(
             "training_seconds": round(time.perf_counter() - started, 1),
             "history": history,
             "data": {
-                "dataset": "MNIST",
+                **test_set_record(mnist.test_images, mnist.test_labels),
                 "train_samples": n,
-                "test_samples": len(x_test),
                 "train_sha256": data_fingerprint(train_images, train_labels),
-                "test_sha256": data_fingerprint(mnist.test_images, mnist.test_labels),
                 "augmentation": recipe.augment,
             },
             **model_card(y_test, results.predicted, results.confidence),

@@ -2,7 +2,7 @@
 
 The child gets a limited thread count and the idle CPU class, so serving keeps the cores it needs.
 Its JSON-lines events become the job's progress; its exit decides the outcome. A successful model
-is filed as a version and promoted only if it meets `min_accuracy`.
+is kept as a version and promoted only if the job's rule says so (champion and challenger).
 
 What happens when a job succeeds, step by step:
 
@@ -19,12 +19,17 @@ What happens when a job succeeds, step by step:
 5. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
    lines are kept only to explain a crash.
 6. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
-7. `_finish` -> `_judge`: below `min_accuracy` the job is `rejected`; else `ModelVersions.keep`
-   puts the weights in the model store (app/model_store.py) and records the version, and `activate`
-   records it as the active version (app/versions.py). Retried while the database or store is out.
-8. The record ends `succeeded` with the new `model_version` and its `test_accuracy`; `promoted`
-   (`ModelFollower.check`, app/follower.py) swaps it in here at once, and the followers of every
-   other process and replica do the same within MNIST_MODEL_POLL_S (`BatchingEngine.swap`).
+7. `_finish` -> `_judge`: `ModelVersions.keep` puts the weights in the model store (app/model_store.py)
+   and records the version, whatever comes next. The rule (app/jobs/promotion.py) then compares it
+   with the active version on the same test data (the active one measured first by a child,
+   `python -m training.evaluate`, when its record has no figures on that data): below
+   `min_accuracy`, or worse under `promote: if_better`, the job ends `rejected` saying by how much;
+   else `ModelVersions.promote` makes it active, unless another version was activated meanwhile
+   (then it is judged again against that one). Retried while the database or store is out.
+8. The record ends `succeeded` with the new `model_version`, its `test_accuracy` and how it was
+   judged (`promotion`); `promoted` (`ModelFollower.check`, app/follower.py) swaps it in here at
+   once, and the followers of every other process and replica do the same within
+   MNIST_MODEL_POLL_S (`BatchingEngine.swap`).
 """
 
 import asyncio
@@ -43,9 +48,10 @@ from typing import Any, cast
 
 from app.db import now_iso
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
+from app.jobs.promotion import CannotCompare, Outcome, PromoteRule, Standing, Verdict, difference, judge
 from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.versions import ModelVersions
-from models.checkpoint import CheckpointError, read_metadata
+from models.checkpoint import CheckpointError
 from models.events import TrainingEvent
 from models.hyperparameters import cli_flag, hyperparameter_fields
 
@@ -291,17 +297,7 @@ class JobManager:
             await self._fail(job.id, f"nproc_per_node {procs} is more than this trainer runs ({limit})")
             return
         out = self.versions.incoming_path(job.id)
-        threads = str(max(1, self.threads // procs))  # the job's threads, shared by its ranks
-        env = {
-            **{
-                name: value
-                for name, value in os.environ.items()
-                if name not in CHILD_WITHHELD | LAUNCH_VARIABLES and not name.startswith("TORCHELASTIC_")
-            },
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = self._child_env(max(1, self.threads // procs))  # the job's threads, shared by its ranks
         child = await asyncio.create_subprocess_exec(
             *training_command(job.params, out, self.device, self.data_dir),
             stdin=asyncio.subprocess.DEVNULL,
@@ -331,6 +327,19 @@ class JobManager:
             self.versions.discard(out)
             self._wake.set()  # a slot is free: claim the next queued job now
 
+    def _child_env(self, threads: int) -> dict[str, str]:
+        """The server's environment for a child, minus its secrets and any launch of its own."""
+        return {
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if name not in CHILD_WITHHELD | LAUNCH_VARIABLES and not name.startswith("TORCHELASTIC_")
+            },
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+
     async def _heartbeat(self, job_id: str, child: asyncio.subprocess.Process) -> None:
         """Keep the job ours while it runs; stop the child when a cancel is asked for, or when the
         job was taken from us (reaped during an outage longer than the stale window)."""
@@ -339,8 +348,8 @@ class JobManager:
                 beat = await self.records(self.store.beat, job_id, self.owner)
                 if beat is Beat.LOST:
                     log.warning("training job %s is no longer ours (marked interrupted): stopping it", job_id)
-                if beat is not Beat.ALIVE:
-                    await self._terminate(child)
+                if beat is not Beat.ALIVE:  # the training child, or the measuring one after it
+                    await self._terminate(self._children.get(job_id, child))
             except RecordsUnavailable:
                 pass  # the child trains on; beats resume with the database (logged by app.db)
             await asyncio.sleep(self.heartbeat_s)
@@ -429,7 +438,7 @@ class JobManager:
         current = await self.records(self.store.get, job.id)
         end: dict[str, Any] = {"finished_at": now_iso()}
         if current.cancel_requested:
-            end.update(status=JobStatus.CANCELLED if current.error is None else JobStatus.FAILED)
+            end.update(stopped(current))
         elif returncode != 0:
             if reported is not None:
                 error = reported
@@ -443,32 +452,117 @@ class JobManager:
             end.update(status=JobStatus.FAILED, error=error)
         else:
             end.update(await self._judge(job, out))
+        if (end.get("promotion") or {}).get("promoted"):
+            await self.promoted()  # first: whoever sees the job succeed here sees its model served
         await self.records(self.store.update, job.id, self.owner, **end)
         log.info("training job %s ended %s", job.id, end["status"])
-        if end["status"] is JobStatus.SUCCEEDED:
-            await self.promoted()
 
     async def _judge(self, job: Job, out: Path) -> dict[str, Any]:
-        """Promote the new model, or reject it when it misses min_accuracy."""
-        metadata = read_metadata(out) or {}
-        accuracy = metadata.get("test_accuracy")
-        minimum = job.params.get("min_accuracy")
-        if minimum is not None and (accuracy is None or accuracy < minimum):
-            return {
-                "status": JobStatus.REJECTED,
-                "test_accuracy": accuracy,
-                "error": f"test accuracy {accuracy}% is below min_accuracy {minimum}%: not promoted",
-            }
+        """Keep the new model as a version, then promote it as the job's `promote` rule says
+        (app/jobs/promotion.py): `rejected` says why not, and by how much it fell short."""
         try:
             version = await self.versions.run(self.versions.keep, out)
-            await self.versions.run(self.versions.activate, version, f"training job {job.id}")
         except CheckpointError as exc:
             return {"status": JobStatus.FAILED, "error": f"the new checkpoint did not load: {exc}"}
         except ModelObjectCorrupt as exc:  # what the store gave back is not what was put there
-            return {"status": JobStatus.FAILED, "error": f"the new model could not be stored: {exc.detail}"}
+            return not_stored(exc.detail)
         except OSError as exc:  # the state disk is full, or its folder was deleted
-            return {
-                "status": JobStatus.FAILED,
-                "error": f"the new model could not be stored: {exc.strerror or exc}",
-            }
-        return {"status": JobStatus.SUCCEEDED, "model_version": version, "test_accuracy": accuracy}
+            return not_stored(exc.strerror or str(exc))
+        challenger = Standing.of(await self.records(self.versions.metadata_of, version))
+        rule = PromoteRule(job.params.get("promote", PromoteRule.IF_BETTER))
+        kept = {"model_version": version, "test_accuracy": challenger.test_accuracy}
+        while True:  # judged again if another model was activated meanwhile
+            active = await self.records(self.versions.active_metadata)
+            champion = None if active is None else Standing.of(active)
+            if active is not None and champion is not None and not challenger.comparable_with(champion):
+                try:  # like with like: the active model measured on this job's test data
+                    champion = (
+                        await self._measure(job, active, challenger)
+                        if rule is PromoteRule.IF_BETTER
+                        else None
+                    )
+                except CannotCompare as exc:
+                    current = await self.records(self.store.get, job.id)
+                    if current.cancel_requested:  # its measuring was stopped, not broken
+                        return {**kept, **stopped(current)}
+                    verdict = Verdict(Outcome.REJECT, str(exc))
+                    break
+            verdict = judge(rule, job.params.get("min_accuracy"), challenger, champion)
+            if verdict.outcome is not Outcome.PROMOTE:
+                break
+            by = f"training job {job.id}"
+            try:
+                if rule is PromoteRule.ALWAYS:
+                    await self.versions.run(self.versions.activate, version, by)
+                    break
+                replacing = champion.version if champion else None
+                if await self.versions.run(self.versions.promote, version, by, replacing):
+                    break
+            except ModelObjectCorrupt as exc:
+                return not_stored(exc.detail)
+        end: dict[str, Any] = {
+            **kept,
+            "status": JobStatus.REJECTED if verdict.outcome is Outcome.REJECT else JobStatus.SUCCEEDED,
+            "promotion": {
+                "rule": rule.value,
+                "promoted": verdict.outcome is Outcome.PROMOTE,
+                "reason": verdict.reason,
+                "challenger": challenger.public(),
+                "champion": champion.public() if champion else None,
+                "difference": difference(challenger, champion),
+            },
+        }
+        if verdict.outcome is Outcome.REJECT:
+            end["error"] = (
+                f"{verdict.reason}: not promoted. Kept as version {version}; "
+                f"POST /model/versions/{version}/activate serves it anyway"
+            )
+        return end
+
+    async def _measure(self, job: Job, active: dict[str, Any], challenger: Standing) -> Standing:
+        """The active model's figures on this trainer's test data, measured by a child process
+        (training/evaluate.py) like a training job's, and added to its version's record."""
+        version = str(active["version"])
+        try:  # a store that is out is waited for (ModelStoreUnavailable goes up to _finish)
+            weights = await self.versions.run(self.versions.local_copy, active)
+        except ModelObjectCorrupt as exc:
+            raise CannotCompare(f"the active model {version} cannot be measured: {exc.detail}") from None
+        command = [sys.executable, "-m", "training.evaluate", str(weights), "--device", self.device]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir)]
+        child = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._child_env(self.threads),
+        )
+        lower_priority(child.pid)
+        self._children[job.id] = child  # a cancel or a shutdown stops it like the training child
+        try:
+            stdout, stderr = await child.communicate()
+        finally:
+            self._children.pop(job.id, None)
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        try:
+            figures = json.loads(stdout) if child.returncode == 0 else None
+        except ValueError:
+            figures = None
+        if not isinstance(figures, dict) or figures.get("version") != version:
+            why = lines[-1] if lines else f"exit status {child.returncode}"
+            raise CannotCompare(f"the active model {version} could not be measured on the test set: {why}")
+        log.info("measured the active model %s on the test set: %s%%", version, figures["test_accuracy"])
+        by = f"measured to compare with training job {job.id}"
+        measured = Standing.of(await self.records(self.versions.record_evaluation, version, figures, by))
+        if not challenger.comparable_with(measured):
+            raise CannotCompare(f"the new model's test data is not this trainer's: {challenger.test_sha256}")
+        return measured
+
+
+def not_stored(why: str) -> dict[str, Any]:
+    return {"status": JobStatus.FAILED, "error": f"the new model could not be stored: {why}"}
+
+
+def stopped(job: Job) -> dict[str, Any]:
+    """How a job ends that was asked to stop: cancelled, or failed where a shutdown said why."""
+    return {"status": JobStatus.CANCELLED if job.error is None else JobStatus.FAILED}

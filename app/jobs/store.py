@@ -81,6 +81,7 @@ jobs = Table(
     Column("pid", Integer),
     Column("cancel_requested", Boolean, nullable=False),
     Column("trainer", Text),
+    Column("promotion", JSON),
 )
 trainers = Table(
     "trainers",
@@ -111,6 +112,7 @@ class Job:
     pid: int | None = None
     cancel_requested: bool = False
     trainer: str | None = None
+    promotion: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> "Job":

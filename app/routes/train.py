@@ -94,7 +94,7 @@ async def create_training_job(
                 }
             ]
         )
-    job = await jobs.submit(train.model_dump(exclude_none=True))
+    job = await jobs.submit(train.model_dump(mode="json", exclude_none=True))
     response.headers["Location"] = f"/train/{job.id}"
     return JobPublic.model_validate(job)
 

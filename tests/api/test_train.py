@@ -27,6 +27,8 @@ GOOD = {"Authorization": "Bearer s3cret"}
         {"min_accuracy": 101},
         {"nproc_per_node": 0},
         {"nproc_per_node": 2000},
+        {"promote": "sometimes"},
+        {"promote": True},
         {"epochs": "many"},
         {"unknown": 1},
         [1, 2],

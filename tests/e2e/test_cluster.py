@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from models.checkpoint import load_checkpoint
-from tests.e2e.test_train import QUICK, PredictLoad, finished, wait_for
+from tests.e2e.test_train import BETTER, QUICK, PredictLoad, finished, wait_for
 from tests.images import encode
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
@@ -123,7 +123,7 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
 
     running = [load.__enter__() for load in loads(cluster, body)]
     try:
-        accepted = a.post("/train", json=QUICK)
+        accepted = a.post("/train", json=BETTER)
         assert accepted.status_code == 202, accepted.text
         second_job = b.post("/train", json=QUICK)  # one trainer, one slot, no queue: 409 naming it
         assert second_job.status_code == 409 and accepted.json()["id"] in second_job.json()["detail"]

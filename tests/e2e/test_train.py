@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, metadata_path
 from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.server import ServerProcess, fresh_deployment
@@ -19,6 +19,10 @@ from tests.tools import gone, processes_with
 from training.data import Mnist
 
 QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
+# Twice the images of `small_checkpoint` (72.63% on the test set): a better model (about 86%).
+BETTER = {**QUICK, "limit_train": 4000}
+# What the page sends with its fields untouched.
+PAGE_DEFAULT = {"epochs": 1, "lr": 0.01, "limit_train": 2000, "recipe": "tutorial"}
 
 
 def wait_for(
@@ -76,22 +80,43 @@ class PredictLoad:
         self._thread.join()
 
 
-def test_a_quick_job_trains_promotes_and_swaps_with_no_failed_request(
+def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
     server: ServerProcess, small_checkpoint: Path, mnist: Mnist
 ) -> None:
     old = load_checkpoint(small_checkpoint).version
     client = httpx.Client(base_url=server.url, timeout=30)
     with PredictLoad(server.url, encode(mnist.test_images[0])) as load:
-        response = client.post("/train", json=QUICK)
+        response = client.post("/train", json=BETTER)
         assert response.status_code == 202
         job = response.json()
         assert response.headers["location"] == f"/train/{job['id']}"
         assert job["status"] in ("queued", "running")
-        assert job["hyperparameters"] == QUICK
+        assert job["hyperparameters"] == BETTER and job["promotion"] is None
         seen: list[dict[str, Any]] = []
         job = wait_for(client, job["id"], finished, seen=seen)
         time.sleep(0.5)  # a few more requests on the new model
     assert job["status"] == "succeeded", job
+    champion = load_checkpoint(small_checkpoint).metadata
+    assert job["promotion"] == {
+        "rule": "if_better",
+        "promoted": True,
+        "reason": None,
+        "challenger": {
+            "model_version": job["model_version"],
+            "test_accuracy": job["test_accuracy"],
+            "test_loss": pytest.approx(job["progress"]["test_loss"], abs=1e-6),
+        },
+        "champion": {
+            "model_version": old,
+            "test_accuracy": champion["test_accuracy"],
+            "test_loss": champion["test_loss"],
+        },
+        "difference": {
+            "test_accuracy": pytest.approx(job["test_accuracy"] - champion["test_accuracy"], abs=0.005),
+            "test_loss": pytest.approx(job["progress"]["test_loss"] - champion["test_loss"], abs=2e-6),
+        },
+    }
+    assert job["promotion"]["difference"]["test_accuracy"] > 0
     running = [j for j in seen if j["status"] == "running"]
     assert any((j["progress"]["fraction"] or 0) > 0 for j in running), "no progress seen while running"
     assert job["progress"]["epoch"] == 1 and job["progress"]["history"][0]["test_accuracy"] > 50
@@ -101,7 +126,7 @@ def test_a_quick_job_trains_promotes_and_swaps_with_no_failed_request(
     assert new != old
     served = client.get("/model").json()
     assert served["model_version"] == new
-    assert {key: served["hyperparameters"][key] for key in QUICK} == QUICK  # recorded by the run
+    assert {key: served["hyperparameters"][key] for key in BETTER} == BETTER  # recorded by the run
     prediction = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]), "image/png")})
     assert prediction.json()["model_version"] == new
     # Not one request failed through the job and the swap; each was answered by a whole model.
@@ -167,16 +192,117 @@ def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoi
         assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
 
 
-def test_min_accuracy_rejects_without_promoting(server: ServerProcess, small_checkpoint: Path) -> None:
+def test_min_accuracy_rejects_and_keeps_the_model(server: ServerProcess, small_checkpoint: Path) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
-    job = client.post("/train", json={**QUICK, "limit_train": 500, "min_accuracy": 99.9}).json()
+    job = client.post("/train", json={**BETTER, "min_accuracy": 99.9, "promote": "always"}).json()
     job = wait_for(client, job["id"], finished)
     assert job["status"] == "rejected"
-    assert job["test_accuracy"] < 99.9 and "below min_accuracy" in job["error"]
-    assert job["model_version"] is None
+    assert job["test_accuracy"] < 99.9 and "below min_accuracy 99.9%" in job["error"]
+    assert job["promotion"]["promoted"] is False and job["promotion"]["rule"] == "always"
     old = load_checkpoint(small_checkpoint).version
     assert client.get("/model").json()["model_version"] == old
-    assert [v["model_version"] for v in client.get("/model/versions").json()["versions"]] == [old]
+    listed = client.get("/model/versions").json()
+    assert {v["model_version"] for v in listed["versions"]} == {old, job["model_version"]}
+    assert listed["active"] == old
+
+
+@pytest.mark.slow
+def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by_hand(
+    tmp_path: Path, tutorial_checkpoint: Path, mnist: Mnist
+) -> None:
+    """Champion and challenger: a 2,000-image model does not replace a 98% one, unless asked."""
+    good = load_checkpoint(tutorial_checkpoint).metadata
+    assert good["test_accuracy"] >= 98
+    token = {"Authorization": "Bearer s3cret"}
+    env = {**fresh_deployment(tmp_path, tutorial_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
+    with ServerProcess(env, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        body = encode(mnist.test_images[0])
+        with PredictLoad(server.url, body) as load:
+            job = client.post("/train", json=PAGE_DEFAULT, headers=token).json()
+            job = wait_for(client, job["id"], finished)
+        assert job["status"] == "rejected", job
+        assert set(load.versions) == {good["version"]}, "a rejected model was served"
+        worse = job["model_version"]
+        short = good["test_accuracy"] - job["test_accuracy"]
+        assert short > 5
+        # The reason says by how much, and how to serve it anyway.
+        assert job["error"] == (
+            f"test accuracy {job['test_accuracy']:.2f}% is {short:.2f} points below the active "
+            f"model's ({good['version']}) {good['test_accuracy']:.2f}%: not promoted. Kept as version "
+            f"{worse}; POST /model/versions/{worse}/activate serves it anyway"
+        )
+        promotion = job["promotion"]
+        assert promotion["promoted"] is False and promotion["rule"] == "if_better"
+        assert promotion["champion"]["model_version"] == good["version"]
+        assert promotion["difference"]["test_accuracy"] == pytest.approx(-short, abs=0.005)
+        assert client.get("/model").json()["model_version"] == good["version"]
+        listed = client.get("/model/versions").json()
+        assert listed["active"] == good["version"]
+        kept = {v["model_version"]: v for v in listed["versions"]}
+        assert kept[worse]["active"] is False and kept[worse]["test_accuracy"] == job["test_accuracy"]
+
+        # By hand, with the token: the rejected version serves.
+        assert client.post(f"/model/versions/{worse}/activate").status_code == 401
+        assert client.post(f"/model/versions/{worse}/activate", headers=token).status_code == 200
+        answer = client.post("/predict", files={"file": ("d.png", body)}).json()
+        assert answer["model_version"] == worse
+
+        # Back to the good model; `promote: always` then promotes the same recipe's model.
+        client.post(f"/model/versions/{good['version']}/activate", headers=token)
+        forced = client.post("/train", json={**PAGE_DEFAULT, "seed": 7, "promote": "always"}, headers=token)
+        forced_job = wait_for(client, forced.json()["id"], finished)
+        assert forced_job["status"] == "succeeded", forced_job
+        assert forced_job["promotion"]["promoted"] is True
+        assert forced_job["promotion"]["difference"]["test_accuracy"] < 0  # worse, promoted as asked
+        assert client.get("/model").json()["model_version"] == forced_job["model_version"]
+
+        # `promote: never` keeps the model without activating it, and the job succeeds.
+        kept_only = client.post("/train", json={**BETTER, "promote": "never"}, headers=token)
+        kept_job = wait_for(client, kept_only.json()["id"], finished)
+        assert kept_job["status"] == "succeeded" and kept_job["promotion"]["promoted"] is False
+        assert kept_job["promotion"]["reason"] == "promote is never: kept without activating it"
+        assert client.get("/model").json()["model_version"] == forced_job["model_version"]
+        assert kept_job["model_version"] in {
+            v["model_version"] for v in client.get("/model/versions").json()["versions"]
+        }
+
+
+def test_a_model_without_figures_is_measured_before_the_comparison(
+    tmp_path: Path, small_checkpoint: Path
+) -> None:
+    """The tutorial's own file (weights only) is measured on the test set first, like with like."""
+    recorded = load_checkpoint(small_checkpoint).metadata
+    env = fresh_deployment(tmp_path, small_checkpoint)
+    metadata_path(Path(env["MNIST_MODEL_PATH"])).unlink()  # no JSON beside it: what the tutorial saves
+    with ServerProcess(env, ready_path="/readyz") as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        served = client.get("/model").json()
+        assert served["metadata_missing"] is True and "test_accuracy" not in served
+        job = wait_for(
+            client, client.post("/train", json={**QUICK, "limit_train": 500}).json()["id"], finished
+        )
+        assert job["status"] == "rejected", job
+        champion = job["promotion"]["champion"]
+        # Measured by the trainer: exactly the figures training recorded for these weights.
+        assert champion == {
+            "model_version": recorded["version"],
+            "test_accuracy": recorded["test_accuracy"],
+            "test_loss": pytest.approx(recorded["test_loss"], abs=1e-5),
+        }
+        entry = next(v for v in client.get("/model/versions").json()["versions"] if v["active"])
+        assert entry["confusion_matrix"] == recorded["confusion_matrix"]
+        assert entry["evaluated"]["by"] == f"measured to compare with training job {job['id']}"
+        # The served model's card shows the figures too, once its process follows the record.
+        deadline = time.monotonic() + 10
+        while (served := client.get("/model").json()).get("test_accuracy") is None:
+            assert time.monotonic() < deadline, served
+            time.sleep(0.1)
+        assert served["per_class_accuracy"] == recorded["per_class_accuracy"]
+        # Measured once: the next job compares with the record.
+        second = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
+        assert second["status"] == "succeeded", second
+        assert second["promotion"]["champion"]["test_accuracy"] == recorded["test_accuracy"]
 
 
 def test_a_killed_child_fails_the_job_and_leaves_the_model(
@@ -209,7 +335,7 @@ def test_a_child_that_cannot_train_fails_the_job_with_its_own_message(
 def test_rollback_to_an_earlier_version(server: ServerProcess, small_checkpoint: Path, mnist: Mnist) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     old = load_checkpoint(small_checkpoint).version
-    job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+    job = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
     assert job["status"] == "succeeded"
     assert client.post("/model/versions/nosuchversion/activate").status_code == 404
     response = client.post(f"/model/versions/{old}/activate")
@@ -226,7 +352,7 @@ def test_records_survive_a_restart_and_interrupted_jobs_are_marked(
     env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_JOB_STALE_AFTER_S": "2"}
     with ServerProcess(env, ready_path="/readyz") as first:
         client = httpx.Client(base_url=first.url, timeout=30)
-        done = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+        done = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
         running = client.post("/train", json={"epochs": 5}).json()
         wait_for(client, running["id"], lambda j: j["status"] == "running")
         # A sibling replica starting on the same state folder leaves the live job alone.
@@ -258,7 +384,7 @@ def test_every_server_process_picks_up_a_promoted_model(
     env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_WORKERS": "2"}
     with ServerProcess(env, production=True, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
-        job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+        job = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
         assert job["status"] == "succeeded"
         time.sleep(2)  # the other process's watcher polls every 0.5 s here
 

@@ -144,13 +144,11 @@ def tutorial_accuracy(path: Path, mnist: Mnist) -> float:
 
 
 @pytest.mark.slow
-def test_default_training_reaches_the_tutorial_accuracy(
-    tmp_path: Path, mnist_dir: Path, mnist: Mnist
-) -> None:
-    out = tmp_path / "mnist_cnn.pt"
-    meta = run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out)))
+def test_default_training_reaches_the_tutorial_accuracy(tutorial_checkpoint: Path, mnist: Mnist) -> None:
+    meta = read_metadata(tutorial_checkpoint)  # trained with every default (tests/conftest.py)
+    assert meta is not None and meta["hyperparameters"] == TrainConfig().hyperparameters()
     assert meta["test_accuracy"] >= 98.5
-    assert tutorial_accuracy(out, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
+    assert tutorial_accuracy(tutorial_checkpoint, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
 
 
 @pytest.mark.slow

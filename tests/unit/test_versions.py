@@ -165,3 +165,41 @@ def flipped(data: bytes) -> bytes:
     """The same bytes with one bit of the middle one changed: corrupt, yet the same size."""
     middle = len(data) // 2
     return data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :]
+
+
+def test_promote_only_replaces_the_model_it_was_judged_against(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    versions = opened(records_url, tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt")
+    first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
+    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    assert versions.promote(first, "training job a", replacing=None)  # nothing was active
+    assert versions.active() == first
+    # Judged against a model that no longer serves: refused, and nothing changes.
+    assert not versions.promote(second, "training job b", replacing="0123456789ab")
+    assert versions.active() == first
+    assert versions.promote(second, "training job b", replacing=first)
+    assert versions.active() == second
+
+
+def test_measured_figures_are_added_to_the_record(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    versions = opened(records_url, tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt")
+    version = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    figures = {
+        "version": version,
+        "test_accuracy": 70.5,
+        "test_loss": 1.25,
+        "data": {"dataset": "MNIST", "test_samples": 10000, "test_sha256": "ab" * 32},
+        "per_class_accuracy": [70.5] * 10,
+    }
+    recorded = versions.record_evaluation(version, figures, "measured to compare with training job j")
+    assert recorded == versions.metadata_of(version)
+    assert recorded["test_accuracy"] == 70.5 and recorded["per_class_accuracy"] == [70.5] * 10
+    assert recorded["data"]["test_sha256"] == "ab" * 32 and recorded["arch"] == "net"
+    assert recorded["evaluated"]["by"] == "measured to compare with training job j"
+    listed = next(entry for entry in versions.list() if entry["model_version"] == version)
+    assert listed["test_accuracy"] == 70.5
+    with pytest.raises(VersionNotFound):
+        versions.record_evaluation("0123456789ab", figures, "nobody")

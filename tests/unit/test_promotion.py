@@ -1,0 +1,80 @@
+"""The champion/challenger rule: accuracy first, loss at equal accuracy, figures on the same data."""
+
+import pytest
+
+from app.jobs.promotion import Outcome, PromoteRule, Standing, difference, judge
+
+DATA = "c3" * 32
+
+
+def standing(version: str, accuracy: float | None, loss: float | None, data: str | None = DATA) -> Standing:
+    return Standing(version, accuracy, loss, data)
+
+
+CHAMPION = standing("champion0001", 98.63, 0.0421)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "loss", "outcome"),
+    [
+        (98.64, 0.0500, Outcome.PROMOTE),  # more accurate: the loss does not matter
+        (98.63, 0.0421, Outcome.PROMOTE),  # as good: promoted
+        (98.63, 0.0400, Outcome.PROMOTE),  # equal accuracy, lower loss
+        (98.63, 0.0422, Outcome.REJECT),  # equal accuracy, higher loss
+        (98.62, 0.0100, Outcome.REJECT),  # less accurate: the loss does not matter
+    ],
+)
+def test_if_better_compares_accuracy_then_loss(accuracy: float, loss: float, outcome: Outcome) -> None:
+    verdict = judge(PromoteRule.IF_BETTER, None, standing("challenger01", accuracy, loss), CHAMPION)
+    assert verdict.outcome is outcome
+    assert (verdict.reason is None) == (outcome is Outcome.PROMOTE)
+
+
+def test_the_reasons_say_by_how_much() -> None:
+    worse = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 72.61, 0.9), CHAMPION)
+    assert (
+        worse.reason == "test accuracy 72.61% is 26.02 points below the active model's (champion0001) 98.63%"
+    )
+    tied = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 98.63, 0.0452), CHAMPION)
+    assert tied.reason == (
+        "test accuracy 98.63% equals the active model's (champion0001) and its test loss 0.045200 is "
+        "0.003100 above that model's 0.042100"
+    )
+    one = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 97.63, 0.05), CHAMPION)
+    assert one.reason is not None and "is 1.00 point below" in one.reason
+
+
+def test_min_accuracy_applies_under_every_rule() -> None:
+    challenger = standing("challenger01", 99.0, 0.03)
+    for rule in PromoteRule:
+        verdict = judge(rule, 99.5, challenger, CHAMPION)
+        assert verdict.outcome is Outcome.REJECT
+        assert verdict.reason == "test accuracy 99.0% is below min_accuracy 99.5%"
+    assert judge(PromoteRule.IF_BETTER, 99.0, challenger, CHAMPION).outcome is Outcome.PROMOTE
+
+
+def test_always_never_and_no_champion() -> None:
+    worse = standing("challenger01", 10.3, 2.3)
+    assert judge(PromoteRule.ALWAYS, None, worse, CHAMPION).outcome is Outcome.PROMOTE
+    assert judge(PromoteRule.NEVER, None, standing("c", 99.9, 0.01), CHAMPION).outcome is Outcome.KEEP
+    assert judge(PromoteRule.IF_BETTER, None, worse, None).outcome is Outcome.PROMOTE  # nothing active
+
+
+def test_figures_on_other_data_are_not_comparable() -> None:
+    challenger = standing("challenger01", 99.0, 0.03)
+    assert challenger.comparable_with(CHAMPION)
+    assert not challenger.comparable_with(standing("champion0001", 98.63, 0.0421, data="ff" * 32))
+    assert not challenger.comparable_with(standing("champion0001", 98.63, 0.0421, data=None))
+    assert not challenger.comparable_with(standing("champion0001", None, None))
+    assert not standing("c", 99.0, 0.03, data=None).comparable_with(standing("d", 99.0, 0.03, data=None))
+    assert difference(challenger, CHAMPION) == {"test_accuracy": 0.37, "test_loss": -0.0121}
+    assert difference(challenger, standing("x", None, None)) is None
+    assert difference(challenger, None) is None
+
+
+def test_standing_of_recorded_metadata() -> None:
+    metadata = {"version": "abc", "test_accuracy": 98.0, "test_loss": 0.05, "data": {"test_sha256": DATA}}
+    assert Standing.of(metadata) == standing("abc", 98.0, 0.05)
+    assert Standing.of({"version": "abc", "arch": "net", "metadata_missing": True}) == standing(
+        "abc", None, None, None
+    )

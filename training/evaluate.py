@@ -1,0 +1,61 @@
+"""`python -m training.evaluate CHECKPOINT`: a checkpoint's test-set figures and model card, as one
+JSON object on stdout.
+
+Training records these for every model it makes; this measures a checkpoint that has none (the
+tutorial's own file, adopted as it is) or was measured on other test data, so a new model is always
+compared with the serving one like with like (the server's promotion rule).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.card import model_card
+from models.checkpoint import CheckpointError, load_checkpoint
+from models.device import resolve_device
+from training.data import DataError, load_mnist
+from training.loop import answers_on, test_set_record, to_model_input
+
+
+def evaluation(
+    weights: Path, data_dir: str | None, device: str = "auto", batch_size: int = 1000
+) -> dict[str, Any]:
+    """The checkpoint's version, test accuracy and loss, the test data's record and its model card."""
+    where = resolve_device(device)
+    checkpoint = load_checkpoint(weights, where)
+    model = checkpoint.model.to(memory_format=torch.channels_last)  # as training evaluates it
+    mnist = load_mnist(data_dir)
+    images, labels = to_model_input(mnist.test_images, where), mnist.test_labels.long().to(where)
+    results = answers_on(model, images, labels, batch_size)
+    return {
+        "version": checkpoint.version,
+        "test_accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
+        "test_loss": round(results.loss, 6),
+        "data": test_set_record(mnist.test_images, mnist.test_labels),
+        **model_card(labels, results.predicted, results.confidence),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description="Measure a checkpoint on the MNIST test set."
+    )
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (else $MNIST_DATA_DIR, ./data)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    args = parser.parse_args(argv)
+    try:
+        figures = evaluation(args.checkpoint, args.data_dir, args.device)
+    except (CheckpointError, DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
