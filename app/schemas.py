@@ -128,6 +128,11 @@ class JobProgress(BaseModel):
     test_loss: float | None = None
     test_accuracy: float | None = None
     history: list[dict[str, float]] = Field(default_factory=list, description="test figures after each epoch")
+    losses: list[list[float]] = Field(
+        default_factory=list,
+        description="the training loss curve: [fraction of the run, loss] pairs, at most 200 "
+        "(every other point dropped as a long job grows)",
+    )
 
 
 class Standing(BaseModel):

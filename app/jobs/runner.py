@@ -85,6 +85,11 @@ LAUNCH_VARIABLES = frozenset(
 )
 # How long a finished job's model waits for an unreachable model store before the job fails.
 STORE_PATIENCE_S = 300.0
+# Batches between a job's progress events: enough points for the page's live training curve.
+JOB_LOG_INTERVAL = 10
+# A job's record takes training progress at most this often, and keeps this many curve points.
+PROGRESS_WRITE_S = 0.5
+MAX_CURVE_POINTS = 200
 
 
 def training_command(params: dict[str, Any], out: Path, device: str, data_dir: Path | None) -> list[str]:
@@ -101,6 +106,8 @@ def training_command(params: dict[str, Any], out: Path, device: str, data_dir: P
         str(out),
         "--device",
         device,
+        "--log-interval",
+        str(JOB_LOG_INTERVAL),
     ]
     for spec in hyperparameter_fields():
         if params.get(spec.name) is not None:
@@ -110,6 +117,14 @@ def training_command(params: dict[str, Any], out: Path, device: str, data_dir: P
     if procs_of(params) > 1:
         command += ["--nproc-per-node", str(procs_of(params))]
     return command
+
+
+def add_point(curve: list[list[float]], fraction: float, loss: float) -> None:
+    """One more (fraction of the run, training loss) point; past MAX_CURVE_POINTS every other
+    point goes, so a long job's curve keeps its whole shape in a small record."""
+    curve.append([round(fraction, 4), round(loss, 5)])
+    if len(curve) > MAX_CURVE_POINTS:
+        del curve[1::2]
 
 
 def procs_of(params: dict[str, Any]) -> int:
@@ -357,9 +372,12 @@ class JobManager:
     async def _read_events(
         self, job_id: str, child: asyncio.subprocess.Process, progress: dict[str, Any], failure: list[str]
     ) -> None:
-        """The child's JSON-lines events (models/events.py), folded into the job's stored progress as
-        they come; an `error` event's message goes to `failure`."""
+        """The child's JSON-lines events (models/events.py), folded into the job's stored progress:
+        each epoch's figures at once, training progress at most every PROGRESS_WRITE_S (a GPU
+        reports hundreds of times a second). An `error` event's message goes to `failure`."""
         assert child.stdout is not None
+        loop = asyncio.get_running_loop()
+        written, pending = -float("inf"), False
         async for line in child.stdout:
             try:
                 parsed = json.loads(line)
@@ -378,6 +396,10 @@ class JobManager:
                     fraction=round(event["fraction"], 4),
                     loss=event["loss"],
                 )
+                add_point(progress.setdefault("losses", []), event["fraction"], event["loss"])
+                if loop.time() - written < PROGRESS_WRITE_S:
+                    pending = True
+                    continue
             elif event["event"] == "epoch":
                 progress.update(
                     epoch=event["epoch"],
@@ -394,7 +416,11 @@ class JobManager:
                 )
             else:  # start and saved: the outcome is judged from the checkpoint file itself
                 continue
+            written, pending = loop.time(), False
             with contextlib.suppress(RecordsUnavailable):  # the next event carries this one's news too
+                await self.records(self.store.update, job_id, self.owner, progress=progress)
+        if pending:
+            with contextlib.suppress(RecordsUnavailable):
                 await self.records(self.store.update, job_id, self.owner, progress=progress)
 
     async def _read_stderr(self, child: asyncio.subprocess.Process, lines: deque[str]) -> None:

@@ -131,7 +131,124 @@ drop.addEventListener("drop", (event) => {
 
 async function loadModel() {
   const response = await fetch("/model");
-  $("model-version").textContent = response.ok ? (await response.json()).model_version : `none (${await detailOf(response)})`;
+  if (!response.ok) {
+    $("model-version").textContent = `none (${await detailOf(response)})`;
+    $("card-summary").textContent = "No model is being served.";
+    $("confusion").hidden = true;
+    return;
+  }
+  const model = await response.json();
+  $("model-version").textContent = model.model_version;
+  showCard(model);
+}
+
+// The serving model's card: accuracy, and the confusion matrix as a heat map (a real table, so
+// every count can be read, and by a screen reader too).
+function showCard(model) {
+  const matrix = model.confusion_matrix;
+  if (!Array.isArray(matrix) || matrix.length !== 10) {
+    $("card-summary").textContent = `Model ${model.model_version} has no recorded test figures (a file made without `
+      + "its metadata): the next training job measures it on the test set before comparing.";
+    $("confusion").hidden = true;
+    return;
+  }
+  const total = matrix.flat().reduce((a, b) => a + b, 0);
+  const errors = total - matrix.reduce((sum, row, digit) => sum + row[digit], 0);
+  const threshold = model.serving && model.serving.settings ? model.serving.settings.low_confidence : null;
+  const tradeOff = (model.low_confidence || []).find((row) => row.threshold === threshold);
+  $("card-summary").textContent = `Model ${model.model_version}: test accuracy ${model.test_accuracy}%, `
+    + `${errors} of ${total.toLocaleString("en")} test digits wrong.`
+    + (tradeOff ? ` Flagging answers below ${100 * threshold}% confidence marks ${tradeOff.flagged_percent}% of `
+      + `digits and catches ${tradeOff.errors_caught_percent}% of the errors.` : "");
+  const worstError = Math.max(1, ...matrix.flatMap((row, digit) => row.filter((_, col) => col !== digit)));
+  const head = document.createElement("tr");
+  head.innerHTML = '<th scope="col">true \\ predicted</th>'
+    + matrix.map((_, col) => `<th scope="col">${col}</th>`).join("") + '<th scope="col">accuracy</th>';
+  $("confusion").tHead.replaceChildren(head);
+  const rows = matrix.map((row, digit) => {
+    const tr = document.createElement("tr");
+    const rowTotal = row.reduce((a, b) => a + b, 0) || 1;
+    tr.innerHTML = `<th scope="row">${digit}</th>`;
+    row.forEach((count, col) => {
+      const cell = document.createElement("td");
+      const right = col === digit;
+      // Right answers in green by their share of the row; errors in red against the worst cell.
+      const strength = right ? count / rowTotal : Math.sqrt(count / worstError);
+      cell.style.background = right ? `rgba(10, 125, 50, ${0.15 + 0.85 * strength})` : `rgba(200, 30, 30, ${count ? 0.08 + 0.8 * strength : 0})`;
+      cell.style.color = strength > 0.55 ? "#fff" : "#111";
+      cell.textContent = String(count);
+      cell.dataset.count = String(count);
+      cell.title = `true ${digit}, predicted ${col}: ${count} digit${count === 1 ? "" : "s"}`;
+      tr.append(cell);
+    });
+    const rate = document.createElement("td");
+    rate.className = "rate";
+    rate.textContent = `${(100 * row[digit] / rowTotal).toFixed(1)}%`;
+    tr.append(rate);
+    return tr;
+  });
+  $("confusion").tBodies[0].replaceChildren(...rows);
+  $("confusion").hidden = false;
+}
+
+// The job's live curves, drawn by hand on a canvas: the training loss over the run (left axis)
+// and the test accuracy after each epoch (right axis).
+function drawCurves(job) {
+  const canvas = $("curve");
+  const g = canvas.getContext("2d");
+  const p = job.progress || {};
+  const losses = p.losses || [];
+  const history = p.history || [];
+  const epochs = p.epochs || job.hyperparameters.epochs || 1;
+  const [w, h] = [canvas.width, canvas.height];
+  const box = { left: 48, right: w - 52, top: 14, bottom: h - 30 };
+  g.clearRect(0, 0, w, h);
+  g.font = "12px system-ui, sans-serif";
+  g.strokeStyle = "#c9ced6";
+  g.fillStyle = "#555";
+  g.lineWidth = 1;
+  g.strokeRect(box.left, box.top, box.right - box.left, box.bottom - box.top);
+  g.textAlign = "center";
+  for (let epoch = 0; epoch <= epochs; epoch += Math.max(1, Math.ceil(epochs / 10))) {
+    g.fillText(String(epoch), box.left + (box.right - box.left) * epoch / epochs, box.bottom + 16);
+  }
+  g.fillText("epoch", (box.left + box.right) / 2, h - 1);
+  const maxLoss = Math.max(0.1, ...losses.map((point) => point[1]));
+  const accuracies = history.map((entry) => entry.test_accuracy);
+  const lowAccuracy = Math.min(90, ...accuracies.map((a) => Math.floor(a / 10) * 10));
+  const x = (fraction) => box.left + (box.right - box.left) * fraction;
+  const yLoss = (loss) => box.bottom - (box.bottom - box.top) * Math.min(loss, maxLoss) / maxLoss;
+  const yAccuracy = (a) => box.bottom - (box.bottom - box.top) * (a - lowAccuracy) / (100 - lowAccuracy);
+  g.textAlign = "right";
+  g.fillText(maxLoss.toFixed(2), box.left - 4, box.top + 10);
+  g.fillText("0", box.left - 4, box.bottom);
+  g.textAlign = "left";
+  g.fillText("100%", box.right + 4, box.top + 10);
+  g.fillText(`${lowAccuracy}%`, box.right + 4, box.bottom);
+  g.strokeStyle = "#0b5cad";
+  g.fillStyle = "#0b5cad";
+  g.lineWidth = 2;
+  g.beginPath();
+  losses.forEach(([fraction, loss], i) => (i ? g.lineTo(x(fraction), yLoss(loss)) : g.moveTo(x(fraction), yLoss(loss))));
+  g.stroke();
+  losses.forEach(([fraction, loss]) => { g.beginPath(); g.arc(x(fraction), yLoss(loss), 2, 0, 2 * Math.PI); g.fill(); });
+  g.strokeStyle = "#d9730d";
+  g.fillStyle = "#d9730d";
+  g.beginPath();
+  history.forEach((entry, i) => {
+    const [px, py] = [x(entry.epoch / epochs), yAccuracy(entry.test_accuracy)];
+    if (i) g.lineTo(px, py); else g.moveTo(px, py);
+  });
+  g.stroke();
+  history.forEach((entry) => {
+    const [px, py] = [x(entry.epoch / epochs), yAccuracy(entry.test_accuracy)];
+    g.beginPath(); g.arc(px, py, 4, 0, 2 * Math.PI); g.fill();
+    g.textAlign = "right";
+    g.fillText(`${entry.test_accuracy.toFixed(2)}%`, px - 6, py - 6);
+  });
+  canvas.dataset.points = String(losses.length + history.length);
+  canvas.setAttribute("aria-label", `Training curves: ${losses.length} loss points`
+    + (history.length ? `, test accuracy ${accuracies.map((a) => `${a.toFixed(2)}%`).join(", ")}` : ""));
 }
 
 // Several training processes per job only where the server allows them (also with no model yet).
@@ -167,16 +284,34 @@ function showJob(job) {
   const active = job.status === "queued" || job.status === "running";
   $("train").disabled = active;
   $("cancel").hidden = !active;
-  if (job.status === "succeeded") {
+  drawCurves(job);
+  const promoted = job.promotion && job.promotion.promoted;
+  // A model that was kept but not activated can still be served, by a person's choice.
+  $("activate").hidden = !(job.model_version && job.promotion && !promoted);
+  $("activate").dataset.version = job.model_version || "";
+  if (job.status === "succeeded" && promoted) {
     $("job-detail").textContent = `New model ${job.model_version} promoted (test accuracy ${job.test_accuracy}%) and now served.`;
     loadModel();
-loadTrainingLimits();
+  } else if (job.status === "succeeded") {
+    $("job-detail").textContent = `New model ${job.model_version} (test accuracy ${job.test_accuracy}%) kept as a version, not served: ${job.promotion.reason}.`;
   } else if (job.error) {
     $("job-detail").textContent = job.error;
   } else {
     $("job-detail").textContent = "";
   }
 }
+
+$("activate").addEventListener("click", async () => {
+  const version = $("activate").dataset.version;
+  const response = await fetch(`/model/versions/${version}/activate`, { method: "POST", headers: authHeaders() });
+  if (!response.ok) {
+    $("job-detail").textContent = `Could not activate ${version}: ${await detailOf(response)}`;
+    return;
+  }
+  $("activate").hidden = true;
+  $("job-detail").textContent = `Version ${version} activated by hand and now served.`;
+  loadModel();
+});
 
 async function poll() {
   const response = await fetch(`/train/${currentJob}`);
@@ -194,6 +329,7 @@ $("train-form").addEventListener("submit", async (event) => {
     if (fields[name].value !== "") body[name] = Number(fields[name].value);
   }
   body.recipe = fields.recipe.value;
+  body.promote = fields.promote.value;
   if (!$("procs-field").hidden && Number(fields.nproc_per_node.value) > 1) {
     body.nproc_per_node = Number(fields.nproc_per_node.value);
   }

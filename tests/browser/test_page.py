@@ -133,22 +133,94 @@ def test_api_errors_are_shown_in_words(page: "playwright_api.Page") -> None:
     page.wait_for_function("document.getElementById('error').textContent.includes('not an image')")
 
 
-def test_training_from_the_panel(page: "playwright_api.Page") -> None:
+def heat_map(page: "playwright_api.Page") -> list[list[int]]:
+    """The counts the heat map's cells show, row by row, after checking each cell is coloured."""
+    cells: list[list[list[str]]] = page.evaluate(
+        """[...document.querySelectorAll('#confusion tbody tr')].map(tr =>
+            [...tr.querySelectorAll('td[data-count]')].map(td =>
+                [td.dataset.count, td.textContent, getComputedStyle(td).backgroundColor]))"""
+    )
+    assert len(cells) == 10 and all(len(row) == 10 for row in cells), cells
+    for digit, row in enumerate(cells):
+        for col, (count, text, colour) in enumerate(row):
+            assert count == text
+            if col == digit or count != "0":  # right answers, and every error, are tinted
+                assert colour not in ("rgba(0, 0, 0, 0)", "transparent"), (digit, col, colour)
+    return [[int(count) for count, _, _ in row] for row in cells]
+
+
+def test_the_heat_map_shows_the_serving_models_confusion_matrix(page: "playwright_api.Page") -> None:
+    model = page.evaluate("fetch('/model').then((response) => response.json())")
+    page.wait_for_function("!document.getElementById('confusion').hidden")
+    shown = heat_map(page)
+    assert shown == model["confusion_matrix"]
+    assert sum(map(sum, shown)) == 10000
+    assert sum(shown[d][d] for d in range(10)) / 100 == pytest.approx(model["test_accuracy"], abs=0.005)
+    assert f"test accuracy {model['test_accuracy']}%" in page.locator("#card-summary").inner_text()
+
+
+def canvas_ink(page: "playwright_api.Page") -> int:
+    """How many of the training chart's pixels are drawn in the curves' colours."""
+    count: int = page.evaluate(
+        """(() => {
+            const c = document.getElementById('curve');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let inked = 0;
+            for (let i = 0; i < data.length; i += 4) {
+                const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+                if (a > 200 && ((b > 150 && r < 60) || (r > 190 && g > 90 && g < 140 && b < 60))) inked++;
+            }
+            return inked;
+        })()"""
+    )
+    return count
+
+
+def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> None:
+    """A job from the panel: its curves draw while it runs; worse than the serving model, it is
+    rejected with the reason in words, and "Activate anyway" serves it."""
+    page.set_input_files(
+        "#file",
+        files=[{"name": "digit.png", "mimeType": "image/png", "buffer": encode(mnist.test_images[0])}],
+    )
+    predicted(page, str(int(mnist.test_labels[0])))  # (what the page's picture in the README shows)
     before = page.locator("#model-version").inner_text()
-    page.fill("input[name=epochs]", "1")
-    page.fill("input[name=limit_train]", "2000")
+    assert canvas_ink(page) == 0
+    page.fill("input[name=epochs]", "2")
+    page.fill("input[name=limit_train]", "6000")
+    assert page.locator("select[name=promote]").input_value() == "if_better"
     assert page.locator("#procs-field").is_visible()
     assert page.locator("input[name=nproc_per_node]").get_attribute("max") == "2"
     page.fill("input[name=nproc_per_node]", "2")
     page.click("#train")
+    # Points on the chart while the job still runs.
     page.wait_for_function(
-        "document.getElementById('job-status').textContent.includes('running')", timeout=60000
+        "document.getElementById('job-status').textContent.includes('running')"
+        " && Number(document.getElementById('curve').dataset.points) > 2",
+        timeout=120000,
     )
+    assert canvas_ink(page) > 50
     page.wait_for_function(
-        "document.getElementById('job-status').textContent.includes('succeeded')", timeout=180000
+        "document.getElementById('job-status').textContent.includes('rejected')", timeout=180000
     )
-    assert "promoted" in page.locator("#job-detail").inner_text()
-    page.wait_for_function(f"document.getElementById('model-version').textContent !== '{before}'")
-    page.screenshot(path=str(SHOTS / "trained.png"), full_page=True)
+    detail = page.locator("#job-detail").inner_text()
+    assert "points below the active model's" in detail and "not promoted" in detail, detail
+    assert page.locator("#model-version").inner_text() == before
+    job = page.evaluate("fetch('/train?limit=1').then((response) => response.json())")["jobs"][0]
+    drawn = int(page.locator("#curve").get_attribute("data-points"))
+    assert drawn == len(job["progress"]["losses"]) + 2  # and one accuracy point per epoch
+    assert page.locator("#activate").is_visible()
+    page.screenshot(path=str(SHOTS / "rejected.png"), full_page=True)
+
+    page.click("#activate")
+    page.wait_for_function(
+        f"document.getElementById('model-version').textContent === '{job['model_version']}'"
+    )
+    assert "activated by hand" in page.locator("#job-detail").inner_text()
+    assert not page.locator("#activate").is_visible()
     trained = page.evaluate("fetch('/model').then((response) => response.json())")
     assert trained["distributed"]["world_size"] == 2
+    page.wait_for_function(
+        f"document.getElementById('card-summary').textContent.includes('{job['model_version']}')"
+    )
+    assert heat_map(page) == trained["confusion_matrix"]

@@ -61,9 +61,9 @@ def test_left_out_values_come_from_the_recipe() -> None:
     assert TrainConfig.from_recipe().hyperparameters() == Hyperparameters().hyperparameters()
 
 
-def test_the_request_takes_the_hyperparameters_min_accuracy_and_processes_only() -> None:
+def test_the_request_takes_the_hyperparameters_and_the_jobs_own_fields_only() -> None:
     properties = TrainRequest.model_json_schema()["properties"]
-    assert list(properties) == [*NAMES, "min_accuracy", "nproc_per_node"]
+    assert list(properties) == [*NAMES, "min_accuracy", "promote", "nproc_per_node"]
     with pytest.raises(ValidationError):
         TrainRequest.model_validate({"weight_decays": 0.1})
 
