@@ -78,8 +78,11 @@ assert httpx.get(f"{url}/model", timeout=10).json()["model_version"] == before
 new = state["model_version"]
 activated = httpx.post(f"{url}/model/versions/{new}/activate", timeout=30)
 assert activated.status_code == 200, activated.text
-after = httpx.get(f"{url}/model", timeout=10).json()["model_version"]
-assert after == new != before, (before, after, state)
+deadline = time.monotonic() + 15  # the other server processes follow within MNIST_MODEL_POLL_S
+while (after := httpx.get(f"{url}/model", timeout=10).json()["model_version"]) != new:
+    assert time.monotonic() < deadline, (before, after, state)
+    time.sleep(0.2)
+assert new != before, (before, state)
 print(f"job {job_id} rejected ({state['error'].split(':')[0]}); activated by hand: model {before} -> {after}")
 open(job_file, "w").write(job_id)
 PYEOF

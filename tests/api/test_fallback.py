@@ -77,4 +77,5 @@ async def test_a_corrupt_active_version_falls_back_to_the_newest_that_loads(
         assert str(tmp_path) not in model["serving"]["fallback"]  # no server path reaches a client
         assert f"serving {older}, the newest kept version that loads" in caplog.text
         versions = (await client.get("/model/versions")).json()
-        assert [entry["active"] for entry in versions["versions"]] == [True, False]  # left as it was
+        active = {entry["model_version"]: entry["active"] for entry in versions["versions"]}
+        assert active == {newer: True, older: False}  # left as it was

@@ -187,7 +187,7 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
     before = page.locator("#model-version").inner_text()
     assert canvas_ink(page) == 0
     page.fill("input[name=epochs]", "2")
-    page.fill("input[name=limit_train]", "6000")
+    page.fill("input[name=limit_train]", "4000")
     assert page.locator("select[name=promote]").input_value() == "if_better"
     assert page.locator("#procs-field").is_visible()
     assert page.locator("input[name=nproc_per_node]").get_attribute("max") == "2"

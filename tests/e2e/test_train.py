@@ -208,13 +208,13 @@ def test_min_accuracy_rejects_and_keeps_the_model(server: ServerProcess, small_c
 
 @pytest.mark.slow
 def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by_hand(
-    tmp_path: Path, tutorial_checkpoint: Path, mnist: Mnist
+    tmp_path: Path, trained_checkpoint: Path, mnist: Mnist
 ) -> None:
     """Champion and challenger: a 2,000-image model does not replace a 98% one, unless asked."""
-    good = load_checkpoint(tutorial_checkpoint).metadata
+    good = load_checkpoint(trained_checkpoint).metadata
     assert good["test_accuracy"] >= 98
     token = {"Authorization": "Bearer s3cret"}
-    env = {**fresh_deployment(tmp_path, tutorial_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
+    env = {**fresh_deployment(tmp_path, trained_checkpoint), "MNIST_TRAIN_TOKEN": "s3cret"}
     with ServerProcess(env, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
         body = encode(mnist.test_images[0])
@@ -257,16 +257,6 @@ def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by
         assert forced_job["promotion"]["difference"]["test_accuracy"] < 0  # worse, promoted as asked
         assert client.get("/model").json()["model_version"] == forced_job["model_version"]
 
-        # `promote: never` keeps the model without activating it, and the job succeeds.
-        kept_only = client.post("/train", json={**BETTER, "promote": "never"}, headers=token)
-        kept_job = wait_for(client, kept_only.json()["id"], finished)
-        assert kept_job["status"] == "succeeded" and kept_job["promotion"]["promoted"] is False
-        assert kept_job["promotion"]["reason"] == "promote is never: kept without activating it"
-        assert client.get("/model").json()["model_version"] == forced_job["model_version"]
-        assert kept_job["model_version"] in {
-            v["model_version"] for v in client.get("/model/versions").json()["versions"]
-        }
-
 
 def test_a_model_without_figures_is_measured_before_the_comparison(
     tmp_path: Path, small_checkpoint: Path
@@ -299,10 +289,26 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
             assert time.monotonic() < deadline, served
             time.sleep(0.1)
         assert served["per_class_accuracy"] == recorded["per_class_accuracy"]
-        # Measured once: the next job compares with the record.
-        second = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
+        # Measured once: the next job compares with the record. `promote: never` keeps its model,
+        # better as it is, without activating it, and the job succeeds.
+        second = wait_for(
+            client, client.post("/train", json={**BETTER, "promote": "never"}).json()["id"], finished
+        )
         assert second["status"] == "succeeded", second
+        assert (
+            second["promotion"]["promoted"] is False
+            and second["promotion"]["difference"]["test_accuracy"] > 0
+        )
+        assert second["promotion"]["reason"] == "promote is never: kept without activating it"
         assert second["promotion"]["champion"]["test_accuracy"] == recorded["test_accuracy"]
+        assert (
+            entry["evaluated"]
+            == next(v for v in client.get("/model/versions").json()["versions"] if v["active"])["evaluated"]
+        )  # not measured again
+        assert client.get("/model").json()["model_version"] == recorded["version"]
+        assert second["model_version"] in {
+            v["model_version"] for v in client.get("/model/versions").json()["versions"]
+        }
 
 
 def test_a_killed_child_fails_the_job_and_leaves_the_model(

@@ -144,11 +144,11 @@ def tutorial_accuracy(path: Path, mnist: Mnist) -> float:
 
 
 @pytest.mark.slow
-def test_default_training_reaches_the_tutorial_accuracy(tutorial_checkpoint: Path, mnist: Mnist) -> None:
-    meta = read_metadata(tutorial_checkpoint)  # trained with every default (tests/conftest.py)
+def test_default_training_reaches_the_tutorial_accuracy(trained_checkpoint: Path, mnist: Mnist) -> None:
+    meta = read_metadata(trained_checkpoint)  # trained with every default (tests/conftest.py)
     assert meta is not None and meta["hyperparameters"] == TrainConfig().hyperparameters()
     assert meta["test_accuracy"] >= 98.5
-    assert tutorial_accuracy(tutorial_checkpoint, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
+    assert tutorial_accuracy(trained_checkpoint, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
 
 
 @pytest.mark.slow
