@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from models.card import model_card
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import resolve_device
 from training.data import DataError, load_mnist
-from training.loop import answers_on, test_set_record, to_model_input
+from training.loop import answers_on, test_figures, to_model_input
 
 
 def evaluation(
@@ -31,13 +30,7 @@ def evaluation(
     mnist = load_mnist(data_dir)
     images, labels = to_model_input(mnist.test_images, where), mnist.test_labels.long().to(where)
     results = answers_on(model, images, labels, batch_size)
-    return {
-        "version": checkpoint.version,
-        "test_accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
-        "test_loss": round(results.loss, 6),
-        "data": test_set_record(mnist.test_images, mnist.test_labels),
-        **model_card(labels, results.predicted, results.confidence),
-    }
+    return {"version": checkpoint.version, **test_figures(results, labels, mnist)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from models.constants import MNIST_MEAN, MNIST_STD
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from training import cuda_graph
-from training.data import load_mnist
+from training.data import Mnist, load_mnist
 from training.distributed import (
     DEFAULT_RDZV_TIMEOUT_S,
     ONE_PROCESS,
@@ -155,9 +155,19 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def test_set_record(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """What a model's test figures were measured on: comparable only where this is the same."""
-    return {"dataset": "MNIST", "test_samples": len(images), "test_sha256": data_fingerprint(images, labels)}
+def test_figures(results: Evaluation, labels: torch.Tensor, mnist: Mnist) -> dict[str, Any]:
+    """A model's test accuracy and loss, its model card, and the test data they were measured on
+    (`data`: figures are comparable only where its sha256 is the same)."""
+    return {
+        "test_accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
+        "test_loss": round(results.loss, 6),
+        "data": {
+            "dataset": "MNIST",
+            "test_samples": len(mnist.test_images),
+            "test_sha256": data_fingerprint(mnist.test_images, mnist.test_labels),
+        },
+        **model_card(labels, results.predicted, results.confidence),
+    }
 
 
 def train_epoch(
@@ -317,13 +327,13 @@ def run(
     if not world.is_main:
         return None
     assert results is not None  # rank 0 evaluated after every epoch
+    figures = test_figures(results, y_test, mnist)
     metadata = save_checkpoint(
         model,
         config.out,
         arch=config.arch,
         extra={
-            "test_accuracy": round(100.0 * correct / len(x_test), 2),
-            "test_loss": round(test_loss, 6),
+            **figures,
             "hyperparameters": config.hyperparameters(),
             "epochs": config.epochs,
             "device": str(device),
@@ -332,12 +342,11 @@ def run(
             "training_seconds": round(time.perf_counter() - started, 1),
             "history": history,
             "data": {
-                **test_set_record(mnist.test_images, mnist.test_labels),
+                **figures["data"],
                 "train_samples": n,
                 "train_sha256": data_fingerprint(train_images, train_labels),
                 "augmentation": recipe.augment,
             },
-            **model_card(y_test, results.predicted, results.confidence),
         },
     )
     report(

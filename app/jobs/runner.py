@@ -119,12 +119,21 @@ def training_command(params: dict[str, Any], out: Path, device: str, data_dir: P
     return command
 
 
-def add_point(curve: list[list[float]], fraction: float, loss: float) -> None:
-    """One more (fraction of the run, training loss) point; past MAX_CURVE_POINTS every other
-    point goes, so a long job's curve keeps its whole shape in a small record."""
-    curve.append([round(fraction, 4), round(loss, 5)])
-    if len(curve) > MAX_CURVE_POINTS:
-        del curve[1::2]
+class LossCurve:
+    """At most MAX_CURVE_POINTS (fraction of the run, training loss) points, evenly spread over a
+    run of any length: every `stride`-th report is kept; past the limit every other point goes
+    and the stride doubles."""
+
+    def __init__(self, points: list[list[float]]) -> None:
+        self.points, self.stride, self.seen = points, 1, 0
+
+    def add(self, fraction: float, loss: float) -> None:
+        if self.seen % self.stride == 0:
+            self.points.append([round(fraction, 4), round(loss, 5)])
+            if len(self.points) > MAX_CURVE_POINTS:
+                del self.points[1::2]
+                self.stride *= 2
+        self.seen += 1
 
 
 def procs_of(params: dict[str, Any]) -> int:
@@ -378,6 +387,7 @@ class JobManager:
         assert child.stdout is not None
         loop = asyncio.get_running_loop()
         written, pending = -float("inf"), False
+        curve = LossCurve(progress.setdefault("losses", []))
         async for line in child.stdout:
             try:
                 parsed = json.loads(line)
@@ -396,7 +406,7 @@ class JobManager:
                     fraction=round(event["fraction"], 4),
                     loss=event["loss"],
                 )
-                add_point(progress.setdefault("losses", []), event["fraction"], event["loss"])
+                curve.add(event["fraction"], event["loss"])
                 if loop.time() - written < PROGRESS_WRITE_S:
                     pending = True
                     continue
@@ -435,34 +445,41 @@ class JobManager:
         self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
     ) -> None:
         """Record how the job ended, retrying while the database or model store is out (the
-        heartbeat keeps the job ours meanwhile). A store that stays out for STORE_PATIENCE_S
-        fails the job, so it does not hold its slot for ever."""
+        heartbeat keeps the job ours meanwhile). The outcome is decided once: a retry of the
+        record's write never judges (or promotes) the model again. A store that stays out for
+        STORE_PATIENCE_S fails the job, so it does not hold its slot for ever."""
         loop = asyncio.get_running_loop()
         give_up: float | None = None  # counted from the store's first refusal, not the database's
+        end: dict[str, Any] | None = None
         while True:
             try:
-                await self._record_end(job, returncode, reported, stderr, out)
+                if await self.records(self.store.beat, job.id, self.owner) is Beat.LOST:
+                    log.warning("training job %s was marked interrupted before it could be recorded", job.id)
+                    return
+                if end is None:
+                    end = await self._outcome(job, returncode, reported, stderr, out)
+                if (end.get("promotion") or {}).get("promoted"):
+                    await self.promoted()  # first: whoever sees the job succeed here sees its model
+                await self.records(self.store.update, job.id, self.owner, **end)
+                log.info("training job %s ended %s", job.id, end["status"])
                 return
             except RecordsUnavailable as exc:
                 log.warning("training job %s ended; recording it waits: %s", job.id, exc.detail)
             except ModelStoreUnavailable as exc:
                 give_up = give_up or loop.time() + STORE_PATIENCE_S
                 if loop.time() > give_up:
-                    returncode, reported = 1, f"the model could not be stored: {exc.detail}"
+                    returncode, reported = 1, f"the model store could not be reached: {exc.detail}"
                     continue  # recorded as failed, with this reason
-                log.warning("training job %s ended; storing its model waits: %s", job.id, exc.detail)
+                log.warning("training job %s ended; the model store waits: %s", job.id, exc.detail)
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _record_end(
+    async def _outcome(
         self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
-    ) -> None:
-        """A failure's reason is the child's own error event; its raw stderr only when it crashed
-        without one."""
-        if await self.records(self.store.beat, job.id, self.owner) is Beat.LOST:
-            log.warning("training job %s was marked interrupted before it could be recorded", job.id)
-            return
-        current = await self.records(self.store.get, job.id)
+    ) -> dict[str, Any]:
+        """How the job ends. A failure's reason is the child's own error event; its raw stderr
+        only when it crashed without one."""
         end: dict[str, Any] = {"finished_at": now_iso()}
+        current = await self.records(self.store.get, job.id)
         if current.cancel_requested:
             end.update(stopped(current))
         elif returncode != 0:
@@ -478,10 +495,7 @@ class JobManager:
             end.update(status=JobStatus.FAILED, error=error)
         else:
             end.update(await self._judge(job, out))
-        if (end.get("promotion") or {}).get("promoted"):
-            await self.promoted()  # first: whoever sees the job succeed here sees its model served
-        await self.records(self.store.update, job.id, self.owner, **end)
-        log.info("training job %s ended %s", job.id, end["status"])
+        return end
 
     async def _judge(self, job: Job, out: Path) -> dict[str, Any]:
         """Keep the new model as a version, then promote it as the job's `promote` rule says
@@ -497,25 +511,31 @@ class JobManager:
         challenger = Standing.of(await self.records(self.versions.metadata_of, version))
         rule = PromoteRule(job.params.get("promote", PromoteRule.IF_BETTER))
         kept = {"model_version": version, "test_accuracy": challenger.test_accuracy}
+        minimum = job.params.get("min_accuracy")
         while True:  # judged again if another model was activated meanwhile
             active = await self.records(self.versions.active_metadata)
             champion = None if active is None else Standing.of(active)
+            # Measured only where it decides: a rule that looks at the active model, a challenger
+            # that passed min_accuracy, an active model with no figures on the same data.
+            needs_measuring = judge(rule, minimum, challenger, None).outcome is Outcome.PROMOTE
             if active is not None and champion is not None and not challenger.comparable_with(champion):
-                try:  # like with like: the active model measured on this job's test data
-                    champion = (
-                        await self._measure(job, active, challenger)
-                        if rule is PromoteRule.IF_BETTER
-                        else None
-                    )
-                except CannotCompare as exc:
-                    current = await self.records(self.store.get, job.id)
-                    if current.cancel_requested:  # its measuring was stopped, not broken
-                        return {**kept, **stopped(current)}
-                    verdict = Verdict(Outcome.REJECT, str(exc))
-                    break
-            verdict = judge(rule, job.params.get("min_accuracy"), challenger, champion)
+                if rule is not PromoteRule.IF_BETTER or not needs_measuring:
+                    champion = None  # not comparable, and not needed
+                else:
+                    if stop := await self._stop_asked(job):
+                        return {**kept, **stop}
+                    try:  # like with like: the active model measured on this job's test data
+                        champion = await self._measure(job, active, challenger)
+                    except CannotCompare as exc:
+                        if stop := await self._stop_asked(job):  # its measuring was stopped
+                            return {**kept, **stop}
+                        verdict = Verdict(Outcome.REJECT, str(exc))
+                        break
+            verdict = judge(rule, minimum, challenger, champion)
             if verdict.outcome is not Outcome.PROMOTE:
                 break
+            if stop := await self._stop_asked(job):  # a cancel during judging: nothing is promoted
+                return {**kept, **stop}
             by = f"training job {job.id}"
             try:
                 if rule is PromoteRule.ALWAYS:
@@ -528,6 +548,7 @@ class JobManager:
                 return not_stored(exc.detail)
         end: dict[str, Any] = {
             **kept,
+            "error": None,
             "status": JobStatus.REJECTED if verdict.outcome is Outcome.REJECT else JobStatus.SUCCEEDED,
             "promotion": {
                 "rule": rule.value,
@@ -544,6 +565,11 @@ class JobManager:
                 f"POST /model/versions/{version}/activate serves it anyway"
             )
         return end
+
+    async def _stop_asked(self, job: Job) -> dict[str, Any] | None:
+        """How the job ends if a cancel was asked for meanwhile (a shutdown asks too), else None."""
+        current = await self.records(self.store.get, job.id)
+        return stopped(current) if current.cancel_requested else None
 
     async def _measure(self, job: Job, active: dict[str, Any], challenger: Standing) -> Standing:
         """The active model's figures on this trainer's test data, measured by a child process
@@ -564,11 +590,15 @@ class JobManager:
             env=self._child_env(self.threads),
         )
         lower_priority(child.pid)
+        training = self._children.get(job.id)
         self._children[job.id] = child  # a cancel or a shutdown stops it like the training child
         try:
             stdout, stderr = await child.communicate()
         finally:
-            self._children.pop(job.id, None)
+            if training is not None:
+                self._children[job.id] = training
+            else:
+                self._children.pop(job.id, None)
         lines = stderr.decode(errors="replace").strip().splitlines()
         try:
             figures = json.loads(stdout) if child.returncode == 0 else None

@@ -285,7 +285,8 @@ function showJob(job) {
   $("train").disabled = active;
   $("cancel").hidden = !active;
   drawCurves(job);
-  const promoted = job.promotion && job.promotion.promoted;
+  // (A job recorded without `promotion`, by an older trainer, was promoted if it succeeded.)
+  const promoted = job.promotion ? job.promotion.promoted : job.status === "succeeded";
   // A model that was kept but not activated can still be served, by a person's choice.
   $("activate").hidden = !(job.model_version && job.promotion && !promoted);
   $("activate").dataset.version = job.model_version || "";
@@ -294,8 +295,10 @@ function showJob(job) {
     loadModel();
   } else if (job.status === "succeeded") {
     $("job-detail").textContent = `New model ${job.model_version} (test accuracy ${job.test_accuracy}%) kept as a version, not served: ${job.promotion.reason}.`;
+    loadModel();  // the serving model may have been measured for the comparison
   } else if (job.error) {
     $("job-detail").textContent = job.error;
+    if (job.status === "rejected") loadModel();
   } else {
     $("job-detail").textContent = "";
   }
@@ -317,8 +320,8 @@ async function poll() {
   const response = await fetch(`/train/${currentJob}`);
   if (!response.ok) { $("job-detail").textContent = await detailOf(response); return; }
   const job = await response.json();
-  showJob(job);
   if (job.status !== "queued" && job.status !== "running") { clearInterval(polling); polling = null; }
+  showJob(job);
 }
 
 $("train-form").addEventListener("submit", async (event) => {

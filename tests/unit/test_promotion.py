@@ -1,8 +1,12 @@
-"""The champion/challenger rule: accuracy first, loss at equal accuracy, figures on the same data."""
+"""The champion/challenger rule: accuracy first, loss at equal accuracy, figures on the same data;
+and the job's loss curve, which stays small however long the job."""
+
+import itertools
 
 import pytest
 
 from app.jobs.promotion import Outcome, PromoteRule, Standing, difference, judge
+from app.jobs.runner import MAX_CURVE_POINTS, LossCurve
 
 DATA = "c3" * 32
 
@@ -78,3 +82,17 @@ def test_standing_of_recorded_metadata() -> None:
     assert Standing.of({"version": "abc", "arch": "net", "metadata_missing": True}) == standing(
         "abc", None, None, None
     )
+
+
+@pytest.mark.parametrize("reports", [7, 200, 201, 1000, 9380])
+def test_the_loss_curve_stays_small_and_evenly_spread(reports: int) -> None:
+    points: list[list[float]] = []
+    curve = LossCurve(points)
+    for i in range(reports):
+        curve.add(i / reports, 2.0 - i / reports)
+    assert 0 < len(points) <= MAX_CURVE_POINTS
+    assert len(points) == reports or len(points) > MAX_CURVE_POINTS // 2
+    fractions = [fraction for fraction, _ in points]
+    gaps = [b - a for a, b in itertools.pairwise(fractions)]
+    assert fractions[0] == 0 and max(gaps) <= min(gaps) + 1e-3  # the start keeps its points too
+    assert fractions[-1] > 1 - 2 * max(gaps, default=1)  # and the curve reaches the end
