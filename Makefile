@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= mnist_cnn.pt
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-quick test-reliability lint format bench-train bench-serve gpu-wheels gpu-data gpu-rehearsal clean
+.PHONY: install model run test test-quick test-reliability lint format proto bench-train bench-serve bench-v2 gpu-wheels gpu-data gpu-rehearsal clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ lint: install
 format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# The v2 protocol's gRPC modules, from its proto (shipped generated; a unit test checks they match).
+proto: install
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. app/v2/grpc_predict_v2.proto
 
 # The whole suite (slow training and end-to-end tests included), except tests that need a GPU.
 test: lint

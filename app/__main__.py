@@ -4,6 +4,7 @@ import logging
 import os
 import resource
 import shutil
+import socket
 import tempfile
 
 import uvicorn
@@ -32,9 +33,32 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def grpc_port_taken(host: str, port: int) -> str | None:
+    """Why the gRPC port cannot be had, if it cannot. Every server process binds it with
+    SO_REUSEPORT, which would silently share it with another server already there: look first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    serves_grpc = settings.grpc_port and settings.role != "trainer"
+    if serves_grpc and (why := grpc_port_taken(settings.host, settings.grpc_port)):
+        log.error(
+            "cannot serve gRPC on %s:%d (%s): stop what holds it, or set MNIST_GRPC_PORT "
+            "to another port (0 turns gRPC off)",
+            settings.host,
+            settings.grpc_port,
+            why,
+        )
+        raise SystemExit(1)
     if settings.role == "trainer" and settings.workers != 1:
         # A trainer's port only answers probes and metrics: one process is plenty.
         os.environ["MNIST_WORKERS"] = "1"

@@ -172,6 +172,10 @@ class BatchingEngine:
             for item in pending:
                 item.future.cancel()
             raise InferenceTimeout(f"inference did not finish within {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:  # the caller is gone (a gRPC client cancelled): drop its chunks
+            for item in pending:
+                item.future.cancel()
+            raise
         versions = {version for _, version in results}
         if len(versions) > 1:  # a model swap fell between chunks of one request: redo on one model
             return await self.infer(inputs)

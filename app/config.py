@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(1.0, gt=0, description="how often the active checkpoint is checked")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="the v2 protocol's gRPC port, in every server process; 0 = off"
+    )
     workers: int = Field(default_factory=default_workers, ge=1)
     log_level: str = "info"
 

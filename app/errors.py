@@ -5,8 +5,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("app")
 
@@ -22,11 +24,14 @@ class ServiceError(Exception):
         self.detail = detail
 
     def in_file(self, index: int, filename: str | None) -> Self:
-        """The same error (class, status, every attribute), its message naming which upload of a
-        batch it is about."""
+        """The same error, its message naming which upload of a batch it is about."""
+        return self.about(f"files[{index}] ({filename or 'no filename'})")
+
+    def about(self, subject: str) -> Self:
+        """The same error (class, status, every attribute), its message saying what it is about."""
         named = type(self).__new__(type(self))  # not __init__: subclasses take other arguments
         named.__dict__.update(vars(self))
-        named.detail = f"files[{index}] ({filename or 'no filename'}): {self.detail}"
+        named.detail = f"{subject}: {self.detail}"
         named.args = (named.detail,)
         return named
 
@@ -144,11 +149,26 @@ class InferenceFailed(ServiceError):
     status_code = 500
 
 
+def speaks_v2(request: Request) -> bool:
+    """The Open Inference Protocol's routes answer errors as {"error": ...}, as that protocol says."""
+    path: str = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    body = {"error": exc.detail} if speaks_v2(request) else exc.body()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (an unknown path, a method not allowed), in the v2 shape there."""
+    assert isinstance(exc, StarletteHTTPException)
+    if speaks_v2(request):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -160,11 +180,13 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Log with a traceback; tell the client nothing internal (paths, library messages)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    key = "error" if speaks_v2(request) else "detail"
+    return JSONResponse({key: "internal server error"}, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
 

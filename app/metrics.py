@@ -1,4 +1,5 @@
-"""Prometheus metrics: HTTP traffic by route and status, and what the batching engine does.
+"""Prometheus metrics: HTTP traffic by route and status, gRPC calls by method and status code, and
+what the batching engine does.
 
 With several server processes (`python -m app` with MNIST_WORKERS > 1), prometheus-client's
 multiprocess mode is used: each process writes its values to PROMETHEUS_MULTIPROC_DIR and
@@ -74,6 +75,16 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=r,
         )
+        self.grpc_requests = Counter(
+            "mnist_grpc_requests", "gRPC calls by method and status code", ["method", "code"], registry=r
+        )
+        self.grpc_latency = Histogram(
+            "mnist_grpc_request_duration_seconds",
+            "gRPC call latency",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._model_labels: tuple[str, str] | None = None
 
     def engine_observers(self) -> EngineObservers:
@@ -83,6 +94,10 @@ class Metrics:
             inference=self.inference.observe,
             queue_depth=self.queue_depth.set,
         )
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method, code).observe(seconds)
 
     def set_model(self, version: str | None, arch: str | None) -> None:
         if self._model_labels is not None:

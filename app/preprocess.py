@@ -8,8 +8,10 @@ other size is brought into it the way MNIST itself was made. Dark-on-light image
 import asyncio
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage, Serv
 from app.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 
+T = TypeVar("T")
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 DIGIT_BOX = 20  # MNIST scaled each digit so its longer side is 20 px
 MIN_CONTRAST = 16  # grey levels between darkest and lightest pixel below which nothing is drawn
@@ -155,8 +158,13 @@ def mnist_pixels(
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """ToTensor's scaling and the training Normalize: 1 x 28 x 28 float32."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0)
-    return x.div(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)  # div, not div_: `pixels` stays as it is
+    return normalise(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0))
+
+
+def normalise(grey: torch.Tensor) -> torch.Tensor:
+    """Grey levels 0-255 (float32, any shape) as the network was trained on them: ToTensor's scaling,
+    then Normalize. A new tensor: div, not div_, leaves `grey` as it is."""
+    return grey.div(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
 
 
 def preprocess(
@@ -183,15 +191,23 @@ class Decoder:
         self.limits = limits
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def decode(self, uploads: list[Upload], invert: Invert) -> tuple[torch.Tensor, list[np.ndarray]]:
+    async def decode(
+        self, uploads: list[Upload], invert: Invert, label: Callable[[int], str] | None = None
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """The model's input stack and each 28x28 image, in upload order; a bad file fails the
-        request and, in a batch, is named."""
+        request and, in a batch, is named (as `label(index)` says, else by index and filename)."""
+
+        def naming(error: ServiceError, index: int) -> ServiceError:
+            if label is not None:
+                return error.about(label(index))
+            return naming_the_file(error, uploads, index)
+
         opened = []
         for index, upload in enumerate(uploads):
             try:
                 opened.append(open_image(upload.data, self.limits.image_pixels))
             except ServiceError as error:
-                raise naming_the_file(error, uploads, index) from None
+                raise naming(error, index) from None
         total = sum(image.size[0] * image.size[1] for image in opened)
         if total > self.limits.request_pixels:
             raise ImageTooLarge(
@@ -205,13 +221,17 @@ class Decoder:
                 try:
                     images.append(mnist_pixels(image, invert))
                 except ServiceError as error:
-                    raise naming_the_file(error, uploads, index) from None
+                    raise naming(error, index) from None
             return torch.stack([to_tensor(image) for image in images]), images
 
         if total <= self.limits.inline_pixels:
             return run()
+        return await self.off_loop(run)
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """Heavy request work (large decodes, large JSON) on a thread, a bounded number at a time."""
         async with self._slots:
-            return await asyncio.to_thread(run)
+            return await asyncio.to_thread(work)
 
 
 def naming_the_file(error: ServiceError, uploads: list[Upload], index: int) -> ServiceError:

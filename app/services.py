@@ -28,6 +28,7 @@ from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 
 log = logging.getLogger("app")
+GRPC_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -168,18 +169,40 @@ async def serving(
             heartbeat_s=settings.job_heartbeat_s,
         )
         await jobs.start()
+        decoder = decoder_for(settings)
         try:
-            yield Services(
-                settings,
-                metrics,
-                engine,
-                Bodies(settings.body_timeout_s, settings.max_buffered_bytes),
-                decoder_for(settings),
-                store,
-                versions,
-                follower,
-                jobs,
-            )
+            async with grpc_serving(settings, engine, decoder, metrics, serves):
+                yield Services(
+                    settings,
+                    metrics,
+                    engine,
+                    Bodies(settings.body_timeout_s, settings.max_buffered_bytes),
+                    decoder,
+                    store,
+                    versions,
+                    follower,
+                    jobs,
+                )
         finally:
             await jobs.stop()
             await follower.stop()
+
+
+@asynccontextmanager
+async def grpc_serving(
+    settings: Settings, engine: BatchingEngine, decoder: Decoder, metrics: Metrics, serves: bool
+) -> AsyncIterator[None]:
+    """The v2 protocol's gRPC server beside HTTP, unless MNIST_GRPC_PORT is 0 or nothing is served;
+    calls in flight get a few seconds to finish on shutdown."""
+    if not serves or not settings.grpc_port:
+        yield
+        return
+    # Imported only here: its protobuf messages then exist only in processes that serve gRPC (a
+    # client library's copy of the same protocol can live in a test process without a clash).
+    from app.v2.grpc_service import start_grpc_server
+
+    server = await start_grpc_server(settings, engine, decoder, metrics)
+    try:
+        yield
+    finally:
+        await server.stop(GRPC_GRACE_S)

@@ -77,9 +77,18 @@ class Bodies:
         """`async with bodies.uploads(...) as parts:` the multipart body read within `limit` (+
         multipart overhead) and parsed; its bytes count against the budget until the block ends."""
         boundary = boundary_of(request.headers.get("content-type"))
-        body = await self._receive(request, limit + MULTIPART_OVERHEAD, limit, budgeted=True)
-        try:
+        async with self.holding(request, limit + MULTIPART_OVERHEAD, limit) as body:
             yield parse_multipart(body, boundary, max_parts)
+
+    @asynccontextmanager
+    async def holding(
+        self, request: Request, limit: int, shown_limit: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """`async with bodies.holding(request, limit) as body:` a body of at most `limit` bytes,
+        counted against the budget until the block ends."""
+        body = await self._receive(request, limit, shown_limit or limit, budgeted=True)
+        try:
+            yield body
         finally:
             self.held -= len(body)
 

@@ -13,6 +13,9 @@ from training.data import Mnist, load_mnist
 from training.loop import TrainConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
+# Every server a test starts (in this process or as a child) serves no gRPC unless the test gives it
+# a port of its own: the default, 8001, would be shared by all of them (SO_REUSEPORT).
+os.environ["MNIST_GRPC_PORT"] = "0"
 
 
 @pytest.fixture(scope="session")

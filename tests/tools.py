@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -73,11 +73,27 @@ def processes_with(marker: str) -> dict[int, dict[str, str]]:
     return found
 
 
-def gone(marker: str, timeout_s: float = 30) -> bool:
-    """Whether every process with `marker` in its command line has ended within `timeout_s`."""
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
+    """Whether `condition()` came true within `timeout_s` (polled every 0.1 s)."""
     deadline = time.monotonic() + timeout_s
-    while processes_with(marker):
+    while not condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
     return True
+
+
+def gone(marker: str, timeout_s: float = 30) -> bool:
+    """Whether every process with `marker` in its command line has ended within `timeout_s`."""
+    return wait_until(lambda: not processes_with(marker), timeout_s)
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets listening on `port`, from the kernel's tables (gRPC listens on IPv6 sockets, IPv4
+    addresses mapped): one per process that binds it with SO_REUSEPORT."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += local.endswith(f":{port:04X}") and state == "0A"
+    return count

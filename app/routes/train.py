@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 
@@ -28,22 +28,6 @@ JSON_BODY: dict[str, Any] = {
         "description": "hyperparameters; an empty body (or `{}`) takes the recipe's values",
     }
 }
-
-
-def document_train_request(app: FastAPI) -> None:
-    """Put TrainRequest among the OpenAPI schemas: the route reads its body itself (to check the
-    token first and bound the size), so FastAPI does not see the model."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {})["TrainRequest"] = (
-                TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            )
-        return app.openapi_schema or {}
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def train_request_of(request: Request) -> TrainRequest:

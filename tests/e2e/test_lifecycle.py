@@ -10,13 +10,24 @@ import pytest
 
 from models.checkpoint import load_checkpoint
 from tests.images import encode
-from tests.server import ServerProcess
+from tests.server import ServerProcess, free_port
+from tests.tools import listening_sockets, wait_until
+from tests.v2_client import infer_grpc
 from training.data import Mnist
 
 
 def test_production_command_serves_with_several_processes(small_checkpoint: Path, mnist: Mnist) -> None:
-    env = {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_WORKERS": "2"}
+    grpc_port = free_port()
+    env = {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_WORKERS": "2", "MNIST_GRPC_PORT": str(grpc_port)}
     with ServerProcess(env, production=True, ready_path="/readyz") as server:
+        # gRPC in every process: each listens on the port (SO_REUSEPORT), the kernel spreads
+        # connections; a fresh connection per call.
+        assert wait_until(lambda: listening_sockets(grpc_port) == 2)
+        results = [infer_grpc(f"127.0.0.1:{grpc_port}", "pixels", mnist.test_images[:5]) for _ in range(8)]
+        assert {r.get_response().model_version for r in results} == {
+            load_checkpoint(small_checkpoint).version
+        }
+        assert len({tuple(r.as_numpy("digit").tolist()) for r in results}) == 1
         body = encode(mnist.test_images[0])
 
         async def load() -> list[httpx.Response]:
@@ -34,6 +45,12 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
             if line.startswith('mnist_http_requests_total{method="POST",route="/predict",status="200"}')
         )
         assert total == 100
+        grpc_calls = sum(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith('mnist_grpc_requests_total{code="OK",method="ModelInfer"}')
+        )
+        assert grpc_calls == 8
         assert metrics.count("mnist_model_info{") == 2  # one series per process (label pid)
         log = server.stop()
     version = load_checkpoint(small_checkpoint).version

@@ -1,0 +1,240 @@
+"""The v2 protocol over gRPC: GRPCInferenceService on MNIST_GRPC_PORT, served by each server process
+on the event loop that serves its HTTP, through the same engine, limits and metrics. With several
+processes (`python -m app`, MNIST_WORKERS > 1) each listens on the port with SO_REUSEPORT and the
+kernel spreads connections over them, as uvicorn's shared socket spreads HTTP ones."""
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from app.batching import BatchingEngine
+from app.config import Settings
+from app.errors import BadRequest, ServiceError
+from app.metrics import Metrics
+from app.preprocess import Decoder
+from app.v2 import grpc_predict_v2_pb2 as pb
+from app.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
+from app.v2 import protocol
+from app.v2.protocol import InferRequest, InferResult, InputTensor, RequestedOutput
+
+log = logging.getLogger("app.grpc")
+# The HTTP statuses of our errors as gRPC status codes (the table of grpc-gateway and Triton).
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Where each datatype's elements travel in InferTensorContents.
+CONTENTS = {
+    "FP32": "fp32_contents",
+    "UINT8": "uint_contents",
+    "BYTES": "bytes_contents",
+    "INT64": "int64_contents",
+}
+MESSAGE_OVERHEAD = 64 * 1024  # room for the protobuf framing around a request's tensor bytes
+
+Message = TypeVar("Message")
+Handler = Callable[[Any, Any, aio.ServicerContext], Awaitable[Message]]
+
+
+def answered(method: Handler[Message]) -> Handler[Message]:
+    """Counts and times the call; our errors become their gRPC status with the same words, anything
+    else is logged and answered INTERNAL without details."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def call(self: "InferenceService", request: Any, context: aio.ServicerContext) -> Message:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except ServiceError as error:
+            code = STATUS_CODES.get(error.status_code, grpc.StatusCode.INTERNAL)
+            if error.status_code >= 500:
+                log.warning("gRPC %s -> %s: %s", name, code.name, error.detail)
+            await context.abort(code, error.detail)
+            raise  # abort raises; this line is never reached
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
+            raise
+        except aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in gRPC %s", name)
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "internal server error")
+            raise
+        finally:
+            self.metrics.observe_grpc(name, code.name, time.perf_counter() - started)
+
+    return call
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self, engine: BatchingEngine, decoder: Decoder, settings: Settings, metrics: Metrics
+    ) -> None:
+        self.engine, self.decoder, self.settings, self.metrics = engine, decoder, settings, metrics
+
+    @answered
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @answered
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._ready())
+
+    @answered
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        protocol.check_model(request.name, None, self.engine)
+        served = self.engine.checkpoint
+        version_ok = not request.version or (served is not None and served.version == request.version)
+        return pb.ModelReadyResponse(ready=self._ready() and version_ok)
+
+    @answered
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**protocol.server_metadata())
+
+    @answered
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        protocol.check_model(request.name, request.version or None, self.engine)
+        metadata = protocol.model_metadata(self.engine)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**spec) for spec in metadata["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**spec) for spec in metadata["outputs"]],
+        )
+
+    @answered
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        parsed = infer_request_of(request)
+        result = await protocol.infer(
+            parsed,
+            request.model_name,
+            request.model_version or None,
+            self.engine,
+            self.decoder,
+            self.settings.max_upload_bytes,
+        )
+        return infer_response_of(result, request.id)
+
+    def _ready(self) -> bool:
+        return self.engine.checkpoint is not None and self.engine.running
+
+
+def parameters_of(parameters: Any) -> dict[str, Any]:
+    """A map of InferParameter as plain values."""
+    plain = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            plain[key] = getattr(parameter, choice)
+    return plain
+
+
+def infer_request_of(message: pb.ModelInferRequest) -> InferRequest:
+    """The protocol's request from the message: each input's elements in raw_input_contents (one
+    entry per input, as tritonclient sends them) or in its typed contents."""
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise BadRequest(f"raw_input_contents holds {len(raw)} entries for {len(message.inputs)} inputs")
+    inputs = []
+    for index, given in enumerate(message.inputs):
+        tensor = InputTensor(given.name, given.datatype, list(given.shape), parameters_of(given.parameters))
+        if raw:
+            if given.HasField("contents"):
+                raise BadRequest(f"input {given.name!r} has both contents and raw_input_contents")
+            tensor.raw = raw[index]
+        else:
+            tensor.values = contents_of(given)
+        inputs.append(tensor)
+    outputs = []
+    for output in message.outputs:
+        if "classification" in output.parameters:
+            raise BadRequest("the classification extension is not supported: ask for the probs output")
+        outputs.append(RequestedOutput(output.name))
+    return InferRequest(inputs, outputs, message.id, parameters_of(message.parameters))
+
+
+def contents_of(given: pb.ModelInferRequest.InferInputTensor) -> np.ndarray | list[bytes] | None:
+    """An input's typed contents: the field for its datatype, and no other."""
+    field = CONTENTS.get(given.datatype)
+    used = [descriptor.name for descriptor, _ in given.contents.ListFields()]
+    if field is None:
+        return None  # the protocol refuses the datatype, naming the one expected
+    if any(name != field for name in used):
+        raise BadRequest(
+            f"input {given.name!r} ({given.datatype}) carries its elements in {field}, not {used}"
+        )
+    values = getattr(given.contents, field)
+    if given.datatype == "BYTES":
+        return list(values)
+    return np.asarray(values)
+
+
+def infer_response_of(result: InferResult, request_id: str) -> pb.ModelInferResponse:
+    """Outputs in raw_output_contents, as Triton answers and tritonclient reads."""
+    response = pb.ModelInferResponse(
+        model_name=protocol.MODEL_NAME, model_version=result.model_version, id=request_id
+    )
+    for output in result.outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(protocol.raw_bytes(output.data))
+    return response
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def start_grpc_server(
+    settings: Settings, engine: BatchingEngine, decoder: Decoder, metrics: Metrics
+) -> aio.Server:
+    """GRPCInferenceService on MNIST_HOST:MNIST_GRPC_PORT, with the HTTP limits: a message no larger
+    than MNIST_MAX_BATCH_BYTES (RESOURCE_EXHAUSTED past it), at most MNIST_MAX_CONNECTIONS calls at
+    once. Raises if the port cannot be bound."""
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_batch_bytes + MESSAGE_OVERHEAD),
+            ("grpc.so_reuseport", 1),
+        ],
+        maximum_concurrent_rpcs=settings.max_connections,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceService(engine, decoder, settings, metrics), server
+    )
+    where = address(settings.host, settings.grpc_port)
+    try:
+        server.add_insecure_port(where)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {where} (MNIST_GRPC_PORT): {exc}") from None
+    await server.start()
+    log.info("gRPC (Open Inference Protocol v2) on %s", where)
+    return server

@@ -1,0 +1,304 @@
+"""The Open Inference Protocol v2 for the one model this service serves, whatever the transport:
+what the model takes and gives (its metadata), the checks on a request, the binary tensor layout,
+and inference through the same batching engine as /predict. app/v2/rest.py (JSON and binary over
+HTTP) and app/v2/grpc_service.py only translate their wire formats to and from these types."""
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.batching import BatchingEngine
+from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
+from app.preprocess import Decoder, Invert, normalise
+from app.uploads import Upload
+from models.constants import IMAGE_SIZE, NUM_CLASSES
+
+MODEL_NAME = "mnist"
+SERVER_NAME = "mnist-serve"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "pytorch"
+EXTENSIONS = ("binary_tensor_data",)
+# A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.
+BATCHES_PER_REQUEST = 16
+BYTES_PREFIX = struct.Struct("<I")  # a BYTES element's length, before its bytes
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output as the model metadata declares it; -1 is the batch dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+INPUTS = {
+    spec.name: spec
+    for spec in (
+        TensorSpec("input", "FP32", (-1, 1, IMAGE_SIZE, IMAGE_SIZE)),  # normalised as in training
+        TensorSpec("pixels", "UINT8", (-1, IMAGE_SIZE, IMAGE_SIZE)),  # 0-255, light digit on dark
+        TensorSpec("image", "BYTES", (-1,)),  # encoded image files, preprocessed as for /predict
+    )
+}
+OUTPUTS = {
+    spec.name: spec
+    for spec in (
+        TensorSpec("log_probs", "FP32", (-1, NUM_CLASSES)),
+        TensorSpec("probs", "FP32", (-1, NUM_CLASSES)),
+        TensorSpec("digit", "INT64", (-1,)),
+    )
+}
+DEFAULT_OUTPUTS = ("log_probs",)
+# Fixed-size datatypes as little-endian numpy types (the protocol's byte order).
+NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "FP32": np.dtype("<f4"),
+    "UINT8": np.dtype("u1"),
+    "INT64": np.dtype("<i8"),
+}
+INPUT_CHOICES = " or ".join(f"{s.name} ({s.datatype} {list(s.shape)})" for s in INPUTS.values())
+
+
+@dataclass
+class InputTensor:
+    """One input as a transport delivered it: typed `values` (JSON data, gRPC contents: a numpy
+    array, or a list of bytes for BYTES) or `raw` bytes (the binary extension, raw_input_contents)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    values: np.ndarray | list[bytes] | None = None
+    raw: bytes | None = None
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # REST only: this output's binary_data parameter, if given
+
+
+@dataclass
+class InferRequest:
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray  # shaped, little-endian
+    binary: bool | None = None  # REST only: as the request asked for this output
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.data.shape)
+
+
+@dataclass
+class InferResult:
+    model_version: str
+    outputs: list[OutputTensor]
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+
+def check_model(name: str, version: str | None, engine: BatchingEngine) -> None:
+    """404 unless `name` is this server's model and `version` (if given) the one it serves."""
+    if name != MODEL_NAME:
+        raise ModelNotFound(f"unknown model {name!r}: this server serves {MODEL_NAME!r}")
+    if version:
+        served = engine.serving().version
+        if version != served:
+            raise VersionNotFound(
+                f"model {MODEL_NAME!r} version {version!r} is not being served; the active version is "
+                f"{served!r} (GET /model/versions lists the kept ones, POST .../activate serves one)"
+            )
+
+
+def model_metadata(engine: BatchingEngine) -> dict[str, Any]:
+    served = engine.checkpoint
+    return {
+        "name": MODEL_NAME,
+        "versions": [served.version] if served else [],
+        "platform": PLATFORM,
+        "inputs": [spec.public() for spec in INPUTS.values()],
+        "outputs": [spec.public() for spec in OUTPUTS.values()],
+    }
+
+
+def max_rows(engine: BatchingEngine) -> int:
+    return engine.max_batch_size * BATCHES_PER_REQUEST
+
+
+def the_input(request: InferRequest, most_rows: int) -> tuple[InputTensor, int]:
+    """The request's one input, checked against the metadata, and how many images it holds."""
+    if len(request.inputs) != 1:
+        names = ", ".join(tensor.name for tensor in request.inputs) or "none"
+        raise BadRequest(f"send exactly one input per request, got {len(request.inputs)} ({names})")
+    tensor = request.inputs[0]
+    spec = INPUTS.get(tensor.name)
+    if spec is None:
+        raise BadRequest(f"unknown input {tensor.name!r}: this model takes {INPUT_CHOICES}")
+    if tensor.datatype != spec.datatype:
+        raise BadRequest(f"input {spec.name!r} must be {spec.datatype}, got {tensor.datatype!r}")
+    fixed = [(given, wanted) for given, wanted in zip(tensor.shape, spec.shape, strict=False) if wanted != -1]
+    if len(tensor.shape) != len(spec.shape) or any(given != wanted for given, wanted in fixed):
+        raise BadRequest(
+            f"input {spec.name!r} must have shape {list(spec.shape)} (-1: the number of images), "
+            f"got {tensor.shape}"
+        )
+    rows = tensor.shape[0]
+    if rows < 1:
+        raise BadRequest(f"input {spec.name!r} holds no image (shape {tensor.shape})")
+    if rows > most_rows:
+        raise TooManyFiles(
+            f"{rows} images in one request; at most {most_rows} "
+            f"(MNIST_MAX_BATCH_SIZE x {BATCHES_PER_REQUEST})"
+        )
+    return tensor, rows
+
+
+def requested_outputs(request: InferRequest) -> list[RequestedOutput]:
+    """The outputs asked for, in order (log_probs when none are named)."""
+    if not request.outputs:
+        return [RequestedOutput(name) for name in DEFAULT_OUTPUTS]
+    names = [output.name for output in request.outputs]
+    for name in names:
+        if name not in OUTPUTS:
+            raise BadRequest(f"unknown output {name!r}: this model gives {', '.join(OUTPUTS)}")
+    if len(set(names)) != len(names):
+        raise BadRequest(f"an output is asked for twice: {names}")
+    return request.outputs
+
+
+def elements(tensor: InputTensor, rows: int) -> np.ndarray | list[bytes]:
+    """The input's elements, checked for count and range: a flat numpy array, or the BYTES items."""
+    count = math.prod(tensor.shape)
+    if tensor.datatype == "BYTES":
+        items = bytes_items(tensor.raw, tensor.name) if tensor.raw is not None else tensor.values
+        if not isinstance(items, list) or len(items) != rows:
+            sent = len(items) if isinstance(items, list) else 0
+            raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape} but holds {sent} elements")
+        return items
+    dtype = NUMPY_TYPES[tensor.datatype]
+    if tensor.raw is not None:
+        if len(tensor.raw) != count * dtype.itemsize:
+            raise BadRequest(
+                f"input {tensor.name!r} of shape {tensor.shape} {tensor.datatype} takes "
+                f"{count * dtype.itemsize} bytes; {len(tensor.raw)} were sent"
+            )
+        return np.frombuffer(tensor.raw, dtype=dtype)
+    values = tensor.values
+    if not isinstance(values, np.ndarray):
+        raise BadRequest(f"input {tensor.name!r} has no data")
+    if values.size != count:
+        raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape} but holds {values.size} elements")
+    if tensor.datatype == "UINT8":
+        if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 255)):
+            raise BadRequest(f"input {tensor.name!r} (UINT8) must hold whole numbers from 0 to 255")
+    elif values.dtype.kind not in "iuf":
+        raise BadRequest(f"input {tensor.name!r} (FP32) must hold numbers")
+    return values.reshape(-1).astype(dtype)
+
+
+def bytes_items(raw: bytes, name: str) -> list[bytes]:
+    """A BYTES tensor's elements from the binary layout: each a 4-byte little-endian length, then
+    that many bytes."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + BYTES_PREFIX.size > len(raw):
+            raise BadRequest(f"input {name!r}: the binary data ends inside an element's length prefix")
+        (size,) = BYTES_PREFIX.unpack_from(raw, offset)
+        offset += BYTES_PREFIX.size
+        if offset + size > len(raw):
+            raise BadRequest(
+                f"input {name!r}: element {len(items)} declares {size} bytes; {len(raw) - offset} remain"
+            )
+        items.append(raw[offset : offset + size])
+        offset += size
+    return items
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """A fixed-size tensor in the binary layout: row-major, little-endian."""
+    return np.ascontiguousarray(array).tobytes()
+
+
+async def model_input(tensor: InputTensor, rows: int, decoder: Decoder, max_file_bytes: int) -> torch.Tensor:
+    """The batching engine's input (rows x 1 x 28 x 28, normalised as in training)."""
+    values = elements(tensor, rows)
+    if isinstance(values, list):  # encoded images: today's preprocessing, within its limits
+        for index, data in enumerate(values):
+            if len(data) > max_file_bytes:
+                raise FileTooLarge(f"{tensor.name}[{index}]: larger than the limit of {max_file_bytes} bytes")
+        invert = invert_of(tensor.parameters)
+        uploads = [Upload(tensor.name, None, data) for data in values]
+        inputs, _ = await decoder.decode(uploads, invert, label=lambda index: f"{tensor.name}[{index}]")
+        return inputs
+    if tensor.datatype == "UINT8":
+        grey = torch.from_numpy(values.reshape(rows, 1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32))
+        return normalise(grey)
+    x = torch.from_numpy(values.reshape(rows, 1, IMAGE_SIZE, IMAGE_SIZE).copy())
+    if not torch.isfinite(x).all():
+        raise BadRequest(f"input {tensor.name!r} holds values that are not finite numbers (NaN or infinity)")
+    return x
+
+
+def invert_of(parameters: dict[str, Any]) -> Invert:
+    """The `invert` parameter of an image input, as /predict's query parameter: auto, true, false."""
+    value = parameters.get("invert", Invert.AUTO.value)
+    text = str(value).lower() if isinstance(value, bool | str) else ""
+    try:
+        return Invert(text)
+    except ValueError:
+        raise BadRequest(f"parameter 'invert' must be auto, true or false, got {value!r}") from None
+
+
+async def infer(
+    request: InferRequest,
+    model: str,
+    version: str | None,
+    engine: BatchingEngine,
+    decoder: Decoder,
+    max_file_bytes: int,
+) -> InferResult:
+    """Check, run through the batching engine (split into engine batches and reassembled in order)
+    and compute the outputs asked for."""
+    check_model(model, version, engine)
+    tensor, rows = the_input(request, max_rows(engine))
+    wanted = requested_outputs(request)
+    x = await model_input(tensor, rows, decoder, max_file_bytes)
+    log_probs, served = await engine.infer(x)
+    if version and served != version:  # the active version changed while this request waited
+        raise VersionNotFound(
+            f"model {MODEL_NAME!r} version {version!r} stopped being served while this request waited; "
+            f"the active version is {served!r}"
+        )
+    logs = log_probs.numpy().astype(NUMPY_TYPES["FP32"], copy=False)
+    computed: dict[str, Callable[[], np.ndarray]] = {
+        "log_probs": lambda: logs,
+        "probs": lambda: np.exp(logs),
+        "digit": lambda: logs.argmax(axis=1).astype(NUMPY_TYPES["INT64"]),
+    }
+    outputs = [
+        OutputTensor(out.name, OUTPUTS[out.name].datatype, computed[out.name](), out.binary) for out in wanted
+    ]
+    return InferResult(served, outputs)
