@@ -38,7 +38,8 @@ COPY models ./models
 RUN pip install --no-deps . && rm -rf /src
 USER app
 WORKDIR /home/app
-EXPOSE 8000
+# HTTP, and the v2 protocol over gRPC (MNIST_GRPC_PORT)
+EXPOSE 8000 8001
 # No curl in slim images: ask /readyz with Python's standard library.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MNIST_PORT', '8000'), timeout=4)"]

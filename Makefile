@@ -59,6 +59,10 @@ bench-serve: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m bench.serve_load
 
+# Needs wrk: v2 binary tensors against /predict and the model alone.
+bench-v2: install
+	$(PY) -m bench.v2_load
+
 # The GPU check (bench/gpu_check.sh) runs on a machine with its own Python 3.12 and PyTorch and no
 # network: it takes our other runtime packages as wheels from .whl/ and MNIST from ./data.
 gpu-wheels:

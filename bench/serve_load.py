@@ -116,8 +116,10 @@ def to_ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) -> Result:
-    """One `wrk -t1` run; its latency percentiles are over every request."""
+def wrk(
+    port: int, concurrency: int, duration: int, script: Path, body: Path, path: str = "/predict"
+) -> Result:
+    """One `wrk -t1` run POSTing `body` to `path`; its latency percentiles are over every request."""
     out = subprocess.run(
         [
             "wrk",
@@ -127,7 +129,7 @@ def wrk(port: int, concurrency: int, duration: int, script: Path, body: Path) ->
             "--latency",
             "-s",
             str(script),
-            f"http://127.0.0.1:{port}/predict",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,

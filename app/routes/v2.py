@@ -78,6 +78,14 @@ async def read_model_version_metadata(
     return protocol.model_metadata(engine)
 
 
+@router.get("/models/{model_name}/config", response_model=dict[str, Any], responses=ERRORS)
+async def read_model_config(model_name: str, engine: EngineDep) -> dict[str, Any]:
+    """The model in Triton's model configuration format (its max_batch_size, optional inputs), as
+    perf_analyzer asks for it."""
+    protocol.check_model(model_name, None, engine)
+    return protocol.model_config(engine)
+
+
 @router.get("/models/{model_name}/ready", response_class=Response, responses={**EMPTY_OK, **ERRORS})
 async def read_model_ready(model_name: str, engine: EngineDep) -> Response:
     """The model is loaded and the batching engine runs."""

@@ -143,6 +143,37 @@ def model_metadata(engine: BatchingEngine) -> dict[str, Any]:
     }
 
 
+# Triton's names for the datatypes, in its model configuration.
+CONFIG_TYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "BYTES": "TYPE_STRING", "INT64": "TYPE_INT64"}
+
+
+def model_config(engine: BatchingEngine) -> dict[str, Any]:
+    """The model as Triton's model configuration extension describes one (HTTP only): what
+    perf_analyzer reads before it sends a request. Every input is optional: a request carries one."""
+
+    def tensor(spec: TensorSpec, optional: bool) -> dict[str, Any]:
+        dims = list(spec.shape[1:]) or [1]
+        described: dict[str, Any] = {
+            "name": spec.name,
+            "data_type": CONFIG_TYPES[spec.datatype],
+            "dims": dims,
+        }
+        if not spec.shape[1:]:
+            described["reshape"] = {"shape": []}  # one element per image
+        if optional:
+            described["optional"] = True
+        return described
+
+    return {
+        "name": MODEL_NAME,
+        "platform": PLATFORM,
+        "max_batch_size": max_rows(engine),
+        "input": [tensor(spec, optional=True) for spec in INPUTS.values()],
+        "output": [tensor(spec, optional=False) for spec in OUTPUTS.values()],
+        "dynamic_batching": {},
+    }
+
+
 def max_rows(engine: BatchingEngine) -> int:
     return engine.max_batch_size * BATCHES_PER_REQUEST
 

@@ -118,6 +118,15 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
             "outputs": outputs,
         }
         assert client.get_model_metadata("mnist", version) == metadata
+        # Triton's model configuration, as perf_analyzer reads it: a request takes any one input
+        config = client.get_model_config("mnist")
+        assert config["max_batch_size"] == 64 * 16
+        assert [(i["name"], i["data_type"], i["dims"], i["optional"]) for i in config["input"]] == [
+            ("input", "TYPE_FP32", [1, 28, 28], True),
+            ("pixels", "TYPE_UINT8", [28, 28], True),
+            ("image", "TYPE_STRING", [1], True),
+        ]
+        assert [o["name"] for o in config["output"]] == ["log_probs", "probs", "digit"]
         with pytest.raises(InferenceServerException) as unknown:
             client.get_model_metadata("fashion")
         assert unknown.value.status() == "404" and "unknown model 'fashion'" in unknown.value.message()

@@ -18,7 +18,7 @@ def every_error_class() -> list[type[errors.ServiceError]]:
 def test_in_file_names_the_file_and_keeps_class_status_and_attributes(cls: type[errors.ServiceError]) -> None:
     if cls is errors.JobConflict:
         original: errors.ServiceError = cls("bad pixels", job_id="j1")  # type: ignore[call-arg]
-    elif cls is errors.InvalidRequest:
+    elif issubclass(cls, errors.InvalidRequest):
         original = cls([{"msg": "bad pixels"}])  # type: ignore[arg-type]
     else:
         original = cls("bad pixels")
