@@ -170,13 +170,14 @@ async def serving(
         )
         await jobs.start()
         decoder = decoder_for(settings)
+        bodies = Bodies(settings.body_timeout_s, settings.max_buffered_bytes)
         try:
-            async with grpc_serving(settings, engine, decoder, metrics, serves):
+            async with grpc_serving(settings, engine, decoder, bodies, metrics, serves):
                 yield Services(
                     settings,
                     metrics,
                     engine,
-                    Bodies(settings.body_timeout_s, settings.max_buffered_bytes),
+                    bodies,
                     decoder,
                     store,
                     versions,
@@ -190,7 +191,12 @@ async def serving(
 
 @asynccontextmanager
 async def grpc_serving(
-    settings: Settings, engine: BatchingEngine, decoder: Decoder, metrics: Metrics, serves: bool
+    settings: Settings,
+    engine: BatchingEngine,
+    decoder: Decoder,
+    bodies: Bodies,
+    metrics: Metrics,
+    serves: bool,
 ) -> AsyncIterator[None]:
     """The v2 protocol's gRPC server beside HTTP, unless MNIST_GRPC_PORT is 0 or nothing is served;
     calls in flight get a few seconds to finish on shutdown."""
@@ -201,7 +207,7 @@ async def grpc_serving(
     # client library's copy of the same protocol can live in a test process without a clash).
     from app.v2.grpc_service import start_grpc_server
 
-    server = await start_grpc_server(settings, engine, decoder, metrics)
+    server = await start_grpc_server(settings, engine, decoder, bodies, metrics)
     try:
         yield
     finally:

@@ -6,8 +6,8 @@ never held in memory. The multipart parsing itself is python-multipart's parser,
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -91,6 +91,16 @@ class Bodies:
             yield body
         finally:
             self.held -= len(body)
+
+    @contextmanager
+    def holding_received(self, size: int) -> Iterator[None]:
+        """A message that arrived whole another way (a gRPC call's), held against the budget until
+        the block ends: past it, UploadsBusy (503, or UNAVAILABLE)."""
+        self._hold(size)
+        try:
+            yield
+        finally:
+            self.held -= size
 
     async def _receive(self, request: Request, limit: int, shown_limit: int, budgeted: bool) -> bytes:
         """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained, up

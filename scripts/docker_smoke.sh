@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container smoke test, on a machine with a Docker engine and Compose v2:
-# build the image, `docker compose up -d`, wait for health, predict a real MNIST digit, run a quick
+# build the image, `docker compose up -d`, wait for health, predict a real MNIST digit (over /predict,
+# and with tritonclient over the v2 protocol's HTTP and gRPC ports), run a quick
 # training job that is worse than the first model (rejected, not served), activate it by hand and
 # see /model change version, restart the api and find the job record and the model still there,
 # then `docker compose down -v`. Exits non-zero on any failure and always cleans up.
@@ -15,8 +16,9 @@ cd "$(dirname "$0")/.."
 : "${MNIST_DATA_DIR:?set MNIST_DATA_DIR to the folder with the MNIST IDX files}"
 PY=${PYTHON:-.venv/bin/python}
 PORT=${SMOKE_PORT:-18000}
+GRPC_PORT=${SMOKE_GRPC_PORT:-18001}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mnistsmoke}
-export MNIST_DATA_HOST_DIR MNIST_PUBLISH=$PORT MNIST_TRAINER_ARGS="--epochs 1 --limit-train 5000"
+export MNIST_DATA_HOST_DIR MNIST_PUBLISH=$PORT MNIST_GRPC_PUBLISH=$GRPC_PORT MNIST_TRAINER_ARGS="--epochs 1 --limit-train 5000"
 MNIST_DATA_HOST_DIR=$(mktemp -d)
 cp "$MNIST_DATA_DIR"/*-ubyte* "$MNIST_DATA_HOST_DIR"/
 chmod -R a+rX "$MNIST_DATA_HOST_DIR"
@@ -42,13 +44,15 @@ docker compose up -d --build --wait --wait-timeout 900
 docker compose ps
 
 step "checks over HTTP"
-"$PY" - "$URL" "$MNIST_DATA_DIR" "$JOB_FILE" <<'PYEOF'
+"$PY" - "$URL" "$MNIST_DATA_DIR" "$JOB_FILE" "127.0.0.1:$GRPC_PORT" <<'PYEOF'
 import io, sys, time
 import httpx
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 from PIL import Image
 from training.data import load_mnist
 
-url, data, job_file = sys.argv[1], sys.argv[2], sys.argv[3]
+url, data, job_file, grpc_url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 mnist = load_mnist(data, download=False)
 png = io.BytesIO()
 Image.fromarray(mnist.test_images[0].numpy()).save(png, "PNG")
@@ -59,6 +63,18 @@ assert ready.status_code == 200, ready.text
 answer = httpx.post(f"{url}/predict", files={"file": ("digit.png", png.getvalue(), "image/png")}, timeout=30).json()
 assert answer["digit"] == label, answer
 print(f"predicted {answer['digit']} (label {label}), model {answer['model_version']}")
+
+# The v2 protocol, as tritonclient calls it: 16 digits as UINT8 pixels over HTTP and over gRPC.
+pixels = mnist.test_images[:16].numpy()
+for client_module, where in ((triton_http, url.removeprefix("http://")), (triton_grpc, grpc_url)):
+    tensor = client_module.InferInput("pixels", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    with client_module.InferenceServerClient(where) as client:
+        assert client.is_model_ready("mnist")
+        digits = client.infer("mnist", [tensor], outputs=[client_module.InferRequestedOutput("digit")])
+        digits = digits.as_numpy("digit").tolist()
+    assert sum(d == int(l) for d, l in zip(digits, mnist.test_labels[:16])) >= 14, digits
+    print(f"v2 over {client_module.__name__}: {digits}")
 
 before = httpx.get(f"{url}/model", timeout=10).json()["model_version"]
 job = httpx.post(f"{url}/train", json={"epochs": 1, "limit_train": 2000, "seed": 7}, timeout=30)

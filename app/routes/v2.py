@@ -13,7 +13,6 @@ from app.v2.schemas import InferRequestBody, InferResponseBody, ModelMetadata, S
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
-OFF_LOOP_BYTES = 256 * 1024  # bodies past this are parsed on a thread: the event loop never stalls
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2Error, "description": "a tensor's name, datatype, shape or size does not match"},
     404: {"model": V2Error, "description": "no such model, or that version is not the one served"},
@@ -101,6 +100,7 @@ async def read_model_ready(model_name: str, engine: EngineDep) -> Response:
 )
 async def read_model_version_ready(model_name: str, model_version: str, engine: EngineDep) -> Response:
     """That version is the one served, and ready."""
+    protocol.check_model(model_name, None, engine)
     ready(engine)
     protocol.check_model(model_name, model_version, engine)
     return Response()
@@ -145,7 +145,7 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
     rest.refuse_encoded(request.headers.get("content-encoding"))
     async with services.bodies.holding(request, settings.max_batch_bytes) as body:
         header_length = request.headers.get(rest.HEADER_LENGTH)
-        if len(body) > OFF_LOOP_BYTES:
+        if len(body) > protocol.OFF_LOOP_BYTES:
             parsed = await services.decoder.off_loop(lambda: rest.parse_request(body, header_length))
         else:
             parsed = rest.parse_request(body, header_length)

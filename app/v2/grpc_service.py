@@ -6,6 +6,7 @@ kernel spreads connections over them, as uvicorn's shared socket spreads HTTP on
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from app.config import Settings
 from app.errors import BadRequest, ServiceError
 from app.metrics import Metrics
 from app.preprocess import Decoder
+from app.uploads import Bodies
 from app.v2 import grpc_predict_v2_pb2 as pb
 from app.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.v2 import protocol
@@ -85,9 +87,10 @@ def answered(method: Handler[Message]) -> Handler[Message]:
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, engine: BatchingEngine, decoder: Decoder, settings: Settings, metrics: Metrics
+        self, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, settings: Settings, metrics: Metrics
     ) -> None:
-        self.engine, self.decoder, self.settings, self.metrics = engine, decoder, settings, metrics
+        self.engine, self.decoder, self.bodies = engine, decoder, bodies
+        self.settings, self.metrics = settings, metrics
 
     @answered
     async def ServerLive(
@@ -134,15 +137,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        parsed = infer_request_of(request)
-        result = await protocol.infer(
-            parsed,
-            request.model_name,
-            request.model_version or None,
-            self.engine,
-            self.decoder,
-            self.settings.max_upload_bytes,
-        )
+        size = request.ByteSize()
+        # Held, like an HTTP body, against this process's budget of request bytes until answered.
+        with self.bodies.holding_received(size):
+            if size > protocol.OFF_LOOP_BYTES:
+                parsed = await self.decoder.off_loop(lambda: infer_request_of(request))
+            else:
+                parsed = infer_request_of(request)
+            result = await protocol.infer(
+                parsed,
+                request.model_name,
+                request.model_version or None,
+                self.engine,
+                self.decoder,
+                self.settings.max_upload_bytes,
+            )
         return infer_response_of(result, request.id)
 
     def _ready(self) -> bool:
@@ -194,6 +203,10 @@ def contents_of(given: pb.ModelInferRequest.InferInputTensor) -> np.ndarray | li
             f"input {given.name!r} ({given.datatype}) carries its elements in {field}, not {used}"
         )
     values = getattr(given.contents, field)
+    if len(values) != math.prod(given.shape):  # before converting: a count is free, 4M floats are not
+        raise BadRequest(
+            f"input {given.name!r} has shape {list(given.shape)} but holds {len(values)} elements"
+        )
     if given.datatype == "BYTES":
         return list(values)
     return np.asarray(values)
@@ -215,21 +228,25 @@ def address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    settings: Settings, engine: BatchingEngine, decoder: Decoder, metrics: Metrics
+    settings: Settings, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, metrics: Metrics
 ) -> aio.Server:
     """GRPCInferenceService on MNIST_HOST:MNIST_GRPC_PORT, with the HTTP limits: a message no larger
-    than MNIST_MAX_BATCH_BYTES (RESOURCE_EXHAUSTED past it), at most MNIST_MAX_CONNECTIONS calls at
-    once. Raises if the port cannot be bound."""
+    than MNIST_MAX_BATCH_BYTES (RESOURCE_EXHAUSTED past it), held against the same budget as HTTP
+    bodies, at most MNIST_MAX_CONNECTIONS calls at once; a connection idle for a minute is closed,
+    and any connection after 10 minutes (with MNIST_BODY_TIMEOUT_S of grace for its calls), so a
+    client trickling a message cannot hold a call for ever. Raises if the port cannot be bound."""
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_batch_bytes + MESSAGE_OVERHEAD),
             ("grpc.so_reuseport", 1),
+            ("grpc.max_connection_idle_ms", 60_000),
+            ("grpc.max_connection_age_ms", 600_000),
+            ("grpc.max_connection_age_grace_ms", int(settings.body_timeout_s * 1000)),
         ],
         maximum_concurrent_rpcs=settings.max_connections,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceService(engine, decoder, settings, metrics), server
-    )
+    service = InferenceService(engine, decoder, bodies, settings, metrics)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     where = address(settings.host, settings.grpc_port)
     try:
         server.add_insecure_port(where)

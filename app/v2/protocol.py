@@ -16,7 +16,7 @@ from app.batching import BatchingEngine
 from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
 from app.preprocess import Decoder, Invert, normalise
 from app.uploads import Upload
-from models.constants import IMAGE_SIZE, NUM_CLASSES
+from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 
 MODEL_NAME = "mnist"
 SERVER_NAME = "mnist-serve"
@@ -26,6 +26,10 @@ EXTENSIONS = ("binary_tensor_data",)
 # A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.
 BATCHES_PER_REQUEST = 16
 BYTES_PREFIX = struct.Struct("<I")  # a BYTES element's length, before its bytes
+# Requests larger than this are parsed on a thread: the event loop never stalls on one.
+OFF_LOOP_BYTES = 256 * 1024
+# Normalised grey levels lie in [-0.42, 2.82]; far past that a client sent something else.
+MAX_NORMALISED = 1000.0
 
 
 class ModelNotFound(ServiceError):
@@ -152,14 +156,12 @@ def model_config(engine: BatchingEngine) -> dict[str, Any]:
     perf_analyzer reads before it sends a request. Every input is optional: a request carries one."""
 
     def tensor(spec: TensorSpec, optional: bool) -> dict[str, Any]:
-        dims = list(spec.shape[1:]) or [1]
+        dims = list(spec.shape[1:])  # the metadata's shape less the batch: [] for one file per image
         described: dict[str, Any] = {
             "name": spec.name,
             "data_type": CONFIG_TYPES[spec.datatype],
             "dims": dims,
         }
-        if not spec.shape[1:]:
-            described["reshape"] = {"shape": []}  # one element per image
         if optional:
             described["optional"] = True
         return described
@@ -223,10 +225,13 @@ def elements(tensor: InputTensor, rows: int) -> np.ndarray | list[bytes]:
     """The input's elements, checked for count and range: a flat numpy array, or the BYTES items."""
     count = math.prod(tensor.shape)
     if tensor.datatype == "BYTES":
-        items = bytes_items(tensor.raw, tensor.name) if tensor.raw is not None else tensor.values
+        items = bytes_items(tensor.raw, tensor.name, rows) if tensor.raw is not None else tensor.values
         if not isinstance(items, list) or len(items) != rows:
             sent = len(items) if isinstance(items, list) else 0
-            raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape} but holds {sent} elements")
+            more = "more than " if tensor.raw is not None and sent > rows else ""
+            raise BadRequest(
+                f"input {tensor.name!r} has shape {tensor.shape} but holds {more}{sent} elements"
+            )
         return items
     dtype = NUMPY_TYPES[tensor.datatype]
     if tensor.raw is not None:
@@ -249,12 +254,12 @@ def elements(tensor: InputTensor, rows: int) -> np.ndarray | list[bytes]:
     return values.reshape(-1).astype(dtype)
 
 
-def bytes_items(raw: bytes, name: str) -> list[bytes]:
+def bytes_items(raw: bytes, name: str, expected: int) -> list[bytes]:
     """A BYTES tensor's elements from the binary layout: each a 4-byte little-endian length, then
-    that many bytes."""
+    that many bytes. Stops one past `expected`: 16 MB of empty elements must not cost a walk."""
     items: list[bytes] = []
     offset = 0
-    while offset < len(raw):
+    while offset < len(raw) and len(items) <= expected:
         if offset + BYTES_PREFIX.size > len(raw):
             raise BadRequest(f"input {name!r}: the binary data ends inside an element's length prefix")
         (size,) = BYTES_PREFIX.unpack_from(raw, offset)
@@ -290,6 +295,11 @@ async def model_input(tensor: InputTensor, rows: int, decoder: Decoder, max_file
     x = torch.from_numpy(values.reshape(rows, 1, IMAGE_SIZE, IMAGE_SIZE).copy())
     if not torch.isfinite(x).all():
         raise BadRequest(f"input {tensor.name!r} holds values that are not finite numbers (NaN or infinity)")
+    if x.abs().max() > MAX_NORMALISED:  # far outside any image: the logits would overflow to NaN
+        raise BadRequest(
+            f"input {tensor.name!r} holds values beyond +-{MAX_NORMALISED:g}: it takes grey levels "
+            f"normalised as in training, (x / 255 - {MNIST_MEAN}) / {MNIST_STD}, about -0.42 to 2.82"
+        )
     return x
 
 

@@ -5,6 +5,7 @@ an InferResult to the JSON answer, each output in JSON or in binary as the reque
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """The JSON document and the binary data after it."""
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,12}", header_length.strip()):  # ASCII only: "²".isdigit() is true
         raise BadRequest(f"{HEADER_LENGTH} must be a whole number of bytes, got {header_length[:40]!r}")
     length = int(header_length)
     if length > len(body):

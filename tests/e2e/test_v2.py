@@ -124,7 +124,7 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
         assert [(i["name"], i["data_type"], i["dims"], i["optional"]) for i in config["input"]] == [
             ("input", "TYPE_FP32", [1, 28, 28], True),
             ("pixels", "TYPE_UINT8", [28, 28], True),
-            ("image", "TYPE_STRING", [1], True),
+            ("image", "TYPE_STRING", [], True),
         ]
         assert [o["name"] for o in config["output"]] == ["log_probs", "probs", "digit"]
         with pytest.raises(InferenceServerException) as unknown:
@@ -293,6 +293,13 @@ BAD_HTTP: list[tuple[str, dict[str, Any], bytes, int, str]] = [
         "image[0]: not an image",
     ),
     (
+        "normalised values far out of range",
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [3e38] * 784}]},
+        b"",
+        400,
+        "beyond +-1000",
+    ),
+    (
         "shape as text",
         {"inputs": [pixels_input(1, shape=["1", 28, 28], data=[0] * 784)]},
         b"",
@@ -391,6 +398,11 @@ def test_bad_grpc_requests_get_the_right_status_code(server: V2Server) -> None:
         [0.0] * 784
     )
     cases.append((wrong_field, grpc.StatusCode.INVALID_ARGUMENT, "uint_contents"))
+    short = service_pb2.ModelInferRequest(model_name="mnist")
+    short.inputs.add(name="pixels", datatype="UINT8", shape=[2, 28, 28]).contents.uint_contents.extend(
+        [0] * 784
+    )
+    cases.append((short, grpc.StatusCode.INVALID_ARGUMENT, "holds 784 elements"))
     unknown = pixels_request(1, bytes(784))
     unknown.model_name = "fashion"
     cases.append((unknown, grpc.StatusCode.NOT_FOUND, "unknown model"))
@@ -421,7 +433,9 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
     tmp_path: Path, small_checkpoint: Path, trained_checkpoint: Path, mnist: Mnist
 ) -> None:
     """Two kept versions; v2 requests over HTTP and gRPC stream while the active version flips
-    back and forth: every answer is right for the version it names."""
+    back and forth: every answer is right for the version it names. Each request holds 200 images,
+    four engine batches, so swaps also land between the batches of one request. Requests naming a
+    version get its answer, or a 404 once it is no longer the one served."""
     env = fresh_deployment(tmp_path, small_checkpoint)
     with ServerProcess(env, ready_path="/readyz"):  # records the small model as a version
         pass
@@ -433,7 +447,7 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
         checkpoint.version: checkpoint
         for checkpoint in map(load_checkpoint, (small_checkpoint, trained_checkpoint))
     }
-    images = mnist.test_images[:64]
+    images = mnist.test_images[:200]
     with torch.inference_mode():
         x = to_model_input(images, torch.device("cpu"))
         truth = {version: loaded.model(x) for version, loaded in models.items()}
@@ -462,9 +476,29 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
             result = infer_grpc(server.grpc_url, "pixels", images)
             check(result.get_response().model_version, result.as_numpy("log_probs"))
 
+        def versioned_call() -> None:
+            version = list(models)[len(seen) % 2]
+            _, pixels = as_inputs("pixels", images)
+            content, headers = binary_request(
+                {"inputs": [pixels_input(len(images), parameters={"binary_data_size": pixels.nbytes})]},
+                pixels.tobytes(),
+            )
+            url = f"{server.url}/v2/models/mnist/versions/{version}/infer"
+            response = httpx.post(url, content=content, headers=headers, timeout=30)
+            if response.status_code == 404:
+                assert (
+                    "not being served" in response.json()["error"]
+                    or "stopped being served" in response.json()["error"]
+                )
+                return
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["model_version"] == version
+            check(version, np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(-1, 10))
+
         threads = [
             threading.Thread(target=stream, args=(call,))
-            for call in (http_call, http_call, grpc_call, grpc_call)
+            for call in (http_call, http_call, grpc_call, grpc_call, versioned_call)
         ]
         for thread in threads:
             thread.start()

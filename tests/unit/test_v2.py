@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from app.__main__ import grpc_port_taken
-from app.errors import BadRequest, ServiceError, TooManyFiles
+from app.errors import BadRequest, ServiceError, TooManyFiles, UploadsBusy
+from app.uploads import Bodies
 from app.v2.protocol import (
     InferRequest,
     InferResult,
@@ -33,11 +34,20 @@ def binary_body(document: dict[str, object], blob: bytes) -> tuple[bytes, str]:
 
 def test_bytes_elements_are_length_prefixed_and_a_short_one_is_refused() -> None:
     raw = (3).to_bytes(4, "little") + b"abc" + (0).to_bytes(4, "little") + (2).to_bytes(4, "little") + b"xy"
-    assert bytes_items(raw, "image") == [b"abc", b"", b"xy"]
+    assert bytes_items(raw, "image", 3) == [b"abc", b"", b"xy"]
     with pytest.raises(BadRequest, match="element 1 declares 9 bytes; 2 remain"):
-        bytes_items(raw[:7] + (9).to_bytes(4, "little") + b"xy", "image")
+        bytes_items(raw[:7] + (9).to_bytes(4, "little") + b"xy", "image", 3)
     with pytest.raises(BadRequest, match="inside an element's length prefix"):
-        bytes_items(raw[:9], "image")
+        bytes_items(raw[:9], "image", 3)
+
+
+def test_a_bytes_tensor_with_more_elements_than_its_shape_stops_being_read_at_once() -> None:
+    """Four million empty elements in 16 MB: read one past the shape's count, then refused."""
+    raw = bytes(16 * 1024 * 1024)
+    assert len(bytes_items(raw, "image", 5)) == 6
+    tensor = InputTensor("image", "BYTES", [5], raw=raw)
+    with pytest.raises(BadRequest, match=r"holds more than 6 elements"):
+        elements(tensor, 5)
 
 
 def test_binary_inputs_are_cut_from_the_body_in_order() -> None:
@@ -147,6 +157,18 @@ def test_binary_inputs_are_cut_from_the_body_in_order() -> None:
             "true or false",
         ),
         ({"inputs": []}, b"", None, "inputs"),
+        (
+            {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1], "data": [0]}]},
+            b"",
+            "\u00b2",
+            "whole number",
+        ),
+        (
+            {"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1], "data": [0]}]},
+            b"",
+            "1e3",
+            "whole number",
+        ),
     ],
 )
 def test_malformed_requests_are_400_saying_why(
@@ -214,6 +236,16 @@ def test_outputs_go_binary_as_asked_and_the_header_says_where_the_json_ends() ->
     }
     assert head["outputs"][1]["data"] == pytest.approx([0.1] * 20)
     assert np.frombuffer(body[length:], "<i8").tolist() == [7, 2]
+
+
+def test_received_messages_count_against_the_upload_budget() -> None:
+    bodies = Bodies(timeout_s=1, budget=1000)
+    with bodies.holding_received(600):
+        assert bodies.held == 600
+        with pytest.raises(UploadsBusy), bodies.holding_received(600):
+            pass
+        assert bodies.held == 600
+    assert bodies.held == 0
 
 
 def test_a_grpc_port_in_use_is_found_before_serving() -> None:
