@@ -67,14 +67,72 @@ async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows()
     assert sum(sizes[1:]) == 48
 
 
-async def test_large_requests_are_split_into_max_batch_chunks() -> None:
+async def test_large_requests_are_split_into_max_batch_chunks_and_put_back_in_order() -> None:
+    torch.manual_seed(0)
+    model = Net().eval()
+    inputs = torch.randn(20, 1, 28, 28)
     sizes: list[int] = []
     async with BatchingEngine(
-        checkpoint(Net()), CPU, max_batch_size=8, observers=EngineObservers(batch_rows=sizes.append)
+        checkpoint(model), CPU, max_batch_size=8, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
-        rows, _ = await engine.infer(torch.randn(20, 1, 28, 28))
-    assert rows.shape == (20, 10)
-    assert max(sizes) <= 8
+        rows, _ = await engine.infer(inputs)
+    assert sizes == [8, 8, 4]
+    with torch.inference_mode():
+        assert_log_probs_close(rows, model(inputs))  # row by row: chunks joined in their order
+
+
+class SwappingNet(Net):
+    """The real network, which swaps the engine to `replacement` during its first forward pass: a
+    swap that lands between the chunks of one request."""
+
+    def __init__(self, engine_box: list[BatchingEngine], replacement: LoadedCheckpoint) -> None:
+        super().__init__()
+        self.engine_box, self.replacement = engine_box, replacement
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.engine_box:
+            self.engine_box.pop().swap(self.replacement)
+        return super().forward(x)
+
+
+async def test_a_swap_between_the_chunks_of_one_request_redoes_it_on_the_new_model() -> None:
+    torch.manual_seed(0)
+    new = Net().eval()
+    box: list[BatchingEngine] = []
+    inputs = torch.randn(20, 1, 28, 28)
+    sizes: list[int] = []
+    engine = BatchingEngine(
+        checkpoint(SwappingNet(box, checkpoint(new, "new")), "old"),
+        CPU,
+        max_batch_size=8,
+        observers=EngineObservers(batch_rows=sizes.append),
+    )
+    box.append(engine)
+    async with engine:
+        rows, version = await engine.infer(inputs)
+    assert version == "new"
+    assert sizes == [8, 8, 4, 8, 8, 4]  # the first chunk ran on the old model: the whole request again
+    with torch.inference_mode():
+        assert_log_probs_close(rows, new(inputs))  # every row from the model the version names
+
+
+async def test_a_cancelled_request_takes_its_chunks_out_of_the_queue() -> None:
+    model = GatedNet()
+    sizes: list[int] = []
+    async with BatchingEngine(
+        checkpoint(model), CPU, max_batch_size=4, observers=EngineObservers(batch_rows=sizes.append)
+    ) as engine:
+        blocker = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
+        await asyncio.sleep(0.05)  # the worker took it and is held at the gate
+        gone = asyncio.create_task(engine.infer(torch.randn(12, 1, 28, 28)))  # three chunks
+        await asyncio.sleep(0)
+        gone.cancel()  # a gRPC client cancels, or its deadline passes
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        model.gate.set()
+        await blocker
+        await engine.infer(torch.randn(2, 1, 28, 28))
+    assert sizes == [1, 2]  # none of the cancelled request's chunks was computed
 
 
 async def test_full_queue_refuses_at_once() -> None:
