@@ -61,13 +61,34 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
+        if claimed := signature_of(data):  # it says what it is, but is not one: corrupt, not foreign
+            raise InvalidImage(f"the {claimed} header is corrupt") from None
         raise NotAnImage(f"not an image in a supported format ({', '.join(FORMATS)})") from None
     except Exception:
-        raise InvalidImage("the image header is corrupt") from None
+        raise InvalidImage(f"the {signature_of(data) or 'image'} header is corrupt") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     return image
+
+
+# The first bytes each supported format starts with (WebP: RIFF, 4 bytes of size, then WEBP).
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def signature_of(data: bytes) -> str | None:
+    """The supported format whose signature `data` starts with, if any (BMP's two letters are too
+    common in other files to count)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in SIGNATURES if data.startswith(magic)), None)
 
 
 def decode(image: Image.Image) -> np.ndarray:

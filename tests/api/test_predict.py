@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import LOW_CONFIDENCE
 from models.checkpoint import load_checkpoint
@@ -123,17 +124,40 @@ async def test_model_health_and_metrics(api: httpx.AsyncClient, small_checkpoint
     assert (await api.get("/readyz")).json()["model_version"] == model["model_version"]
     metrics = await api.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    for name in (
-        "mnist_http_requests_total",
-        "mnist_http_request_duration_seconds_bucket",
-        "mnist_batch_size_bucket",
-        "mnist_queue_wait_seconds_bucket",
-        "mnist_inference_seconds_bucket",
-        "mnist_queue_depth",
-    ):
-        assert name in metrics.text
     assert f'mnist_model_info{{arch="net",version="{model["model_version"]}"}} 1.0' in metrics.text
-    assert 'route="/predict",status="200"' in metrics.text
+
+
+def samples(metrics: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition, by name and labels."""
+    return {
+        name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}": value
+        for family in text_string_to_metric_families(metrics)
+        for name, labels, value, *_ in family.samples
+    }
+
+
+async def test_metrics_move_by_what_was_served(api: httpx.AsyncClient, digit: bytes) -> None:
+    """Not that a name appears (its # HELP line always does): that each value moves by exactly
+    what three predictions, one at a time, and one refusal did."""
+    before = samples((await api.get("/metrics")).text)
+    for _ in range(3):
+        assert (await api.post("/predict", files=image_file(digit))).status_code == 200
+    assert (await api.post("/predict", files=image_file(b"not an image"))).status_code == 415
+    after = samples((await api.get("/metrics")).text)
+
+    def moved(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = 'method="POST",route="/predict"'
+    assert moved(f'mnist_http_requests_total{{{route},status="200"}}') == 3
+    assert moved(f'mnist_http_requests_total{{{route},status="415"}}') == 1
+    assert moved(f'mnist_http_request_duration_seconds_count{{{route},status="200"}}') == 3
+    assert moved("mnist_batch_size_count{}") == 3  # one forward pass per lone request...
+    assert moved("mnist_batch_size_sum{}") == 3  # ...of one image each
+    assert moved('mnist_batch_size_bucket{le="1.0"}') == 3
+    assert moved("mnist_inference_seconds_count{}") == 3
+    assert moved("mnist_queue_wait_seconds_count{}") == 3
+    assert after["mnist_queue_depth{}"] == 0
 
 
 async def test_openapi_documents_the_endpoints(api: httpx.AsyncClient) -> None:
