@@ -56,6 +56,23 @@ def test_other_sizes_are_brought_into_mnist_form(digits: torch.Tensor) -> None:
     assert abs(centre[0] - 14) < 1 and abs(centre[1] - 14) < 1
 
 
+@pytest.mark.parametrize(("height", "width"), [(150, 90), (60, 200)])
+def test_the_longer_side_is_scaled_to_20_px_keeping_the_aspect_ratio(height: int, width: int) -> None:
+    """MNIST's own recipe, on a solid block of ink off-centre on a large canvas: its box becomes
+    exactly 20 px on the longer side and in proportion on the shorter, centred by mass."""
+    canvas = np.zeros((300, 300), dtype=np.uint8)
+    canvas[20 : 20 + height, 170 - width // 2 : 170 - width // 2 + width] = 255
+    pixels = mnist_pixels(encode(canvas))
+    rows, cols = np.nonzero(pixels > 0.5 * pixels.max())
+    box = (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+    longer = 20
+    shorter = round(min(height, width) * longer / max(height, width))
+    assert box == ((longer, shorter) if height > width else (shorter, longer))
+    ys, xs = np.indices(pixels.shape)
+    centre = ((ys * pixels).sum() / pixels.sum(), (xs * pixels).sum() / pixels.sum())
+    assert abs(centre[0] - 14) <= 0.5 and abs(centre[1] - 14) <= 0.5
+
+
 def test_rgb_and_transparency(digits: torch.Tensor) -> None:
     digit = digits[0]
     colour = mnist_pixels(encode(rgb(digit)))
