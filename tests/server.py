@@ -33,6 +33,15 @@ def fresh_deployment(tmp_path: Path, checkpoint: Path) -> dict[str, str]:
     }
 
 
+def two_versions(tmp_path: Path, first: Path, second: Path) -> dict[str, str]:
+    """A deployment that keeps two model versions, `second` active: a server first starts on
+    `first` (recording it), then the returned settings start one on `second` over the same state."""
+    env = fresh_deployment(tmp_path / "first", first)
+    with ServerProcess(env, ready_path="/readyz"):
+        pass
+    return {**fresh_deployment(tmp_path / "second", second), "MNIST_STATE_DIR": env["MNIST_STATE_DIR"]}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.checkpoint import load_checkpoint
 from tests.images import encode
-from tests.server import ServerProcess, free_port, fresh_deployment
+from tests.server import ServerProcess, free_port, fresh_deployment, two_versions
 from tests.tolerances import assert_log_probs_close
 from tests.uploads import post_all
 from tests.v2_client import (
@@ -436,13 +436,7 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
     back and forth: every answer is right for the version it names. Each request holds 200 images,
     four engine batches, so swaps also land between the batches of one request. Requests naming a
     version get its answer, or a 404 once it is no longer the one served."""
-    env = fresh_deployment(tmp_path, small_checkpoint)
-    with ServerProcess(env, ready_path="/readyz"):  # records the small model as a version
-        pass
-    env = {
-        **fresh_deployment(tmp_path / "second", trained_checkpoint),
-        "MNIST_STATE_DIR": env["MNIST_STATE_DIR"],
-    }
+    env = two_versions(tmp_path, small_checkpoint, trained_checkpoint)
     models = {
         checkpoint.version: checkpoint
         for checkpoint in map(load_checkpoint, (small_checkpoint, trained_checkpoint))
