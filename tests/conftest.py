@@ -13,6 +13,11 @@ from training.data import Mnist, load_mnist
 from training.loop import TrainConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
+# The servers and settings a test makes read only what the test gives them: a developer's own
+# MNIST_* variables (a token, a database, a port) must not change what the suite checks. Only where
+# MNIST lies is kept.
+for name in [name for name in os.environ if name.startswith("MNIST_") and name != "MNIST_DATA_DIR"]:
+    del os.environ[name]
 # Every server a test starts (in this process or as a child) serves no gRPC unless the test gives it
 # a port of its own: the default, 8001, would be shared by all of them (SO_REUSEPORT).
 os.environ["MNIST_GRPC_PORT"] = "0"

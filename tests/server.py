@@ -49,6 +49,10 @@ def free_port() -> int:
         return port
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind the port chosen for it."""
+
+
 class ServerProcess:
     """`uvicorn app.main:app` (or `python -m app`) with the given MNIST_* settings."""
 
@@ -59,22 +63,39 @@ class ServerProcess:
         ready_path: str = "/healthz",
         open_files: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.ready_path = ready_path
+        self.production = production
         # The repository first, then whatever path the caller runs with (a --target folder of wheels).
         python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        self.env = {**os.environ, "PYTHONPATH": python_path, "MNIST_PORT": str(self.port), **env}
-        if production:
-            self.command = [sys.executable, "-m", "app"]
-        else:
-            self.command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(self.port)]
+        self.env = {**os.environ, "PYTHONPATH": python_path, **env}
+        self._use_port(free_port())
         self.open_files = open_files  # a soft limit on open files for the server to start under
         self.process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: a chatty server must never block on a pipe nobody reads.
         self.output = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
 
-    def start(self, timeout_s: float = 60) -> "ServerProcess":
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env["MNIST_PORT"] = str(port)
+        if self.production:
+            self.command = [sys.executable, "-m", "app"]
+        else:
+            self.command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+
+    def start(self, timeout_s: float = 60, tries: int = 3) -> "ServerProcess":
+        """Start and wait until ready. A free port can be taken by another process between our
+        choosing it and the server binding it: then the server is started again on another."""
+        for _ in range(tries - 1):
+            try:
+                return self._start(timeout_s)
+            except PortTaken:
+                self.output.seek(0)
+                self.output.truncate()
+                self._use_port(free_port())
+        return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> "ServerProcess":
         self.process = subprocess.Popen(
             self.command,
             env=self.env,
@@ -87,7 +108,10 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.stop()}")
+                log = self.stop()
+                if "error while attempting to bind" in log:  # uvicorn's words for EADDRINUSE
+                    raise PortTaken(log)
+                raise RuntimeError(f"server exited with {self.process.returncode}: {log}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return self

@@ -15,7 +15,7 @@ from models.checkpoint import load_checkpoint, metadata_path
 from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.server import ServerProcess, fresh_deployment
-from tests.tools import gone, processes_with
+from tests.tools import gone, processes_with, wait_until
 from training.data import Mnist
 
 QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
@@ -392,7 +392,21 @@ def test_every_server_process_picks_up_a_promoted_model(
         client = httpx.Client(base_url=server.url, timeout=30)
         job = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
         assert job["status"] == "succeeded"
-        time.sleep(2)  # the other process's watcher polls every 0.5 s here
+
+        def served() -> list[str]:
+            # Each process reports what it serves (label pid)
+            return [
+                line
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith("mnist_model_info{") and line.endswith(" 1.0")
+            ]
+
+        # The other process's watcher polls every 0.5 s here: within seconds both moved.
+        def both_moved() -> bool:
+            lines = served()
+            return len(lines) == 2 and all(f'version="{job["model_version"]}"' in line for line in lines)
+
+        assert wait_until(both_moved, 30), served()
 
         def versions_seen() -> set[str]:
             # Fresh connections, so requests spread over both processes.
@@ -403,14 +417,7 @@ def test_every_server_process_picks_up_a_promoted_model(
             }
 
         assert versions_seen() == {job["model_version"]}
-        # Each process reports what it serves (label pid): both moved to the new version.
-        served = [
-            line
-            for line in client.get("/metrics").text.splitlines()
-            if line.startswith("mnist_model_info{") and line.endswith(" 1.0")
-        ]
-        assert len(served) == 2, served
-        assert all(f'version="{job["model_version"]}"' in line for line in served)
+        assert len(served()) == 2, served()
 
 
 @pytest.fixture

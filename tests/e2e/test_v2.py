@@ -5,7 +5,6 @@ both ways, the limits, the errors, the metrics, a hot swap under load, and `pyth
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from models.checkpoint import load_checkpoint
 from tests.images import encode
 from tests.server import ServerProcess, free_port, fresh_deployment, two_versions
 from tests.tolerances import assert_log_probs_close
+from tests.tools import wait_until
 from tests.uploads import post_all
 from tests.v2_client import (
     as_inputs,
@@ -496,14 +496,19 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
         ]
         for thread in threads:
             thread.start()
+
+        def answers_after(count: int) -> None:
+            """Let the streams run until `count` answers in all (however slow the machine is today)."""
+            assert wait_until(lambda: len(seen) >= count or bool(failures), 60)
+
         try:
             for version in [*models, *models]:
-                time.sleep(0.5)
+                answers_after(len(seen) + 5)
                 assert (
                     httpx.post(f"{server.url}/model/versions/{version}/activate", timeout=30).status_code
                     == 200
                 )
-            time.sleep(0.5)
+            answers_after(len(seen) + 5)
         finally:
             stop.set()
             for thread in threads:
