@@ -82,10 +82,26 @@ def alembic_config() -> Config:
     return config
 
 
+class Clock:
+    """The two clocks the records are judged by. Heartbeats are stamped and compared in SQL on the
+    database's clock, so every machine shares one; how long this process has had the database
+    back is measured on its own monotonic clock. A test passes one that it moves forward."""
+
+    def database_now(self, sqlite: bool) -> ColumnElement[Any]:
+        """The database's time in seconds since the epoch, as an SQL expression."""
+        if sqlite:
+            return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
+        return func.extract("epoch", func.clock_timestamp())
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 class Database:
     """An engine, transactions for reads and for serialised writes, and schema migrations."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Clock | None = None) -> None:
+        self._clock = clock or Clock()
         self.url = make_url(url)
         self.sqlite = self.url.get_backend_name() == "sqlite"
         self._file = (
@@ -112,7 +128,7 @@ class Database:
         # When this process last got the database back after losing it, or started: a process
         # that starts as the database returns has not seen the outage, but owners still need
         # a stale window to beat again.
-        self._back_since = time.monotonic()
+        self._back_since = self._clock.monotonic()
         self._lost = False
         self._schema_ready = False
         self._schema_lock = threading.RLock()
@@ -122,9 +138,7 @@ class Database:
     def clock(self) -> ColumnElement[Any]:
         """The database's time in seconds since the epoch: heartbeats of every machine are stamped
         and judged on this one clock, so a host whose clock is off cannot look alive or dead."""
-        if self.sqlite:
-            return (func.julianday("now") - literal(2440587.5)) * literal(86400.0)
-        return func.extract("epoch", func.clock_timestamp())
+        return self._clock.database_now(self.sqlite)
 
     @staticmethod
     def _take_over_sqlite_transactions(engine: Engine) -> None:
@@ -160,7 +174,7 @@ class Database:
     def reachable_for(self) -> float:
         """Seconds since this process started or got the database back after an outage. Judging
         silence by heartbeats is only fair once owners have had time to beat again."""
-        return 0.0 if self._lost else time.monotonic() - self._back_since
+        return 0.0 if self._lost else self._clock.monotonic() - self._back_since
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
@@ -169,7 +183,7 @@ class Database:
         try:
             yield
             if self._lost:
-                self._lost, self._back_since = False, time.monotonic()
+                self._lost, self._back_since = False, self._clock.monotonic()
                 log.info("database reachable again")
         except (OperationalError, InterfaceError, PoolTimeout) as exc:
             self._lost = True

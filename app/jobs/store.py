@@ -309,7 +309,8 @@ class JobStore:
             raise JobNotFound(f"no training job {job_id}")
         return found[0]
 
-    def list(self, limit: int = 20) -> list[Job]:
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The newest `limit` jobs, newest first."""
         return self._settled(select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit))
 
     def reap(self) -> None:

@@ -88,7 +88,7 @@ async def read_training_jobs(
     store: StoreDep, settings: SettingsDep, limit: int = Query(20, ge=1, le=500)
 ) -> JobList:
     """Training jobs, newest first, and how many processes a new one may ask for."""
-    found = await store.database.run(store.list, limit)
+    found = await store.database.run(store.recent, limit)
     return JobList(
         jobs=[JobPublic.model_validate(job) for job in found], max_nproc_per_node=settings.train_max_procs
     )

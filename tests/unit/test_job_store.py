@@ -1,25 +1,49 @@
 """The job store on a real database of each kind: capacity (trainers' slots and the queue) across
 store instances (as processes or machines hold them), claiming, staleness on the database's clock,
-cancelling, records, and a store from before migrations kept."""
+cancelling, records, and a store from before migrations kept.
+
+Staleness is judged on a clock the tests move forward (`Later`): no test waits for a window to
+pass, and a stale window of a minute leaves tens of seconds between "alive" and "stale" for a
+loaded machine's delays, where real waits left under a second."""
 
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy import ColumnElement, literal
 
-from app.db import Database, alembic_config, database_url
+from app.db import Clock, Database, alembic_config, database_url
 from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
-from app.jobs.store import Beat, Job, JobStore
+from app.jobs.store import Beat, Job, JobStatus, JobStore
 from tests.postgres import PostgresServer
 
+# The stale window of the tests that judge heartbeats (the service's default is 15 s).
+STALE = 60.0
 
-def opened(url: str, stale_after_s: float = 15.0) -> JobStore:
+
+class Later(Clock):
+    """The database's clock and this process's, both `ahead` seconds on from the real ones."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.ahead += seconds
+
+    def database_now(self, sqlite: bool) -> ColumnElement[Any]:
+        return super().database_now(sqlite) + literal(self.ahead)
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.ahead
+
+
+def opened(url: str, stale_after_s: float = 15.0, clock: Clock | None = None) -> JobStore:
     """A store as a server process opens it at startup: migrations first."""
-    database = Database(database_url(url, Path("unused")))
+    database = Database(database_url(url, Path("unused")), clock)
     database.migrate()
     return JobStore(database, stale_after_s=stale_after_s)
 
@@ -46,7 +70,7 @@ def test_jobs_fit_the_live_trainers_slots_across_processes(records_url: str) -> 
         a.create({"epochs": 3})
     finished(a, job)
     assert b.create({"epochs": 3}).status == "queued"
-    assert {j.id for j in a.list() if j.status == "queued"} >= {second.id}
+    assert {j.id for j in a.recent() if j.status == "queued"} >= {second.id}
 
 
 def test_the_queue_lets_jobs_wait_for_a_trainer(records_url: str) -> None:
@@ -69,7 +93,7 @@ def test_racing_creates_make_exactly_one_job(records_url: str) -> None:
     stores[0].check_in("t1", slots=1)
     outcomes = race(stores, lambda store: store.create({}))
     assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
-    assert len(stores[0].list()) == 1
+    assert len(stores[0].recent()) == 1
 
 
 def test_racing_claims_give_a_job_to_exactly_one_trainer(records_url: str) -> None:
@@ -110,18 +134,22 @@ def test_odd_ids_are_not_found_before_the_database_sees_them(records_url: str) -
 
 
 def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> None:
-    store = opened(records_url, stale_after_s=2.0)
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
     store.check_in("t1", slots=1)
     job = store.create({})
     assert store.claim("t1", owner="a", slots=1) is not None
     assert store.update(job.id, "a", pid=4242)  # its child started
-    time.sleep(1.2)
+    clock.advance(0.6 * STALE)
     assert store.beat(job.id, "a") is Beat.ALIVE
-    time.sleep(1.2)
+    clock.advance(0.6 * STALE)
     store.reap()
-    assert store.get(job.id).status == "running"  # claimed 2.4 s ago, but beat 1.2 s ago: alive
+    assert store.get(job.id).status == "running"  # claimed 1.2 windows ago, but beat 0.6 ago: alive
     assert store.beat(job.id, "b") is Beat.LOST  # only its owner keeps it alive
-    time.sleep(2.1)
+    clock.advance(0.3 * STALE)
+    store.reap()
+    assert store.get(job.id).status == "running"  # 0.9 windows since it beat
+    clock.advance(0.2 * STALE)
     store.reap()
     reaped = store.get(job.id)
     assert reaped.status == "failed" and reaped.error is not None and reaped.error.startswith("interrupted")
@@ -133,30 +161,53 @@ def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> No
 
 def test_reads_and_cancels_settle_a_silent_owners_job_at_once(records_url: str) -> None:
     """No reaper timer runs here: the read and the cancel themselves see the owner is gone."""
-    store = opened(records_url, stale_after_s=1.0)
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
     store.check_in("t1", slots=2)
     for owner in ("a", "b"):
         store.create({})
         claimed = store.claim("t1", owner=owner, slots=2)
         assert claimed is not None and store.update(claimed.id, owner, pid=4242)
-    to_cancel, to_read = (job.id for job in store.list())
-    time.sleep(1.3)  # both owners silent past the stale window (killed, say)
+    to_cancel, to_read = (job.id for job in store.recent())
+    clock.advance(1.2 * STALE)  # both owners silent past the stale window (killed, say)
     cancelled = store.request_cancel(to_cancel)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     read = store.get(to_read)
     assert read.status == "failed" and read.error is not None and read.error.startswith("interrupted")
-    assert [job.status for job in store.list()] == ["cancelled", "failed"]
+    assert [job.status for job in store.recent()] == ["cancelled", "failed"]
 
 
 def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: str) -> None:
-    store = opened(records_url, stale_after_s=1.0)
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
     store.check_in("t1", slots=1)
     job = store.create({})
     assert store.claim("t1", owner="died-before-its-child-started", slots=1) is not None
-    time.sleep(1.3)
+    clock.advance(1.2 * STALE)
     store.check_in("t2", slots=1)
     again = store.claim("t2", owner="b", slots=1)
     assert again is not None and again.id == job.id and again.owner == "b"
+
+
+def test_a_claim_released_at_shutdown_is_queued_as_new_for_the_next_trainer(records_url: str) -> None:
+    store = opened(records_url)
+    store.check_in("t1", slots=1)
+    job = store.create({"epochs": 2})
+    claimed = store.claim("t1", owner="a", slots=1)
+    assert claimed is not None and claimed.started_at is not None
+    assert store.update(job.id, "a", progress={"epoch": 1})
+    store.release(job.id, "b")  # only its owner gives it back
+    assert store.get(job.id).status == "running"
+    store.release(job.id, "a")
+    assert store.get(job.id) == Job(
+        id=job.id,
+        status=JobStatus.QUEUED,
+        params={"epochs": 2},
+        created_at=job.created_at,
+        heartbeat=claimed.heartbeat,
+    )
+    again = store.claim("t1", owner="c", slots=1)
+    assert again is not None and (again.id, again.owner, again.trainer) == (job.id, "c", "t1")
 
 
 def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Path) -> None:
@@ -164,7 +215,8 @@ def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Pat
     A process that lost the database waits a window before reaping, so live owners beat first."""
     server = PostgresServer()
     try:
-        owner, reaper = opened(server.url(), stale_after_s=2.0), opened(server.url(), stale_after_s=2.0)
+        clock = Later()
+        owner, reaper = (opened(server.url(), stale_after_s=STALE, clock=clock) for _ in range(2))
         owner.check_in("t1", slots=1)
         job = owner.create({})
         assert owner.claim("t1", owner="a", slots=1) is not None
@@ -172,12 +224,15 @@ def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Pat
         server.stop()
         with pytest.raises(RecordsUnavailable):
             reaper.reap()
-        time.sleep(2.5)  # longer than the stale window
+        clock.advance(1.2 * STALE)  # longer than the stale window
         server.start()
         reaper.reap()
         assert reaper.get(job.id).status == "running"  # not judged yet: owners get their window
         assert owner.beat(job.id, "a") is Beat.ALIVE
-        time.sleep(2.2)  # a window after the outage, and the owner silent all of it
+        clock.advance(0.9 * STALE)
+        reaper.reap()
+        assert reaper.get(job.id).status == "running"  # not yet a window since the owner beat
+        clock.advance(0.2 * STALE)  # a window after the outage, and the owner silent all of it
         reaper.reap()
         assert reaper.get(job.id).status == "failed"
     finally:
@@ -187,24 +242,30 @@ def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Pat
 def test_a_process_that_just_started_gives_owners_a_window_too(records_url: str) -> None:
     """A replica starting as the database comes back never saw the outage, yet owners have not
     beaten again either: it judges no heartbeat before it has been up a stale window."""
-    owner = opened(records_url, stale_after_s=1.0)
+    clock = Later()
+    owner = opened(records_url, stale_after_s=STALE, clock=clock)
     owner.check_in("t1", slots=1)
     job = owner.create({})
     assert owner.claim("t1", owner="a", slots=1) is not None
     assert owner.update(job.id, "a", pid=4242)
-    time.sleep(1.3)  # the owner silent for longer than the window (as during an outage)
-    newcomer = opened(records_url, stale_after_s=1.0)
+    clock.advance(1.2 * STALE)  # the owner silent for longer than the window (as during an outage)
+    newcomer = opened(records_url, stale_after_s=STALE, clock=clock)
     newcomer.reap()
     assert newcomer.get(job.id).status == "running"
-    time.sleep(1.1)
+    clock.advance(0.9 * STALE)
+    newcomer.reap()
+    assert newcomer.get(job.id).status == "running"  # up less than a window
+    clock.advance(0.2 * STALE)
     newcomer.reap()
     assert newcomer.get(job.id).status == "failed"
 
 
 def test_a_silent_trainer_leaves_no_slot(records_url: str) -> None:
-    store = opened(records_url, stale_after_s=1.0)
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
     store.check_in("t1", slots=3)
-    time.sleep(1.3)
+    store.create({})  # alive, it has room
+    clock.advance(1.2 * STALE)
     with pytest.raises(NoTrainer):
         store.create({})
 
@@ -219,8 +280,8 @@ def test_records_persist_and_list_newest_first(records_url: str) -> None:
         store.database.engine.dispose()
         ids.append(job.id)
     reopened = opened(records_url)
-    assert [job.id for job in reopened.list(limit=10)] == ids[::-1]
-    assert [job.id for job in reopened.list(limit=2)] == ids[:0:-1]
+    assert [job.id for job in reopened.recent(limit=10)] == ids[::-1]
+    assert [job.id for job in reopened.recent(limit=2)] == ids[:0:-1]
     assert reopened.get(ids[1]).params == {"epochs": 2, "lr": 0.5}
     assert reopened.get(ids[1]).status == "succeeded" and reopened.get(ids[1]).trainer == "t1"
     with pytest.raises(JobNotFound):
@@ -232,11 +293,17 @@ def test_cancel_ends_a_queued_job_and_reaches_a_running_ones_owner(records_url: 
     owner.check_in("t1", slots=1)
     queued = owner.create({}, queue=1)
     waiting = owner.create({}, queue=1)
-    assert other.request_cancel(waiting.id).status == "cancelled"  # nobody runs it: it ends now
+    cancelled = other.request_cancel(waiting.id)  # nobody runs it: it ends now
+    assert (cancelled.status, cancelled.cancel_requested) == ("cancelled", True)
+    assert cancelled.finished_at is not None and cancelled.finished_at >= cancelled.created_at
+    assert owner.get(waiting.id) == cancelled
     assert owner.claim("t1", owner="a", slots=1).id == queued.id  # type: ignore[union-attr]
     assert owner.beat(queued.id, "a") is Beat.ALIVE
     assert other.request_cancel(queued.id).status == "running"  # its owner stops it
     assert owner.beat(queued.id, "a") is Beat.CANCEL
+    with pytest.raises(JobNotFound) as unknown:
+        other.request_cancel("0123456789ab")
+    assert str(unknown.value) == "no training job 0123456789ab"
 
 
 # The schema and a row exactly as the first release's SQLite store wrote them (before migrations).
