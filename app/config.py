@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path | None = None
     train_threads: int = Field(1, ge=1, description="torch threads of a training job (shared by its ranks)")
+    train_priority: Literal["idle", "normal"] = Field(
+        "idle",
+        description="CPU class of a job's processes: idle (serving keeps the cores it needs) "
+        "or normal (a machine that only trains, where nothing else should outrank it)",
+    )
     train_max_procs: int = Field(
         default=0,
         ge=0,

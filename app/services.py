@@ -166,6 +166,7 @@ async def serving(
             threads=settings.train_threads,
             max_procs=settings.train_max_procs,
             data_dir=settings.data_dir,
+            priority=settings.train_priority,
             heartbeat_s=settings.job_heartbeat_s,
         )
         await jobs.start()

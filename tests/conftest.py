@@ -21,6 +21,9 @@ for name in [name for name in os.environ if name.startswith("MNIST_") and name !
 # Every server a test starts (in this process or as a child) serves no gRPC unless the test gives it
 # a port of its own: the default, 8001, would be shared by all of them (SO_REUSEPORT).
 os.environ["MNIST_GRPC_PORT"] = "0"
+# Training children at normal priority: in the idle CPU class, other test load on a small machine
+# can starve them past a test's deadline. The idle class has a test of its own.
+os.environ["MNIST_TRAIN_PRIORITY"] = "normal"
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +45,14 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
     """A real checkpoint: the tutorial's Net trained for one epoch on 2,000 images (72.63% accurate)."""
     out = tmp_path_factory.mktemp("model") / "mnist_cnn.pt"
     run(TrainConfig(epochs=1, limit_train=2000, device="cpu", data_dir=str(mnist_dir), out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A second quick checkpoint with other weights (another seed, 1,000 images): a second version."""
+    out = tmp_path_factory.mktemp("other") / "mnist_cnn.pt"
+    run(TrainConfig(epochs=1, limit_train=1000, seed=1, device="cpu", data_dir=str(mnist_dir), out=str(out)))
     return out
 
 

@@ -125,10 +125,14 @@ class ServerProcess:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
-    def stop(self, timeout_s: float = 30) -> str:
-        """SIGTERM (as an orchestrator would), wait, and return everything the server printed."""
+    def stop(self, timeout_s: float = 30, whole_group: bool = True) -> str:
+        """SIGTERM (as an orchestrator would: to the process group, or to the server alone, which
+        must then stop its own children), wait, and return everything the server printed."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            if whole_group:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            else:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -167,6 +167,7 @@ class JobManager:
         threads: int = 1,
         max_procs: int = 1,
         data_dir: Path | None = None,
+        priority: str = "idle",
         heartbeat_s: float = 2.0,
         kill_grace_s: float = 5.0,
         claim_poll_s: float = 0.5,
@@ -180,6 +181,7 @@ class JobManager:
             queue,
         )
         self.device, self.threads, self.max_procs, self.data_dir = device, threads, max_procs, data_dir
+        self.priority = priority
         self.heartbeat_s, self.kill_grace_s, self.claim_poll_s = heartbeat_s, kill_grace_s, claim_poll_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._children: dict[str, asyncio.subprocess.Process] = {}
@@ -187,6 +189,11 @@ class JobManager:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tending: asyncio.Task[None] | None = None
+
+    def _give_way(self, pid: int) -> None:
+        """A job's process leaves the CPU to serving (MNIST_TRAIN_PRIORITY=idle, the default)."""
+        if self.priority == "idle":
+            lower_priority(pid)
 
     async def start(self) -> None:
         """A trainer checks in (so jobs are accepted for it) and starts claiming queued jobs; every
@@ -329,7 +336,7 @@ class JobManager:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
-        lower_priority(child.pid)
+        self._give_way(child.pid)
         self._children[job.id] = child
         stderr: deque[str] = deque(maxlen=20)
         failure: list[str] = []
@@ -589,7 +596,7 @@ class JobManager:
             stderr=asyncio.subprocess.PIPE,
             env=self._child_env(self.threads),
         )
-        lower_priority(child.pid)
+        self._give_way(child.pid)
         training = self._children.get(job.id)
         self._children[job.id] = child  # a cancel or a shutdown stops it like the training child
         try:
