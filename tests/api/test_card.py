@@ -16,6 +16,7 @@ from training.data import Mnist
 BATCH = 64
 
 
+@pytest.mark.slow  # judged on the full-recipe checkpoint, over all 10,000 test digits
 async def test_the_flag_catches_the_share_of_errors_the_card_states(
     serve: Serve, trained_checkpoint: Path, mnist: Mnist
 ) -> None:

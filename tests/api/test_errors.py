@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from app.main import create_app
 from models.cnn import Net
-from tests.asgi import Serve
+from tests.asgi import Serve, settings_from
 from tests.images import encode, png_header_only
+from tests.server import fresh_deployment
 from tests.uploads import image_file
 
 
@@ -33,6 +35,7 @@ async def test_bad_images(api: httpx.AsyncClient, body: bytes, status: int, word
     response = await api.post("/predict", files=image_file(body))
     assert response.status_code == status
     assert words in response.json()["detail"]
+    assert not response.json()["detail"].startswith("files[")  # one upload: no file to name
 
 
 async def test_truncated_image(api: httpx.AsyncClient, digit: bytes) -> None:
@@ -201,3 +204,28 @@ async def test_nothing_about_the_servers_files_is_shown(serve: Serve, tmp_path: 
         for path in ("/train/" + "a" * 300, "/model/versions/" + "a" * 300 + "/activate"):
             response = await (client.get(path) if path.startswith("/train") else client.post(path))
             assert response.status_code == 404 and len(response.text) < 200
+
+
+async def test_an_unexpected_fault_is_a_bare_500_and_a_logged_traceback(
+    small_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault of the server's own (here a route that fails, since no input may cause one) answers
+    500 with nothing of its text: no path, no library message; the log keeps all of it."""
+    app = create_app(settings_from(fresh_deployment(tmp_path, small_checkpoint)))
+    fault = f"[Errno 13] Permission denied: '{tmp_path}/state/jobs.sqlite3' (sqlite3.OperationalError)"
+
+    async def failing() -> None:
+        raise RuntimeError(fault)
+
+    app.add_api_route("/faulty", failing)
+    app.add_api_route("/v2/faulty", failing)
+    caplog.set_level(logging.ERROR, logger="app")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://mnist-serve") as client,
+    ):
+        plain, v2 = await client.get("/faulty"), await client.get("/v2/faulty")
+    assert (plain.status_code, plain.json()) == (500, {"detail": "internal server error"})
+    assert (v2.status_code, v2.json()) == (500, {"error": "internal server error"})
+    assert fault in caplog.text and "Traceback" in caplog.text

@@ -53,17 +53,17 @@ async def test_a_restart_with_a_corrupt_model_file_serves_the_active_version(
 async def test_a_corrupt_active_version_falls_back_to_the_newest_that_loads(
     tmp_path: Path,
     small_checkpoint: Path,
-    trained_checkpoint: Path,
+    other_checkpoint: Path,
     digit: bytes,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     env = fresh_deployment(tmp_path, small_checkpoint)
     model_path = Path(env["MNIST_MODEL_PATH"])
-    older, newer = version_of(small_checkpoint), version_of(trained_checkpoint)
+    older, newer = version_of(small_checkpoint), version_of(other_checkpoint)
     async with serving(settings_from(env)) as client:
         await served(client, older)
-        shutil.copy(metadata_path(trained_checkpoint), metadata_path(model_path))  # written by hand
-        shutil.copy(trained_checkpoint, model_path)
+        shutil.copy(metadata_path(other_checkpoint), metadata_path(model_path))  # written by hand
+        shutil.copy(other_checkpoint, model_path)
         await served(client, newer)  # adopted: kept and active
     corrupt(model_path)
     corrupt(tmp_path / "state" / "models" / f"{newer}.pt")  # the kept copy of the active version too

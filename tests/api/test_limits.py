@@ -5,6 +5,7 @@ import asyncio
 import io
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
@@ -140,10 +141,16 @@ async def test_a_token_is_checked_before_the_body_is_read(serve: Serve) -> None:
         assert response.status_code == 401
 
 
+async def in_chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
+    """A body sent chunked, with no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
 async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes) -> None:
     """Upload bytes count from their arrival until their request is answered; past
     MNIST_MAX_BUFFERED_BYTES, a request gets a 503 to retry, and every byte is given back."""
-    budget, batch = 1024 * 1024, 1024 * 1024 - 16 * 1024
+    budget, batch = 1024 * 1024 + 64 * 1024, 1024 * 1024 - 16 * 1024
     async with serve(MAX_BUFFERED_BYTES=str(budget), MAX_BATCH_BYTES=str(batch)) as client:
         # A digit and 600 KB of another form field: two such requests do not fit at once.
         padded = [("files", ("d.png", digit, "image/png")), ("padding", (None, b"x" * 600_000))]
@@ -151,9 +158,22 @@ async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes)
         assert sorted(answer.status_code for answer in answers) == [200, 503]
         busy = next(answer for answer in answers if answer.status_code == 503)
         assert busy.headers["retry-after"] == "1"
-        assert "holding 1048576 bytes of uploads already" in busy.json()["detail"]
+        assert f"holding {budget} bytes of uploads already" in busy.json()["detail"]
         for _ in range(3):  # one at a time, they fit: nothing stayed held
             assert (await client.post("/predict/batch", files=padded)).status_code == 200
+        # Past MNIST_MAX_BATCH_BYTES (yet within the budget), sent with no length, so the server
+        # finds out as the bytes arrive: 413, and what it held of them is given back too.
+        oversize = [("files", ("d.png", digit, "image/png")), ("padding", (None, b"x" * (batch + 20_000)))]
+        form = httpx.Request("POST", "/", files=oversize)
+        for _ in range(3):
+            refused = await client.post(
+                "/predict/batch",
+                content=in_chunks(form.read(), 64 * 1024),
+                headers={"content-type": form.headers["content-type"]},
+            )
+            assert refused.status_code == 413
+            assert refused.json()["detail"] == f"upload is larger than the limit of {batch} bytes"
+        assert (await client.post("/predict/batch", files=padded)).status_code == 200
 
 
 async def test_a_png_whose_text_chunks_inflate_to_60_mb_is_refused_at_once(api: httpx.AsyncClient) -> None:

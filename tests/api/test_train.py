@@ -53,8 +53,10 @@ async def test_unreadable_bodies_and_unknown_ids(api: httpx.AsyncClient) -> None
 async def test_a_token_guards_training_and_model_changes(
     serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="app")
+    caplog.set_level(logging.DEBUG)
     async with serve(TRAIN_TOKEN="s3cret") as client:
+        for path in ("/model", "/model/versions", "/train", "/healthz", "/readyz", "/metrics", "/v2"):
+            assert "s3cret" not in (await client.get(path)).text, path  # the token is never shown
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             response = await client.post("/train", json={"epochs": 1}, headers=headers)
             assert response.status_code == 401
@@ -68,6 +70,7 @@ async def test_a_token_guards_training_and_model_changes(
         assert (await client.delete("/train/x", headers=GOOD)).status_code == 404
         assert (await client.post("/model/versions/x/activate", headers=GOOD)).status_code == 404
     assert "MNIST_TRAIN_TOKEN is not set" not in caplog.text
+    assert caplog.text and "s3cret" not in caplog.text  # nor logged, even where it was refused
 
 
 async def test_an_open_server_warns_at_startup(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:

@@ -27,10 +27,16 @@ class GatedNet(Net):
     def __init__(self) -> None:
         super().__init__()
         self.gate = threading.Event()
+        self.entered = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
         self.gate.wait(timeout=10)
         return super().forward(x)
+
+    async def held(self) -> None:
+        """Until the engine's worker has taken a batch and is held at the gate."""
+        assert await asyncio.to_thread(self.entered.wait, 10), "the worker never ran the model"
 
 
 async def test_collect_batch_respects_rows_and_skips_abandoned() -> None:
@@ -123,7 +129,7 @@ async def test_a_cancelled_request_takes_its_chunks_out_of_the_queue() -> None:
         checkpoint(model), CPU, max_batch_size=4, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
         blocker = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
-        await asyncio.sleep(0.05)  # the worker took it and is held at the gate
+        await model.held()
         gone = asyncio.create_task(engine.infer(torch.randn(12, 1, 28, 28)))  # three chunks
         await asyncio.sleep(0)
         gone.cancel()  # a gRPC client cancels, or its deadline passes
@@ -139,7 +145,7 @@ async def test_full_queue_refuses_at_once() -> None:
     model = GatedNet()
     async with BatchingEngine(checkpoint(model), CPU, max_batch_size=1, queue_size=2) as engine:
         first = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
-        await asyncio.sleep(0.05)  # the worker took it and is held at the gate
+        await model.held()
         queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull):
@@ -159,7 +165,7 @@ async def test_a_request_that_waits_too_long_gets_a_timeout_and_is_not_computed(
         observers=EngineObservers(batch_rows=sizes.append),
     ) as engine:
         blocker = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
-        await asyncio.sleep(0.02)
+        await model.held()
         with pytest.raises(InferenceTimeout):
             await engine.infer(torch.randn(1, 1, 28, 28))
         model.gate.set()
@@ -175,9 +181,9 @@ async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
     engine = BatchingEngine(checkpoint(model), CPU, max_batch_size=2)
     await engine.__aenter__()
     pending = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(5)]
-    await asyncio.sleep(0.02)
+    await model.held()
     stopping = asyncio.create_task(engine.stop())
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # stop() has begun: it refuses new work before it waits
     with pytest.raises(ShuttingDown):
         await engine.infer(torch.randn(1, 1, 28, 28))
     model.gate.set()

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
-from app.preprocess import Invert, mnist_pixels, preprocess, to_tensor
+from app.preprocess import Invert, levels_of, mnist_pixels, preprocess, signature_of, to_tensor
 from tests.images import black_on_white, encode, larger, png_header_only, rgb
 from training.data import Mnist
 from training.loop import to_model_input
@@ -44,6 +44,8 @@ def test_dark_on_light_is_inverted_at_28x28_and_can_be_forced(digits: torch.Tens
     # invert=false keeps it as sent; invert=true inverts a light-on-dark digit
     assert np.array_equal(mnist_pixels(encode(black_on_white(digit)), Invert.FALSE), black_on_white(digit))
     assert np.array_equal(mnist_pixels(encode(digit), Invert.TRUE), black_on_white(digit))
+    kept = preprocess(encode(black_on_white(digit)), Invert.FALSE)
+    assert torch.equal(kept, to_tensor(np.asarray(black_on_white(digit))))
 
 
 def test_other_sizes_are_brought_into_mnist_form(digits: torch.Tensor) -> None:
@@ -170,3 +172,36 @@ def test_to_tensor_leaves_the_pixels_alone(digits: torch.Tensor) -> None:
     before = pixels.copy()
     to_tensor(pixels)
     assert np.array_equal(pixels, before)
+
+
+@pytest.mark.parametrize(
+    ("values", "floats", "levels"),
+    [
+        ([0.0, 0.5, 1.0], True, [0.0, 127.5, 255.0]),  # floats in [0, 1] are scaled up
+        ([0.0, 1.5, 200.0], True, [0.0, 1.5, 200.0]),  # floats past 1 are levels already
+        ([0.0, 1.0], False, [0.0, 1.0]),  # integers in [0, 1] are two dark levels, not 0 and 255
+        ([0.0, 7.0, 255.0], False, [0.0, 7.0, 255.0]),  # integers in [0, 255] are kept
+        ([-10.0, 0.0, 10.0], False, [0.0, 127.5, 255.0]),  # a negative low: stretched
+        ([0.0, 256.0, 512.0], False, [0.0, 127.5, 255.0]),  # past 255: stretched
+        ([0.0, 2.0**31 - 1], False, [0.0, 255.0]),  # int32's extremes do not overflow
+        ([300.0, 300.0], False, [0.0, 0.0]),  # one value out of range: blank
+        ([-1.0, -1.0], True, [0.0, 0.0]),
+    ],
+)
+def test_32_bit_levels_exactly(values: list[float], floats: bool, levels: list[float]) -> None:
+    got = levels_of(np.array(values, dtype=np.float64).reshape(1, -1), floats)
+    assert got.dtype == np.float32 and got.shape == (1, len(values))
+    np.testing.assert_allclose(got[0], levels, rtol=1e-6)
+
+
+def test_non_finite_levels_pass_through_for_the_caller_to_refuse() -> None:
+    got = levels_of(np.array([[np.nan, np.inf, 3.0]]), floats=True)
+    assert got.dtype == np.float32
+    assert np.isnan(got[0, 0]) and np.isposinf(got[0, 1]) and got[0, 2] == 3.0
+
+
+def test_a_riff_file_is_webp_only_when_it_says_so() -> None:
+    """RIFF holds WAV and AVI too: those are not images (415), where a broken WebP is corrupt (400)."""
+    assert signature_of(b"RIFF\x24\x00\x00\x00WEBPVP8 ") == "WEBP"
+    assert signature_of(b"RIFF\x24\x00\x00\x00WAVEfmt ") is None
+    assert signature_of(b"RIFX\x24\x00\x00\x00WEBPVP8 ") is None

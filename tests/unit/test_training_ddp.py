@@ -138,6 +138,7 @@ def test_ranks_die_with_a_launcher_killed_outright(tmp_path: Path, mnist_dir: Pa
     assert not out.exists()
 
 
+@pytest.mark.slow  # torchrun and its ranks, as real processes
 def test_a_failing_rank_is_named_with_its_own_reason(tmp_path: Path, mnist_dir: Path) -> None:
     bad = unreadable_mnist(tmp_path / "bad")
     launcher = start(
@@ -155,6 +156,7 @@ def test_a_failing_rank_is_named_with_its_own_reason(tmp_path: Path, mnist_dir: 
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow  # torchrun and its ranks, as real processes
 def test_a_rendezvous_nobody_joins_times_out_with_a_clear_error(tmp_path: Path, mnist_dir: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     launcher = start(
