@@ -176,6 +176,15 @@ async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes)
         assert (await client.post("/predict/batch", files=padded)).status_code == 200
 
 
+async def test_train_bodies_are_not_held_against_the_upload_budget(serve: Serve, digit: bytes) -> None:
+    """A /train body is small and bounded on its own (16 KiB): it never takes upload room."""
+    budget = 1024 * 1024  # the least there is
+    async with serve(MAX_BATCH_BYTES=str(budget - 16 * 1024), MAX_BUFFERED_BYTES=str(budget)) as client:
+        for _ in range(80):  # 80 x 15 KB: more than the budget in all
+            assert (await client.post("/train", json={"padding": "x" * 15_000})).status_code == 422
+        assert (await client.post("/predict", files=image_file(digit))).status_code == 200
+
+
 async def test_a_png_whose_text_chunks_inflate_to_60_mb_is_refused_at_once(api: httpx.AsyncClient) -> None:
     """Pillow inflates text chunks while opening a file, before any pixel count is checked."""
     info = PngImagePlugin.PngInfo()

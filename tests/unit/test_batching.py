@@ -200,5 +200,15 @@ async def test_swap_takes_effect_from_the_next_batch() -> None:
 
 async def test_no_model_says_how_to_make_one() -> None:
     async with BatchingEngine(None, CPU, unavailable_reason="no checkpoint file mnist_cnn.pt") as engine:
-        with pytest.raises(NoModel, match=r"python -m training.*POST /train"):
+        with pytest.raises(NoModel) as refused:
             await engine.infer(torch.randn(1, 1, 28, 28))
+        assert str(refused.value) == (
+            "no model loaded: no checkpoint file mnist_cnn.pt. Train one with `python -m training` "
+            "(then restart or wait for the server to pick it up) or start a job with `POST /train`"
+        )
+        engine.unavailable("mnist_cnn.pt is corrupt or truncated")  # a later load failed too
+        with pytest.raises(NoModel, match=r"^no model loaded: mnist_cnn\.pt is corrupt or truncated\. "):
+            await engine.infer(torch.randn(1, 1, 28, 28))
+        engine.swap(checkpoint(Net(), "v1"))
+        engine.unavailable("a newer file failed to load")  # while one is served: ignored
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "v1"

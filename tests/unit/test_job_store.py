@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import ColumnElement, literal
+from sqlalchemy import ColumnElement, literal, update
 
 from app.db import Clock, Database, alembic_config, database_url
 from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
-from app.jobs.store import Beat, Job, JobStatus, JobStore
+from app.jobs.store import Beat, Job, JobStatus, JobStore, jobs
 from tests.postgres import PostgresServer
 
 # The stale window of the tests that judge heartbeats (the service's default is 15 s).
@@ -208,6 +208,38 @@ def test_a_claim_released_at_shutdown_is_queued_as_new_for_the_next_trainer(reco
     )
     again = store.claim("t1", owner="c", slots=1)
     assert again is not None and (again.id, again.owner, again.trainer) == (job.id, "c", "t1")
+
+
+def test_an_owner_of_two_jobs_changes_only_the_one_it_names(records_url: str) -> None:
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
+    store.check_in("t1", slots=2)
+    first, second = store.create({}), store.create({})
+    assert store.claim("t1", owner="a", slots=2) is not None
+    assert store.claim("t1", owner="a", slots=2) is not None
+    before = store.get(second.id)
+    clock.advance(0.5 * STALE)
+    assert store.beat(first.id, "a") is Beat.ALIVE
+    assert store.get(first.id).heartbeat > before.heartbeat
+    assert store.get(second.id).heartbeat == before.heartbeat
+    assert store.update(first.id, "a", progress={"epoch": 1}, status=JobStatus.SUCCEEDED)
+    assert store.update(second.id, "b", progress={"epoch": 9}) is False  # not b's job
+    assert store.get(first.id).status == "succeeded"
+    assert store.get(first.id).progress == {"epoch": 1}
+    assert store.get(second.id).progress == before.progress
+    store.release(first.id, "a")  # a finished job is not given back to the queue
+    assert store.get(first.id).status == "succeeded"
+    assert store.get(second.id).status == "running"
+
+
+def test_the_newest_twenty_by_default_ties_broken_by_id(records_url: str) -> None:
+    store = opened(records_url)
+    store.check_in("t1", slots=1)
+    made = [store.create({}, queue=30).id for _ in range(21)]
+    assert [job.id for job in store.recent()] == made[:0:-1]
+    with store.database.write() as db:  # two jobs made in the same microsecond (two machines)
+        db.execute(update(jobs).where(jobs.c.id.in_(made[:2])).values(created_at="2999-01-01T00:00:00"))
+    assert [job.id for job in store.recent(limit=2)] == sorted(made[:2], reverse=True)
 
 
 def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Preprocessing: real MNIST digits in every supported format and shape, and every bad input."""
 
+import base64
 import io
 
 import numpy as np
@@ -8,7 +9,15 @@ import torch
 from PIL import Image
 
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
-from app.preprocess import Invert, levels_of, mnist_pixels, preprocess, signature_of, to_tensor
+from app.preprocess import (
+    Invert,
+    levels_of,
+    mnist_pixels,
+    png_data_url,
+    preprocess,
+    signature_of,
+    to_tensor,
+)
 from tests.images import black_on_white, encode, larger, png_header_only, rgb
 from training.data import Mnist
 from training.loop import to_model_input
@@ -46,6 +55,8 @@ def test_dark_on_light_is_inverted_at_28x28_and_can_be_forced(digits: torch.Tens
     assert np.array_equal(mnist_pixels(encode(digit), Invert.TRUE), black_on_white(digit))
     kept = preprocess(encode(black_on_white(digit)), Invert.FALSE)
     assert torch.equal(kept, to_tensor(np.asarray(black_on_white(digit))))
+    inverted = preprocess(encode(digit), Invert.TRUE)
+    assert torch.equal(inverted, to_tensor(np.asarray(black_on_white(digit))))
 
 
 def test_other_sizes_are_brought_into_mnist_form(digits: torch.Tensor) -> None:
@@ -179,6 +190,9 @@ def test_to_tensor_leaves_the_pixels_alone(digits: torch.Tensor) -> None:
     [
         ([0.0, 0.5, 1.0], True, [0.0, 127.5, 255.0]),  # floats in [0, 1] are scaled up
         ([0.0, 1.5, 200.0], True, [0.0, 1.5, 200.0]),  # floats past 1 are levels already
+        ([0.0, 1.5], True, [0.0, 1.5]),
+        ([10.0, 255.0], False, [10.0, 255.0]),  # 255 is a level: kept, not stretched
+        ([0.0, 256.0], False, [0.0, 255.0]),  # 256 is not
         ([0.0, 1.0], False, [0.0, 1.0]),  # integers in [0, 1] are two dark levels, not 0 and 255
         ([0.0, 7.0, 255.0], False, [0.0, 7.0, 255.0]),  # integers in [0, 255] are kept
         ([-10.0, 0.0, 10.0], False, [0.0, 127.5, 255.0]),  # a negative low: stretched
@@ -205,3 +219,59 @@ def test_a_riff_file_is_webp_only_when_it_says_so() -> None:
     assert signature_of(b"RIFF\x24\x00\x00\x00WEBPVP8 ") == "WEBP"
     assert signature_of(b"RIFF\x24\x00\x00\x00WAVEfmt ") is None
     assert signature_of(b"RIFX\x24\x00\x00\x00WEBPVP8 ") is None
+
+
+def canvas(*blocks: tuple[int, int, int, int, float]) -> bytes:
+    """A 64x64 PNG, dark, with blocks of ink (top, left, height, width, level)."""
+    pixels = np.zeros((64, 64), dtype=np.uint8)
+    for top, left, height, width, level in blocks:
+        pixels[top : top + height, left : left + width] = level
+    return encode(pixels)
+
+
+def ink_box(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """Top, left, height and width of what is not background."""
+    rows, cols = np.nonzero(frame > 0)
+    return rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+@pytest.mark.parametrize(
+    ("blocks", "box"),
+    [
+        # 10 x 4 ink: scaled x2 to 20 x 8; its centre of mass (10, 4) on the frame's (14, 14),
+        # rounding half to even: top round(4.5) = 4, left round(10.5) = 10.
+        ([(20, 30, 10, 4, 255)], (4, 10, 20, 8)),
+        # A speck at 20% of the ink's level, or at exactly 25%, is not ink: the box is as above.
+        ([(20, 30, 10, 4, 255), (60, 2, 1, 1, 51)], (4, 10, 20, 8)),
+        ([(20, 30, 10, 4, 200), (60, 2, 1, 1, 50)], (4, 10, 20, 8)),
+        # A line one pixel wide and 40 long: 20 x 1 (at least one pixel, not two), and across.
+        ([(10, 20, 40, 1, 255)], (4, 14, 20, 1)),
+        ([(20, 10, 1, 40, 255)], (14, 4, 1, 20)),
+        # A speck at 26% is ink: 20 rows from the block to the speck, scale 1. The mass sits near
+        # one end, so centring would push the box past the frame's edge: it stops at the edge.
+        ([(20, 30, 10, 4, 255), (39, 30, 1, 1, 67)], (8, 13, 20, 4)),  # past the bottom
+        ([(46, 30, 4, 10, 255), (30, 30, 1, 1, 67)], (0, 10, 20, 10)),  # past the top
+        ([(20, 10, 10, 4, 255), (25, 29, 1, 1, 67)], (9, 8, 10, 20)),  # past the right
+        ([(20, 40, 10, 4, 255), (25, 24, 1, 1, 67)], (9, 0, 10, 20)),  # past the left
+    ],
+)
+def test_reframing_geometry_exactly(blocks: list[tuple[int, int, int, int, float]], box: tuple) -> None:
+    frame = mnist_pixels(canvas(*blocks))
+    assert frame.dtype == np.float32 and frame.shape == (28, 28)
+    assert ink_box(frame) == box
+
+
+def test_reframing_scales_with_lanczos_within_the_grey_levels(digits: torch.Tensor) -> None:
+    """A real digit scaled down: LANCZOS's ringing clipped to 0-255, and its exact figure (the
+    default filter, BICUBIC, gives 18391.98 for the same digit)."""
+    frame = mnist_pixels(encode(larger(digits[0])))
+    assert frame.min() == 0.0 and frame.max() == 255.0
+    assert float(frame.sum()) == pytest.approx(18366.18, rel=1e-6)
+
+
+def test_the_picture_of_what_the_model_saw_saturates_at_the_grey_levels() -> None:
+    pixels = np.array([[-5.0, 0.4, 127.6], [254.5, 255.0, 300.0]], dtype=np.float32)
+    url = png_data_url(pixels)
+    assert url.startswith("data:image/png;base64,")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert shown.dtype == np.uint8 and shown.tolist() == [[0, 0, 128], [254, 255, 255]]
