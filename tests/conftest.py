@@ -1,12 +1,18 @@
 """Shared fixtures: the real MNIST files and a real (quickly trained) checkpoint."""
 
+import contextlib
+import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from models.checkpoint import metadata_path
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from training.data import Mnist, load_mnist
@@ -40,20 +46,39 @@ def mnist(mnist_dir: Path) -> Mnist:
     return load_mnist(mnist_dir, download=False)
 
 
+def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
+    """A real checkpoint trained on the CPU with these settings, in `folder`. With
+    TEST_CHECKPOINT_CACHE set (`make mutation` sets it: it runs the suite once per mutant), it is
+    trained once per version of the training and model code and copied from that folder."""
+    out = folder / "mnist_cnn.pt"
+    cache = os.environ.get("TEST_CHECKPOINT_CACHE")
+    if not cache:
+        run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out), **settings))
+        return out
+    key = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for source in sorted([*(REPO / "training").glob("*.py"), *(REPO / "models").glob("*.py")]):
+        key.update(source.read_bytes())
+    cached = Path(cache) / key.hexdigest()[:16]
+    if not cached.exists():
+        making = Path(tempfile.mkdtemp(dir=cache))
+        run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(making / out.name), **settings))
+        with contextlib.suppress(OSError):  # another session made it first: theirs is the same
+            making.rename(cached)
+    shutil.copy(cached / out.name, out)
+    shutil.copy(metadata_path(cached / out.name), metadata_path(out))
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """A real checkpoint: the tutorial's Net trained for one epoch on 2,000 images (72.63% accurate)."""
-    out = tmp_path_factory.mktemp("model") / "mnist_cnn.pt"
-    run(TrainConfig(epochs=1, limit_train=2000, device="cpu", data_dir=str(mnist_dir), out=str(out)))
-    return out
+    return trained(tmp_path_factory.mktemp("model"), mnist_dir, epochs=1, limit_train=2000)
 
 
 @pytest.fixture(scope="session")
 def other_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """A second quick checkpoint with other weights (another seed, 1,000 images): a second version."""
-    out = tmp_path_factory.mktemp("other") / "mnist_cnn.pt"
-    run(TrainConfig(epochs=1, limit_train=1000, seed=1, device="cpu", data_dir=str(mnist_dir), out=str(out)))
-    return out
+    return trained(tmp_path_factory.mktemp("other"), mnist_dir, epochs=1, limit_train=1000, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -145,3 +145,10 @@ def test_networks_output_log_probabilities() -> None:
         assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet")
+
+
+def test_an_unknown_architecture_is_not_saved(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as refused:
+        save_checkpoint(Net(), tmp_path / "m.pt", arch="resnet")
+    assert str(refused.value) == "unknown architecture 'resnet'"
+    assert not list(tmp_path.iterdir())

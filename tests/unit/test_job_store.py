@@ -57,13 +57,28 @@ def finished(store: JobStore, job: Job, trainer: str = "t1") -> None:
 
 def test_jobs_fit_the_live_trainers_slots_across_processes(records_url: str) -> None:
     a, b = opened(records_url), opened(records_url)
-    with pytest.raises(NoTrainer):  # nothing could run it, and nothing may wait
+    with pytest.raises(NoTrainer) as none:  # nothing could run it, and nothing may wait
         a.create({"epochs": 1})
+    assert str(none.value) == (
+        "no trainer is running to take the job: start one (MNIST_ROLE=trainer or all), "
+        "or set MNIST_TRAIN_QUEUE to let jobs wait for one"
+    )
     a.check_in("t1", slots=1)
     job = a.create({"epochs": 1})
+    assert job == Job(  # as made: queued, owned by nobody, nothing asked of it yet
+        id=job.id,
+        status=JobStatus.QUEUED,
+        params={"epochs": 1},
+        created_at=job.created_at,
+        heartbeat=job.heartbeat,
+    )
     with pytest.raises(JobConflict) as info:
         b.create({"epochs": 2})
-    assert info.value.job_id == job.id and f"{job.id} (queued)" in info.value.detail
+    assert info.value.job_id == job.id
+    assert info.value.detail == (
+        f"training job(s) {job.id} (queued) hold every trainer slot: 1 job(s) run at a time; "
+        "try again when one ends"
+    )
     b.check_in("t2", slots=1)  # a second trainer: a second slot
     second = b.create({"epochs": 2})
     with pytest.raises(JobConflict):
@@ -78,7 +93,12 @@ def test_the_queue_lets_jobs_wait_for_a_trainer(records_url: str) -> None:
     waiting = [store.create({"epochs": n}, queue=2) for n in (1, 2)]  # no trainer yet: they wait
     with pytest.raises(JobConflict) as info:
         store.create({"epochs": 3}, queue=2)
-    assert "queue place" in info.value.detail
+    first, second = (job.id for job in waiting)  # named oldest first
+    assert (info.value.job_id, info.value.detail) == (
+        first,
+        f"training job(s) {first} (queued), {second} (queued) hold every trainer slot and the 2 queue "
+        "place(s): 0 job(s) run at a time; try again when one ends",
+    )
     store.check_in("t1", slots=1)
     claimed = store.claim("t1", owner="t1:1", slots=1)
     assert claimed is not None and claimed.id == waiting[0].id and claimed.status == "running"
@@ -131,6 +151,12 @@ def test_odd_ids_are_not_found_before_the_database_sees_them(records_url: str) -
             store.get(job_id)
         with pytest.raises(JobNotFound):
             store.request_cancel(job_id)
+    with pytest.raises(JobNotFound) as long:
+        store.get("z" * 100)
+    assert str(long.value) == f"no training job {'z' * 64!r}"  # echoed at most 64 characters
+    with pytest.raises(JobNotFound) as unknown:
+        store.get("0123456789ab")
+    assert str(unknown.value) == "no training job 0123456789ab"
 
 
 def test_a_silent_owner_is_reaped_and_finds_its_job_lost(records_url: str) -> None:
@@ -169,12 +195,21 @@ def test_reads_and_cancels_settle_a_silent_owners_job_at_once(records_url: str) 
         claimed = store.claim("t1", owner=owner, slots=2)
         assert claimed is not None and store.update(claimed.id, owner, pid=4242)
     to_cancel, to_read = (job.id for job in store.recent())
-    clock.advance(1.2 * STALE)  # both owners silent past the stale window (killed, say)
-    cancelled = store.request_cancel(to_cancel)
-    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    clock.advance(0.9 * STALE)
+    assert [job.status for job in store.recent()] == ["running", "running"]  # not silent long enough
+    clock.advance(0.3 * STALE)  # both owners silent past the stale window (killed, say)
     read = store.get(to_read)
     assert read.status == "failed" and read.error is not None and read.error.startswith("interrupted")
-    assert [job.status for job in store.recent()] == ["cancelled", "failed"]
+    assert store.get(to_cancel).status == "failed"  # the read settled every silent owner's job
+    store.create({}, queue=1)  # and a queued job, never silent, is left as it is by reads
+    clock.advance(2 * STALE)
+    assert [job.status for job in store.recent()] == ["queued", "failed", "failed"]
+    store.check_in("t1", slots=2)
+    claimed = store.claim("t1", owner="c", slots=2)
+    assert claimed is not None and store.update(claimed.id, "c", pid=4242)
+    clock.advance(1.2 * STALE)  # its owner silent too: a cancel ends it at once, cancelled
+    cancelled = store.request_cancel(claimed.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
 
 
 def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: str) -> None:
