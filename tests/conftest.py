@@ -85,9 +85,7 @@ def other_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """The tutorial's model, good enough to judge recognition: its recipe in full (2 epochs,
     98.65%). About a minute on a CPU, once per session."""
-    out = tmp_path_factory.mktemp("trained") / "mnist_cnn.pt"
-    run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out)))
-    return out
+    return trained(tmp_path_factory.mktemp("trained"), mnist_dir)
 
 
 @pytest.fixture(scope="session")

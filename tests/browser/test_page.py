@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +129,49 @@ def test_uploading_a_real_mnist_png(page: "playwright_api.Page", mnist: Mnist) -
     page.screenshot(path=str(SHOTS / "uploaded.png"), full_page=True)
 
 
+def pad_ink(page: "playwright_api.Page") -> int:
+    """How many of the drawing pad's pixels are not black."""
+    count: int = page.evaluate(
+        """(() => {
+            const c = document.getElementById('pad');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let inked = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i] > 0) inked++;
+            return inked;
+        })()"""
+    )
+    return count
+
+
+def test_a_dropped_file_and_the_keys(page: "playwright_api.Page", mnist: Mnist) -> None:
+    """A PNG dropped on the drop zone is predicted (the zone marked while dragged over);
+    Enter on the zone opens the file chooser; Delete on the pad wipes the drawing."""
+    label = str(int(mnist.test_labels[5]))
+    page.evaluate(
+        """(bytes) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
+            const zone = document.getElementById('drop');
+            const drag = (kind) => new DragEvent(kind, {dataTransfer: data, bubbles: true, cancelable: true});
+            zone.dispatchEvent(drag('dragover'));
+            window.markedWhileOver = zone.classList.contains('over');
+            zone.dispatchEvent(drag('drop'));
+        }""",
+        list(encode(mnist.test_images[5])),
+    )
+    predicted(page, label)
+    assert page.evaluate("window.markedWhileOver") is True
+    assert "over" not in (page.locator("#drop").get_attribute("class") or "")
+    page.focus("#drop")
+    with page.expect_file_chooser(timeout=5000):
+        page.keyboard.press("Enter")
+    draw(page, [[(0.5, 0.2), (0.5, 0.8)]])
+    assert pad_ink(page) > 100
+    page.focus("#pad")
+    page.keyboard.press("Delete")
+    assert pad_ink(page) == 0
+
+
 def test_api_errors_are_shown_in_words(page: "playwright_api.Page") -> None:
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
     page.wait_for_function("document.getElementById('error').textContent.includes('not an image')")
@@ -196,6 +240,7 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
     # Points on the chart while the job still runs.
     page.wait_for_function(
         "document.getElementById('job-status').textContent.includes('running')"
+        " && document.getElementById('job-status').textContent.includes('loss ')"
         " && Number(document.getElementById('curve').dataset.points) > 2",
         timeout=120000,
     )
@@ -203,6 +248,11 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
     page.wait_for_function(
         "document.getElementById('job-status').textContent.includes('rejected')", timeout=180000
     )
+    # The live figures in words: the last epoch, its loss and test accuracy.
+    assert re.search(
+        r"rejected, epoch 2 of 2, loss \d+\.\d{4}, test accuracy \d+\.\d\d%",
+        page.locator("#job-status").inner_text(),
+    ), page.locator("#job-status").inner_text()
     detail = page.locator("#job-detail").inner_text()
     assert "points below the active model's" in detail and "not promoted" in detail, detail
     assert page.locator("#model-version").inner_text() == before
