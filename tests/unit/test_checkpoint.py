@@ -1,6 +1,7 @@
 """The checkpoint format: round trip, the tutorial's interoperability, and every refusal."""
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,8 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:
     assert written["sha256"] == sha256_bytes(path.read_bytes())
     assert written["version"] == written["sha256"][:12]
     assert written["normalize"] == {"mean": 0.1307, "std": 0.3081}
-    assert json.loads(metadata_path(path).read_text()) == written
+    assert metadata_path(path).read_text() == json.dumps(written, indent=2) + "\n"  # for people too
+    assert datetime.fromisoformat(written["created_at"]).utcoffset() == timedelta(0)  # in UTC, saying so
 
     loaded = load_checkpoint(path)
     assert loaded.version == written["version"]

@@ -224,6 +224,43 @@ def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: s
     assert again is not None and again.id == job.id and again.owner == "b"
 
 
+def test_only_silent_owners_jobs_are_settled(records_url: str) -> None:
+    """Reaping judges heartbeats alone: a live owner's job stays running whatever it carries (a
+    cancel it has yet to carry out, no child yet); once silent, a cancelled job ends cancelled, one
+    with no child goes back to the queue, any other (a shutting-down server's too, which sets an
+    error beside its cancel) ends failed, interrupted."""
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
+    store.check_in("t1", slots=4)
+    made = {kind: store.create({"kind": kind}) for kind in ("cancel", "shutdown", "no child", "plain")}
+    for kind, job in made.items():
+        claimed = store.claim("t1", owner=kind, slots=4)
+        assert claimed is not None and claimed.id == job.id
+        if kind != "no child":
+            assert store.update(job.id, kind, pid=4242)
+    assert store.request_cancel(made["cancel"].id).status == "running"
+    assert store.update(
+        made["shutdown"].id, "shutdown", cancel_requested=True, error="interrupted: shut down"
+    )
+    clock.advance(0.6 * STALE)
+    for kind, job in made.items():  # alive, past this process's own first window
+        assert store.beat(job.id, kind) in (Beat.ALIVE, Beat.CANCEL)
+    clock.advance(0.6 * STALE)
+    store.reap()
+    assert {job.status for job in store.recent()} == {"running"}
+    clock.advance(0.6 * STALE)  # silent for 1.2 windows now
+    store.reap()
+    ended = {kind: store.get(job.id) for kind, job in made.items()}
+    assert (ended["cancel"].status, ended["cancel"].error) == ("cancelled", None)
+    interrupted = "interrupted: the trainer running this job stopped before it finished"
+    assert (ended["shutdown"].status, ended["shutdown"].error) == ("failed", interrupted)
+    assert (ended["plain"].status, ended["plain"].error) == ("failed", interrupted)
+    assert (ended["no child"].status, ended["no child"].owner) == ("queued", "")
+    for kind in ("cancel", "shutdown", "plain"):
+        assert ended[kind].finished_at is not None
+    assert ended["no child"].finished_at is None
+
+
 def test_a_claim_released_at_shutdown_is_queued_as_new_for_the_next_trainer(records_url: str) -> None:
     store = opened(records_url)
     store.check_in("t1", slots=1)
