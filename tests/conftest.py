@@ -48,8 +48,8 @@ def mnist(mnist_dir: Path) -> Mnist:
 
 def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
     """A real checkpoint trained on the CPU with these settings, in `folder`. With
-    TEST_CHECKPOINT_CACHE set (`make mutation` sets it: it runs the suite once per mutant), it is
-    trained once per version of the training and model code and copied from that folder."""
+    TEST_CHECKPOINT_CACHE set (`make test-quick` and `make mutation` set it, `make test` does not),
+    it is trained once per version of the training and model code and copied from that folder."""
     out = folder / "mnist_cnn.pt"
     cache = os.environ.get("TEST_CHECKPOINT_CACHE")
     if not cache:
@@ -60,6 +60,7 @@ def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
         key.update(source.read_bytes())
     cached = Path(cache) / key.hexdigest()[:16]
     if not cached.exists():
+        Path(cache).mkdir(parents=True, exist_ok=True)
         making = Path(tempfile.mkdtemp(dir=cache))
         run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(making / out.name), **settings))
         with contextlib.suppress(OSError):  # another session made it first: theirs is the same

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision import transforms
 
 from models.checkpoint import read_metadata
 from models.events import StartEvent
@@ -35,6 +34,7 @@ def quick(tmp_path: Path, mnist_dir: Path, name: str, **overrides) -> dict:
     return run(config)
 
 
+@pytest.mark.slow  # several training runs
 def test_same_seed_same_weights_bit_for_bit(tmp_path: Path, mnist_dir: Path) -> None:
     a = quick(tmp_path, mnist_dir, "a.pt")
     b = quick(tmp_path, mnist_dir, "b.pt")
@@ -46,6 +46,7 @@ def test_same_seed_same_weights_bit_for_bit(tmp_path: Path, mnist_dir: Path) -> 
     assert decayed["sha256"] != a["sha256"] and decayed["hyperparameters"]["weight_decay"] == 0.05
 
 
+@pytest.mark.slow  # several training runs
 def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -> None:
     a = TrainConfig.from_recipe(
         "accurate",
@@ -67,6 +68,7 @@ def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -
     assert run(a)["sha256"] == run(b)["sha256"]
 
 
+@pytest.mark.slow  # a training run of its own
 def test_metadata_records_what_was_trained(tmp_path: Path, mnist_dir: Path) -> None:
     meta = quick(tmp_path, mnist_dir, "m.pt")
     on_disk = read_metadata(tmp_path / "m.pt")
@@ -77,6 +79,7 @@ def test_metadata_records_what_was_trained(tmp_path: Path, mnist_dir: Path) -> N
     assert 10 < meta["test_accuracy"] <= 100
 
 
+@pytest.mark.slow  # a training run of its own
 def test_the_model_card_agrees_with_the_test_set(tmp_path: Path, mnist_dir: Path, mnist: Mnist) -> None:
     meta = quick(tmp_path, mnist_dir, "card.pt", epochs=2)
     confusion = torch.tensor(meta["confusion_matrix"])
@@ -133,6 +136,8 @@ class TutorialNet(nn.Module):
 
 def tutorial_accuracy(path: Path, mnist: Mnist) -> float:
     """Load with the tutorial's code and evaluate with its ToTensor + Normalize transforms."""
+    from torchvision import transforms  # seconds to import: only this (slow) test needs it
+
     model = TutorialNet()
     model.load_state_dict(torch.load(path))
     model.eval()

@@ -79,6 +79,7 @@ def test_events_on_stdout_are_pure_json(tmp_path: Path, mnist_dir: Path) -> None
     assert [json.loads(line)["event"] for line in quiet.stdout.splitlines()][-1] == "saved"
 
 
+@pytest.mark.slow  # a real training process
 def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Path) -> None:
     bad = unreadable_mnist(tmp_path / "bad")
     result = train("--data-dir", str(bad), "--events", "-", "--quiet", mnist_dir=mnist_dir, cwd=tmp_path)
@@ -115,6 +116,7 @@ def test_bad_flags_are_a_usage_error(
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow  # a real training process
 def test_a_bad_flag_in_a_real_process_has_no_traceback(tmp_path: Path, mnist_dir: Path) -> None:
     result = train("--epochs", "0", mnist_dir=mnist_dir, cwd=tmp_path)
     assert result.returncode == 2
