@@ -47,16 +47,18 @@ test: lint
 test-reliability: install
 	RELIABILITY=long $(PY) -m pytest -m "reliability and not gpu" -s $(PYTEST_ARGS)
 
-# The inner loop: skips full training runs.
+# The inner loop, in-process only: no full training run and no server, training or browser process
+# (only tests/unit and tests/api are collected: the other folders' imports alone take seconds).
+# The quick checkpoints are trained once per version of the training code, then reused.
 test-quick: install
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	TEST_CHECKPOINT_CACHE="$${TEST_CHECKPOINT_CACHE:-$(abspath .pytest_cache/checkpoints)}" \
+	  $(PY) -m pytest -m "not slow and not gpu" tests/unit tests/api $(PYTEST_ARGS)
 
 # Mutation testing (mutmut) of the batching engine, preprocessing, uploads, the checkpoint format
 # and the job store against the fast tests; prints the score and the surviving mutants. Resumes
 # where an interrupted run stopped; `rm -rf mutants` starts over. About an hour on 2 cores.
 mutation: install
 	$(PY) -m pip install -q -e ".[mutation]"
-	mkdir -p mutants/checkpoints
 	MNIST_DATA_DIR="$${MNIST_DATA_DIR:-$(abspath ../shared/mnist)}" TEST_CHECKPOINT_CACHE="$(abspath mutants/checkpoints)" \
 	  $(VENV)/bin/mutmut run --max-children $$(nproc)
 	$(PY) scripts/mutation_report.py
