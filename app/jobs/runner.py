@@ -44,7 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from app.db import now_iso
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
@@ -167,7 +167,7 @@ class JobManager:
         threads: int = 1,
         max_procs: int = 1,
         data_dir: Path | None = None,
-        priority: str = "idle",
+        priority: Literal["idle", "normal"] = "idle",
         heartbeat_s: float = 2.0,
         kill_grace_s: float = 5.0,
         claim_poll_s: float = 0.5,

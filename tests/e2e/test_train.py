@@ -197,7 +197,7 @@ def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoi
         assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
         incoming = Path(env["MNIST_STATE_DIR"]) / "incoming"
         assert gone(str(incoming / job.json()["id"]))
-        assert not incoming.exists() or not list(incoming.iterdir())
+        assert wait_until(lambda: not incoming.exists() or not list(incoming.iterdir()))
 
 
 def test_min_accuracy_rejects_and_keeps_the_model(server: ServerProcess, small_checkpoint: Path) -> None:

@@ -3,8 +3,9 @@ store instances (as processes or machines hold them), claiming, staleness on the
 cancelling, records, and a store from before migrations kept.
 
 Staleness is judged on a clock the tests move forward (`Later`): no test waits for a window to
-pass, and a stale window of a minute leaves tens of seconds between "alive" and "stale" for a
-loaded machine's delays, where real waits left under a second."""
+pass, and a stale window of a minute leaves at least 6 s between "alive" and "stale" for a loaded
+machine's delays, where real waits left under a second. A frozen clock (`Frozen`) puts a heartbeat
+exactly on the stale line."""
 
 import sqlite3
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import ColumnElement, literal, update
+from sqlalchemy import ColumnElement, literal, select, update
 
 from app.db import Clock, Database, alembic_config, database_url
 from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
@@ -39,6 +40,27 @@ class Later(Clock):
 
     def monotonic(self) -> float:
         return super().monotonic() + self.ahead
+
+
+class Frozen(Clock):
+    """Both clocks stopped where the test sets them: `now` on the database's, `since` on this
+    process's."""
+
+    def __init__(self, now: float) -> None:
+        self.now, self.since = now, 0.0
+
+    def database_now(self, sqlite: bool) -> ColumnElement[Any]:
+        return literal(self.now)
+
+    def monotonic(self) -> float:
+        return self.since
+
+
+def stored_status(store: JobStore, job_id: str) -> str:
+    """The status as the row holds it, read without settling anything."""
+    with store.database.read() as db:
+        status: str = db.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar_one()
+    return status
 
 
 def opened(url: str, stale_after_s: float = 15.0, clock: Clock | None = None) -> JobStore:
@@ -195,12 +217,10 @@ def test_reads_and_cancels_settle_a_silent_owners_job_at_once(records_url: str) 
         claimed = store.claim("t1", owner=owner, slots=2)
         assert claimed is not None and store.update(claimed.id, owner, pid=4242)
     to_cancel, to_read = (job.id for job in store.recent())
-    clock.advance(0.9 * STALE)
-    assert [job.status for job in store.recent()] == ["running", "running"]  # not silent long enough
-    clock.advance(0.3 * STALE)  # both owners silent past the stale window (killed, say)
+    clock.advance(1.2 * STALE)  # both owners silent past the stale window (killed, say)
     read = store.get(to_read)
     assert read.status == "failed" and read.error is not None and read.error.startswith("interrupted")
-    assert store.get(to_cancel).status == "failed"  # the read settled every silent owner's job
+    assert stored_status(store, to_cancel) == "failed"  # the read settled every silent owner's job
     store.create({}, queue=1)  # and a queued job, never silent, is left as it is by reads
     clock.advance(2 * STALE)
     assert [job.status for job in store.recent()] == ["queued", "failed", "failed"]
@@ -210,6 +230,26 @@ def test_reads_and_cancels_settle_a_silent_owners_job_at_once(records_url: str) 
     clock.advance(1.2 * STALE)  # its owner silent too: a cancel ends it at once, cancelled
     cancelled = store.request_cancel(claimed.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+
+
+def test_the_stale_line_itself_is_still_alive(records_url: str) -> None:
+    """A heartbeat exactly a window old is not yet silent, a trainer's neither; a process that
+    has had the database exactly a window judges; a read of a live job reaps nothing."""
+    clock = Frozen(now=1000.0)
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
+    store.check_in("t1", slots=2)
+    older, newer = store.create({}), store.create({})
+    clock.now = 999.0
+    assert store.claim("t1", owner="a", slots=2) is not None and store.update(older.id, "a", pid=1)
+    clock.now = 1000.0
+    assert store.claim("t1", owner="b", slots=2) is not None and store.update(newer.id, "b", pid=2)
+    store.check_in("t1", slots=2)
+    clock.now, clock.since = 1000.0 + STALE, STALE
+    assert store.get(newer.id).status == "running"  # on the line: alive, and its read reaps nothing
+    assert stored_status(store, older.id) == "running"
+    assert store.get(older.id).status == "failed"  # a second past it: settled by its own read
+    assert stored_status(store, newer.id) == "running"  # the reaping spared the one on the line
+    assert store.create({}).status == "queued"  # and the trainer on the line keeps its slot
 
 
 def test_a_claim_whose_child_never_started_goes_back_to_the_queue(records_url: str) -> None:
@@ -244,7 +284,8 @@ def test_only_silent_owners_jobs_are_settled(records_url: str) -> None:
     )
     clock.advance(0.6 * STALE)
     for kind, job in made.items():  # alive, past this process's own first window
-        assert store.beat(job.id, kind) in (Beat.ALIVE, Beat.CANCEL)
+        expected = Beat.CANCEL if kind in ("cancel", "shutdown") else Beat.ALIVE
+        assert store.beat(job.id, kind) is expected, kind
     clock.advance(0.6 * STALE)
     store.reap()
     assert {job.status for job in store.recent()} == {"running"}
