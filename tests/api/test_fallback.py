@@ -50,6 +50,24 @@ async def test_a_restart_with_a_corrupt_model_file_serves_the_active_version(
         assert "fallback" not in (await client.get("/model")).json()["serving"]
 
 
+async def test_a_corrupt_file_written_over_the_served_one_leaves_it_serving(
+    tmp_path: Path, small_checkpoint: Path, digit: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = fresh_deployment(tmp_path, small_checkpoint)
+    version = version_of(small_checkpoint)
+    caplog.set_level(logging.WARNING, logger="app")
+    async with serving(settings_from(env)) as client:
+        await served(client, version)
+        corrupt(Path(env["MNIST_MODEL_PATH"]))  # while it serves: the follower sees a new file
+        deadline = time.monotonic() + 10
+        while "not adopting" not in caplog.text:  # it has looked at the file and refused it
+            assert time.monotonic() < deadline, "the corrupt file was never looked at"
+            await asyncio.sleep(0.1)
+        answer = await client.post("/predict", files=image_file(digit))
+        assert (answer.status_code, answer.json()["model_version"]) == (200, version)
+        assert (await client.get("/model")).json()["model_version"] == version
+
+
 async def test_a_corrupt_active_version_falls_back_to_the_newest_that_loads(
     tmp_path: Path,
     small_checkpoint: Path,
