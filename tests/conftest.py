@@ -50,9 +50,13 @@ def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
     TEST_CHECKPOINT_CACHE set (`make test-quick` and `make mutation` set it, `make test` does not),
     it is trained once per version of the training and model code and copied from that folder."""
     out = folder / "mnist_cnn.pt"
+
+    def train(to: Path) -> None:
+        run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(to), **settings))
+
     cache = os.environ.get("TEST_CHECKPOINT_CACHE")
     if not cache:
-        run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out), **settings))
+        train(out)
         return out
     key = hashlib.sha256(repr((sorted(settings.items()), torch.__version__)).encode())
     for source in sorted([*(REPO / "training").glob("*.py"), *(REPO / "models").glob("*.py")]):
@@ -60,12 +64,12 @@ def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
     cached = Path(cache) / key.hexdigest()[:16]
     if not cached.exists():
         if os.environ.get("MUTANT_UNDER_TEST"):  # made under a mutant: used once, never kept
-            run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(out), **settings))
+            train(out)
             return out
         Path(cache).mkdir(parents=True, exist_ok=True)
         making = Path(tempfile.mkdtemp(dir=cache))
         try:
-            run(TrainConfig(device="cpu", data_dir=str(mnist_dir), out=str(making / out.name), **settings))
+            train(making / out.name)
             with contextlib.suppress(OSError):  # another session made it first: theirs is the same
                 making.rename(cached)
         finally:

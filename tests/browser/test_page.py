@@ -129,18 +129,27 @@ def test_uploading_a_real_mnist_png(page: "playwright_api.Page", mnist: Mnist) -
     page.screenshot(path=str(SHOTS / "uploaded.png"), full_page=True)
 
 
-def pad_ink(page: "playwright_api.Page") -> int:
-    """How many of the drawing pad's pixels are not black."""
+def pixels_where(page: "playwright_api.Page", canvas: str, condition: str) -> int:
+    """How many pixels of the canvas with id `canvas` meet `condition`, a JavaScript expression of
+    r, g, b and a."""
     count: int = page.evaluate(
-        """(() => {
-            const c = document.getElementById('pad');
+        f"""(() => {{
+            const c = document.getElementById('{canvas}');
             const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let inked = 0;
-            for (let i = 0; i < data.length; i += 4) if (data[i] > 0) inked++;
+            for (let i = 0; i < data.length; i += 4) {{
+                const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+                if ({condition}) inked++;
+            }}
             return inked;
-        })()"""
+        }})()"""
     )
     return count
+
+
+def pad_ink(page: "playwright_api.Page") -> int:
+    """How many of the drawing pad's pixels are not black."""
+    return pixels_where(page, "pad", "r > 0")
 
 
 def test_a_dropped_file_and_the_keys(page: "playwright_api.Page", mnist: Mnist) -> None:
@@ -211,19 +220,9 @@ def test_the_heat_map_shows_the_serving_models_confusion_matrix(page: "playwrigh
 
 def canvas_ink(page: "playwright_api.Page") -> int:
     """How many of the training chart's pixels are drawn in the curves' colours."""
-    count: int = page.evaluate(
-        """(() => {
-            const c = document.getElementById('curve');
-            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let inked = 0;
-            for (let i = 0; i < data.length; i += 4) {
-                const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
-                if (a > 200 && ((b > 150 && r < 60) || (r > 190 && g > 90 && g < 140 && b < 60))) inked++;
-            }
-            return inked;
-        })()"""
+    return pixels_where(
+        page, "curve", "a > 200 && ((b > 150 && r < 60) || (r > 190 && g > 90 && g < 140 && b < 60))"
     )
-    return count
 
 
 def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> None:
