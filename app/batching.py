@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -63,6 +63,13 @@ def collect_batch(waiting: deque[Pending], max_rows: int) -> list[Pending]:
         batch.append(waiting.popleft())
         rows += len(item.inputs)
     return batch
+
+
+def fail(requests: Iterable[Pending], error: Callable[[], Exception]) -> None:
+    """Answer each of `requests` whose caller still waits with a fresh `error()`."""
+    for item in requests:
+        if not item.future.done():
+            item.future.set_exception(error())
 
 
 @dataclass
@@ -146,9 +153,7 @@ class BatchingEngine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for item in self._waiting:
-            if not item.future.done():
-                item.future.set_exception(ShuttingDown("the server is shutting down"))
+        fail(self._waiting, lambda: ShuttingDown("the server is shutting down"))
         self._waiting.clear()
         self._executor.shutdown(wait=True)
 
@@ -182,39 +187,48 @@ class BatchingEngine:
         return torch.cat([rows for rows, _ in results]), versions.pop()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch = collect_batch(self._waiting, self.max_batch_size)
-            self.observe.queue_depth(len(self._waiting))
-            if not batch:
-                continue
-            checkpoint = self._checkpoint
-            assert checkpoint is not None
-            started = time.perf_counter()
-            for item in batch:
-                self.observe.queue_wait(started - item.enqueued)
-            self._idle.clear()
+            batch: list[Pending] = []
             try:
-                outputs = await loop.run_in_executor(self._executor, self._forward, checkpoint, batch)
-            except Exception:
-                log.exception("inference failed on a batch of %d requests", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(InferenceFailed("inference failed"))
-                continue
-            finally:
-                self._idle.set()
-            self.observe.inference(time.perf_counter() - started)
-            self.observe.batch_rows(len(outputs))
-            start = 0
-            for item in batch:
-                rows = len(item.inputs)
-                if not item.future.done():
-                    item.future.set_result((outputs[start : start + rows], checkpoint.version))
-                start += rows
+                batch = collect_batch(self._waiting, self.max_batch_size)
+                self.observe.queue_depth(len(self._waiting))
+                if batch:
+                    await self._serve(batch)
+            except Exception:  # the worker never dies: a fault fails what it holds, not later requests
+                log.exception("the inference worker failed; failing the requests it held")
+                fail([*batch, *self._waiting], lambda: InferenceFailed("inference failed"))
+                self._waiting.clear()
+
+    async def _serve(self, batch: list[Pending]) -> None:
+        """One forward pass for `batch`, each caller answered with its own rows; a failed forward
+        fails only this batch."""
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+        started = time.perf_counter()
+        for item in batch:
+            self.observe.queue_wait(started - item.enqueued)
+        self._idle.clear()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._forward, checkpoint, batch
+            )
+        except Exception:
+            log.exception("inference failed on a batch of %d requests", len(batch))
+            fail(batch, lambda: InferenceFailed("inference failed"))
+            return
+        finally:
+            self._idle.set()
+        self.observe.inference(time.perf_counter() - started)
+        self.observe.batch_rows(len(outputs))
+        start = 0
+        for item in batch:
+            rows = len(item.inputs)
+            if not item.future.done():
+                item.future.set_result((outputs[start : start + rows], checkpoint.version))
+            start += rows
 
     def _forward(self, checkpoint: LoadedCheckpoint, batch: list[Pending]) -> torch.Tensor:
         """Runs on the inference thread: one stacked forward pass."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from app.batching import BatchingEngine, EngineObservers, Pending, collect_batch
-from app.errors import InferenceTimeout, NoModel, QueueFull, ShuttingDown
+from app.errors import InferenceFailed, InferenceTimeout, NoModel, QueueFull, ShuttingDown
 from models.checkpoint import LoadedCheckpoint
 from models.cnn import Net
 from tests.tolerances import assert_log_probs_close
@@ -189,6 +189,57 @@ async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
     model.gate.set()
     await stopping
     assert all(rows.shape == (1, 10) for rows, _ in await asyncio.gather(*pending))
+
+
+class RefusesNaN(Net):
+    """The real network, raising on a batch that holds a NaN (as a model can fail on some input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.isnan().any():
+            raise RuntimeError("NaN in the batch")
+        return super().forward(x)
+
+
+async def test_a_failed_forward_fails_only_its_batch() -> None:
+    torch.manual_seed(0)
+    model = RefusesNaN().eval()
+    good = torch.randn(3, 1, 28, 28)
+    # timeout_s: an answer that never came would be a timeout, not the failure checked here
+    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=1, timeout_s=10) as engine:
+        bad, rows = await asyncio.gather(
+            engine.infer(torch.full((1, 1, 28, 28), float("nan"))), engine.infer(good), return_exceptions=True
+        )
+        assert isinstance(bad, InferenceFailed) and str(bad) == "inference failed"
+        after, _ = await engine.infer(good)
+    with torch.inference_mode():
+        expected = model(good)
+    assert not isinstance(rows, BaseException)
+    assert_log_probs_close(rows[0], expected)  # the request queued behind the failure was served
+    assert_log_probs_close(after, expected)
+
+
+async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_goes_on() -> None:
+    faults = [RuntimeError("a metric hook broke")]
+
+    def queue_wait(seconds: float) -> None:
+        if faults:
+            raise faults.pop()
+
+    async with BatchingEngine(
+        checkpoint(Net()),
+        CPU,
+        max_batch_size=1,
+        timeout_s=10,
+        observers=EngineObservers(queue_wait=queue_wait),
+    ) as engine:
+        # three requests queued before the worker wakes: the first batch's fault fails all three
+        # (none is left waiting forever, and the worker does not spin on a fault that repeats)
+        answers = await asyncio.gather(
+            *(engine.infer(torch.randn(1, 1, 28, 28)) for _ in range(3)), return_exceptions=True
+        )
+        assert [type(answer) for answer in answers] == [InferenceFailed] * 3
+        rows, version = await engine.infer(torch.randn(2, 1, 28, 28))  # the worker is still there
+    assert rows.shape == (2, 10) and version == "v1"
 
 
 async def test_swap_takes_effect_from_the_next_batch() -> None:
