@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    exists,
     func,
     or_,
     select,
@@ -211,12 +212,10 @@ class JobStore:
                     id=job_id,
                     status=JobStatus.QUEUED.value,
                     params=params,
-                    progress={},
                     created_at=now_iso(),
                     owner="",
                     heartbeat=self.database.clock(),
-                    cancel_requested=False,
-                )
+                )  # no progress yet and no cancel asked: the table's defaults
             )
         return self.get(job_id)
 
@@ -227,7 +226,7 @@ class JobStore:
                 jobs.c.status == JobStatus.QUEUED.value,
                 and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.heartbeat < self._stale()),
             )
-            if db.execute(select(jobs.c.id).where(waiting).limit(1)).first() is None:
+            if not db.execute(select(exists().where(waiting))).scalar():
                 return None
         with self.database.write() as db:
             self._reap(db)
@@ -238,12 +237,13 @@ class JobStore:
             ).scalar_one()
             if busy >= slots:
                 return None
+            # No row lock needed: writes are serialised (Database.write), so no other claim runs
+            # between this read and the update.
             job_id = db.execute(
                 select(jobs.c.id)
                 .where(jobs.c.status == JobStatus.QUEUED.value)
                 .order_by(jobs.c.created_at, jobs.c.id)
                 .limit(1)
-                .with_for_update(skip_locked=True)
             ).scalar()
             if job_id is None:
                 return None
@@ -319,12 +319,11 @@ class JobStore:
 
     def update(self, job_id: str, owner: str, **values: Any) -> bool:
         """Set columns of a job `owner` runs; False when it is no longer running as theirs."""
-        plain = {key: value.value if isinstance(value, JobStatus) else value for key, value in values.items()}
         with self.database.write() as db:
             changed = db.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.owner == owner, jobs.c.status == JobStatus.RUNNING.value)
-                .values(**plain)
+                .values(**values)
             ).rowcount
         return bool(changed)
 

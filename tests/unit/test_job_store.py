@@ -74,7 +74,9 @@ def finished(store: JobStore, job: Job, trainer: str = "t1") -> None:
     """Claim `job` as trainer `trainer` and end it succeeded, as a trainer process does."""
     claimed = store.claim(trainer, owner=f"{trainer}:1", slots=1)
     assert claimed is not None and claimed.id == job.id
-    assert store.update(job.id, f"{trainer}:1", status="succeeded", model_version="v")
+    assert store.update(
+        job.id, f"{trainer}:1", status=JobStatus.SUCCEEDED, model_version="v"
+    )  # as trainers do
 
 
 def test_jobs_fit_the_live_trainers_slots_across_processes(records_url: str) -> None:
@@ -345,14 +347,86 @@ def test_an_owner_of_two_jobs_changes_only_the_one_it_names(records_url: str) ->
     assert store.get(second.id).status == "running"
 
 
+def rewrite(store: JobStore, job_id: str, **values: Any) -> None:
+    """Set a job's columns as another machine's store could have written them."""
+    with store.database.write() as db:
+        db.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+
+def tied_against_write_order(store: JobStore) -> tuple[str, str]:
+    """Two queued jobs made in the same microsecond (on two machines), the one written first
+    holding the larger id: the order a database falls back on for ties (the order rows were
+    written) is then the reverse of the id order the store promises."""
+    made = [store.create({}, queue=64).id for _ in range(2)]
+    for job_id, new_id in zip(made, ("f" * 12, "0" * 12), strict=True):
+        rewrite(store, job_id, id=new_id, created_at="2999-01-01T00:00:00")
+    return "f" * 12, "0" * 12
+
+
 def test_the_newest_twenty_by_default_ties_broken_by_id(records_url: str) -> None:
     store = opened(records_url)
     store.check_in("t1", slots=1)
     made = [store.create({}, queue=30).id for _ in range(21)]
     assert [job.id for job in store.recent()] == made[:0:-1]
-    with store.database.write() as db:  # two jobs made in the same microsecond (two machines)
-        db.execute(update(jobs).where(jobs.c.id.in_(made[:2])).values(created_at="2999-01-01T00:00:00"))
-    assert [job.id for job in store.recent(limit=2)] == sorted(made[:2], reverse=True)
+    first_written, second_written = tied_against_write_order(store)
+    assert [job.id for job in store.recent(limit=2)] == [first_written, second_written]  # larger id first
+
+
+def test_trainers_claim_the_oldest_job_first_ties_broken_by_id(records_url: str) -> None:
+    store = opened(records_url)
+    store.check_in("t1", slots=2)
+    first_written, second_written = tied_against_write_order(store)
+    claimed = [store.claim("t1", owner="a", slots=2) for _ in range(2)]
+    assert [job.id for job in claimed if job is not None] == [second_written, first_written]
+
+
+def test_a_full_store_names_the_active_jobs_oldest_first(records_url: str) -> None:
+    store = opened(records_url)
+    store.check_in("t1", slots=1)  # as many waiting places as slots: a conflict, not "no trainer"
+    running = store.create({}, queue=1)
+    assert store.claim("t1", owner="t1:1", slots=1) is not None
+    waiting = store.create({}, queue=1)  # newer, though "queued" sorts before "running"
+    with pytest.raises(JobConflict) as info:
+        store.create({}, queue=1)
+    assert info.value.job_id == running.id
+    assert info.value.detail == (
+        f"training job(s) {running.id} (running), {waiting.id} (queued) hold every trainer slot and "
+        "the 1 queue place(s): 1 job(s) run at a time; try again when one ends"
+    )
+
+
+def test_a_trainer_checking_in_again_refreshes_its_slots_and_its_heartbeat(records_url: str) -> None:
+    clock = Later()
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
+    store.check_in("t1", slots=1)
+    store.create({})
+    clock.advance(0.6 * STALE)
+    store.check_in("t1", slots=2)  # restarted with more processes
+    clock.advance(0.6 * STALE)  # 1.2 windows since it first checked in, 0.6 since it last did
+    store.create({})  # its second slot: it is alive, with two
+    with pytest.raises(JobConflict):
+        store.create({})
+
+
+def test_nothing_to_claim_and_reads_take_no_write_lock(records_url: str) -> None:
+    """Every trainer asks for work each second and every page reads jobs: when there is nothing
+    to claim or settle they only read, so they never wait behind a writer (or hold one up). Here
+    another store holds the write lock throughout: anything that asked for it would time out."""
+    clock = Frozen(now=1000.0)
+    store = opened(records_url, stale_after_s=STALE, clock=clock)
+    store.check_in("t1", slots=2)
+    done = store.create({})
+    finished(store, done)  # long finished: its heartbeat is old, but it is not running
+    clock.now = 1000.0 + 9 * STALE
+    store.check_in("t1", slots=2)
+    running = store.create({})
+    assert store.claim("t1", owner="t1:1", slots=2) is not None and store.update(running.id, "t1:1", pid=1)
+    clock.now, clock.since = 1000.0 + 10 * STALE, 10 * STALE  # its heartbeat exactly on the stale line
+    writer = opened(records_url)
+    with writer.database.write():
+        assert store.claim("t1", owner="t1:2", slots=2) is None
+        assert [job.status for job in store.recent()] == ["running", "succeeded"]
+        assert store.get(done.id).status == "succeeded"
 
 
 def test_heartbeats_are_judged_only_a_stale_window_after_an_outage(tmp_path: Path) -> None:
