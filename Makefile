@@ -61,6 +61,9 @@ test-quick: install
 mutation: install
 	$(PY) -m pip install -q -e ".[mutation]"
 	$(PY) scripts/mutation_report.py --forget-survivors
+	@# mutmut maps tests to the functions they reach once, then only adds new tests to the map: a
+	@# function split or renamed since would be reached by none of the old ones. Map afresh.
+	rm -f mutants/mutmut-stats.json
 	MNIST_DATA_DIR="$${MNIST_DATA_DIR:-$(abspath ../shared/mnist)}" TEST_CHECKPOINT_CACHE="$(abspath mutants/checkpoints)" \
 	  $(VENV)/bin/mutmut run --max-children $$(nproc)
 	$(PY) scripts/mutation_report.py

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from collections import deque
 
 import pytest
@@ -191,6 +192,36 @@ async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
     assert all(rows.shape == (1, 10) for rows, _ in await asyncio.gather(*pending))
 
 
+class ThreadRecordingNet(Net):
+    """The real network, noting the thread each forward pass runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
+        return super().forward(x)
+
+
+async def test_observers_see_each_batch_its_rows_waits_and_time_on_one_inference_thread() -> None:
+    model = ThreadRecordingNet()
+    rows: list[int] = []
+    waits: list[float] = []
+    inference: list[float] = []
+    observers = EngineObservers(batch_rows=rows.append, queue_wait=waits.append, inference=inference.append)
+    started = time.perf_counter()
+    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=4, observers=observers) as engine:
+        # queued together: 1 + 2 rows fit in one batch of 4, the 3 rows after them do not
+        await asyncio.gather(*(engine.infer(torch.randn(n, 1, 28, 28)) for n in (1, 2, 3)))
+        await engine.infer(torch.randn(1, 1, 28, 28))
+    elapsed = time.perf_counter() - started
+    assert rows == [3, 3, 1]
+    assert len(waits) == 4 and all(0 <= wait <= elapsed for wait in waits)  # one per request
+    assert len(inference) == 3 and all(0 < seconds <= elapsed for seconds in inference)
+    assert model.threads == ["inference_0"] * 3  # never on the event loop, never on two threads
+
+
 class RefusesNaN(Net):
     """The real network, raising on a batch that holds a NaN (as a model can fail on some input)."""
 
@@ -200,7 +231,7 @@ class RefusesNaN(Net):
         return super().forward(x)
 
 
-async def test_a_failed_forward_fails_only_its_batch() -> None:
+async def test_a_failed_forward_fails_only_its_batch(caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     model = RefusesNaN().eval()
     good = torch.randn(3, 1, 28, 28)
@@ -210,6 +241,8 @@ async def test_a_failed_forward_fails_only_its_batch() -> None:
             engine.infer(torch.full((1, 1, 28, 28), float("nan"))), engine.infer(good), return_exceptions=True
         )
         assert isinstance(bad, InferenceFailed) and str(bad) == "inference failed"
+        assert "inference failed on a batch of 1 requests" in caplog.text  # with the traceback:
+        assert "RuntimeError: NaN in the batch" in caplog.text
         after, _ = await engine.infer(good)
     with torch.inference_mode():
         expected = model(good)
@@ -218,7 +251,9 @@ async def test_a_failed_forward_fails_only_its_batch() -> None:
     assert_log_probs_close(after, expected)
 
 
-async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_goes_on() -> None:
+async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     faults = [RuntimeError("a metric hook broke")]
 
     def queue_wait(seconds: float) -> None:
@@ -238,6 +273,7 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
             *(engine.infer(torch.randn(1, 1, 28, 28)) for _ in range(3)), return_exceptions=True
         )
         assert [type(answer) for answer in answers] == [InferenceFailed] * 3
+        assert "the inference worker failed; failing the requests it held" in caplog.text
         rows, version = await engine.infer(torch.randn(2, 1, 28, 28))  # the worker is still there
     assert rows.shape == (2, 10) and version == "v1"
 
