@@ -241,8 +241,9 @@ async def test_a_failed_forward_fails_only_its_batch(caplog: pytest.LogCaptureFi
             engine.infer(torch.full((1, 1, 28, 28), float("nan"))), engine.infer(good), return_exceptions=True
         )
         assert isinstance(bad, InferenceFailed) and str(bad) == "inference failed"
-        assert "inference failed on a batch of 1 requests" in caplog.text  # with the traceback:
-        assert "RuntimeError: NaN in the batch" in caplog.text
+        [logged] = [record for record in caplog.records if record.levelname == "ERROR"]
+        assert logged.getMessage() == "inference failed on a batch of 1 requests"
+        assert "RuntimeError: NaN in the batch" in caplog.text  # with its traceback
         after, _ = await engine.infer(good)
     with torch.inference_mode():
         expected = model(good)
@@ -273,7 +274,9 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
             *(engine.infer(torch.randn(1, 1, 28, 28)) for _ in range(3)), return_exceptions=True
         )
         assert [type(answer) for answer in answers] == [InferenceFailed] * 3
-        assert "the inference worker failed; failing the requests it held" in caplog.text
+        [logged] = [record for record in caplog.records if record.levelname == "ERROR"]
+        assert logged.getMessage() == "the inference worker failed; failing the requests it held"
+        assert "RuntimeError: a metric hook broke" in caplog.text  # with its traceback
         rows, version = await engine.infer(torch.randn(2, 1, 28, 28))  # the worker is still there
     assert rows.shape == (2, 10) and version == "v1"
 

@@ -12,6 +12,7 @@ from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
 from app.preprocess import (
     Invert,
     levels_of,
+    light_background,
     mnist_pixels,
     png_data_url,
     preprocess,
@@ -275,3 +276,16 @@ def test_the_picture_of_what_the_model_saw_saturates_at_the_grey_levels() -> Non
     assert url.startswith("data:image/png;base64,")
     shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
     assert shown.dtype == np.uint8 and shown.tolist() == [[0, 0, 128], [254, 255, 255]]
+
+
+def test_a_light_background_is_an_edge_mean_over_127_5_every_edge_pixel_counted_once() -> None:
+    """Checked against a plain mask of the frame's edge, on random images whose edge means fall on
+    both sides of the line, in three shapes."""
+    rng = np.random.default_rng(0)
+    for height, width in ((28, 28), (20, 35), (35, 20)):
+        edge = np.ones((height, width), dtype=bool)
+        edge[1:-1, 1:-1] = False
+        for _ in range(500):
+            gray = rng.uniform(0, 255, (height, width)).astype(np.float32)
+            assert light_background(gray) == (float(gray[edge].astype(np.float64).mean()) > 127.5)
+    assert not light_background(np.full((28, 28), 127.5, dtype=np.float32))  # on the line: dark
