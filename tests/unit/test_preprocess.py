@@ -98,11 +98,53 @@ def test_rgb_and_transparency(digits: torch.Tensor) -> None:
     assert np.abs(drawn - digit.numpy()).max() <= 1
 
 
-def test_16_bit_greyscale(digits: torch.Tensor) -> None:
-    wide = digits[0].numpy().astype(np.uint16) * 257
+def saved(image: Image.Image, format: str, **options: object) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(wide).save(buffer, "PNG")
-    assert np.abs(mnist_pixels(buffer.getvalue()) - digits[0].numpy()).max() <= 1
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def test_every_kind_of_transparency_is_composited_onto_paper_that_contrasts_with_the_ink(
+    digits: torch.Tensor,
+) -> None:
+    """Ink on nothing, as drawing programs export it, in each way a file can say "transparent":
+    the ink read as the digit, whatever the colour under the transparent pixels, black ink or white."""
+    digit = digits[0].numpy()
+    black = Image.new("L", (28, 28))
+    palette = Image.new("P", (28, 28))
+    palette.putpalette([0, 0, 0] * 256)
+    coverage = Image.fromarray(digit)
+    white_beneath = Image.fromarray(np.where(digit > 0, 0, 255).astype(np.uint8))
+    graded = {  # the digit as the ink's coverage (alpha)
+        "LA PNG": saved(Image.merge("LA", [black, coverage]), "PNG"),
+        "LA PNG, white beneath": saved(Image.merge("LA", [white_beneath, coverage]), "PNG"),
+        "LA PNG, white ink": saved(Image.merge("LA", [Image.new("L", (28, 28), 255), coverage]), "PNG"),
+        "PA TIFF": saved(Image.merge("PA", [palette, coverage]), "TIFF"),
+    }
+    for kind, data in graded.items():
+        drawn = mnist_pixels(data)
+        assert drawn.dtype == np.float32, kind
+        assert np.abs(drawn - digit).max() <= 1, kind
+    # One grey level or palette entry marked transparent: coverage is all or nothing.
+    ink = digit > 127
+    marked = Image.fromarray(np.where(ink, 0, 1).astype(np.uint8))  # 1: transparent, near-black
+    indexed = Image.fromarray(np.where(ink, 1, 0).astype(np.uint8), "P")
+    indexed.putpalette([0, 0, 0] * 256)  # 0: transparent, black like the ink (1)
+    binary = {
+        "L PNG with tRNS": saved(marked, "PNG", transparency=1),
+        "P PNG with tRNS": saved(indexed, "PNG", transparency=0),
+    }
+    for kind, data in binary.items():
+        drawn = mnist_pixels(data)
+        assert drawn.dtype == np.float32, kind
+        assert np.array_equal(drawn, np.where(ink, 255.0, 0.0)), kind
+
+
+def test_16_bit_greyscale(digits: torch.Tensor) -> None:
+    wide = digits[0].numpy().astype(np.uint16) * 257  # 0-255 spread over 0-65535
+    got = mnist_pixels(saved(Image.fromarray(wide), "PNG"))
+    assert got.dtype == np.float32
+    assert np.abs(got - digits[0].numpy()).max() <= 1e-3  # float32 rounding of 257 * 255 / 65535
 
 
 def test_gif_uses_its_first_frame(digits: torch.Tensor) -> None:
