@@ -185,7 +185,7 @@ async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
     await model.held()
     stopping = asyncio.create_task(engine.stop())
     await asyncio.sleep(0)  # stop() has begun: it refuses new work before it waits
-    with pytest.raises(ShuttingDown):
+    with pytest.raises(ShuttingDown, match=r"^the server is shutting down$"):
         await engine.infer(torch.randn(1, 1, 28, 28))
     model.gate.set()
     await stopping

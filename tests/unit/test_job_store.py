@@ -408,6 +408,16 @@ def test_a_trainer_checking_in_again_refreshes_its_slots_and_its_heartbeat(recor
         store.create({})
 
 
+def test_a_trainer_checking_out_takes_only_its_own_slots_away(records_url: str) -> None:
+    store = opened(records_url)
+    store.check_in("t1", slots=2)
+    store.check_in("t2", slots=1)
+    store.check_out("t1")
+    store.create({})  # t2's one slot
+    with pytest.raises(JobConflict):
+        store.create({})
+
+
 def test_nothing_to_claim_and_reads_take_no_write_lock(records_url: str) -> None:
     """Every trainer asks for work each second and every page reads jobs: when there is nothing
     to claim or settle they only read, so they never wait behind a writer (or hold one up). Here

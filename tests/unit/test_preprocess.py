@@ -1,7 +1,9 @@
 """Preprocessing: real MNIST digits in every supported format and shape, and every bad input."""
 
+import asyncio
 import base64
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +12,9 @@ from PIL import Image
 
 from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
 from app.preprocess import (
+    MIN_CONTRAST,
+    DecodeLimits,
+    Decoder,
     Invert,
     levels_of,
     light_background,
@@ -19,6 +24,7 @@ from app.preprocess import (
     signature_of,
     to_tensor,
 )
+from app.uploads import Upload
 from tests.images import black_on_white, encode, larger, png_header_only, rgb
 from training.data import Mnist
 from training.loop import to_model_input
@@ -154,20 +160,35 @@ def test_gif_uses_its_first_frame(digits: torch.Tensor) -> None:
     assert np.array_equal(mnist_pixels(buffer.getvalue()), digits[0].numpy())
 
 
-def test_refusals(digits: torch.Tensor) -> None:
+def refusal(data: bytes) -> tuple[type[Exception], str]:
+    with pytest.raises(Exception) as refused:
+        preprocess(data)
+    return refused.type, str(refused.value)
+
+
+def test_refusals_say_what_is_wrong_word_for_word(digits: torch.Tensor) -> None:
     png = encode(digits[0])
-    with pytest.raises(InvalidImage, match="empty"):
-        preprocess(b"")
-    with pytest.raises(NotAnImage):
-        preprocess(b"%PDF-1.4 this is a document, not an image")
-    with pytest.raises(NotAnImage):
-        preprocess(encode(digits[0], "ICO"))  # a real image, in a format we do not take
-    with pytest.raises(InvalidImage, match="truncated or corrupt"):
-        preprocess(png[: len(png) // 2])
-    with pytest.raises(BlankImage):
-        preprocess(encode(np.zeros((28, 28))))
-    with pytest.raises(BlankImage):
-        preprocess(encode(np.full((300, 200), 255)))
+    assert refusal(b"") == (InvalidImage, "the file is empty")
+    foreign = (NotAnImage, "not an image in a supported format (PNG, JPEG, BMP, GIF, WEBP, TIFF)")
+    assert refusal(b"%PDF-1.4 this is a document, not an image") == foreign
+    assert refusal(encode(digits[0], "ICO")) == foreign  # a real image, in a format we do not take
+    assert refusal(png[: len(png) // 2]) == (InvalidImage, "the PNG data is truncated or corrupt")
+    # BMP's two letters are no signature: a broken BMP header is only an image's
+    assert refusal(b"BM" + bytes(60)) == (InvalidImage, "the image header is corrupt")
+    blank = (BlankImage, "the image is blank: no digit found on it")
+    assert refusal(encode(np.zeros((28, 28)))) == blank
+    assert refusal(encode(np.full((300, 200), 255))) == blank
+    faint = np.zeros((28, 28))
+    faint[10:18, 12:16] = MIN_CONTRAST - 1
+    assert refusal(encode(faint)) == blank
+    faint[10:18, 12:16] = MIN_CONTRAST  # just enough to be a drawing
+    assert mnist_pixels(encode(faint)).max() == MIN_CONTRAST
+
+
+def test_a_background_that_is_not_black_is_taken_off_before_reframing(digits: torch.Tensor) -> None:
+    """A scan's dark paper is rarely 0: reframing sees only what is above it."""
+    photo = np.round(larger(digits[0]) * (200 / 255)).astype(np.uint8)
+    assert np.array_equal(mnist_pixels(encode(photo + 40)), mnist_pixels(encode(photo)))
 
 
 def test_decompression_bombs_are_refused_before_decoding() -> None:
@@ -193,8 +214,11 @@ def test_non_finite_pixels_are_refused(digits: torch.Tensor) -> None:
     for bad in (np.nan, np.inf, -np.inf):
         values = digits[0].numpy().astype(np.float32)
         values[3, 4] = bad
-        with pytest.raises(InvalidImage, match="not finite"):
+        with pytest.raises(InvalidImage) as refused:
             preprocess(samples_tiff(values))
+        assert str(refused.value) == (
+            "the image has pixel values that are not finite numbers (NaN or infinity)"
+        )
 
 
 def test_32_bit_samples_are_brought_to_grey_levels(digits: torch.Tensor) -> None:
@@ -331,3 +355,53 @@ def test_a_light_background_is_an_edge_mean_over_127_5_every_edge_pixel_counted_
             gray = rng.uniform(0, 255, (height, width)).astype(np.float32)
             assert light_background(gray) == (float(gray[edge].astype(np.float64).mean()) > 127.5)
     assert not light_background(np.full((28, 28), 127.5, dtype=np.float32))  # on the line: dark
+
+
+def wide(digit: torch.Tensor) -> bytes:
+    """A 100 x 10 image: its pixels (1,000) are not its height squared (100)."""
+    canvas = np.zeros((10, 100), dtype=np.uint8)
+    canvas[1:9, 40:60] = np.asarray(Image.fromarray(digit.numpy()).resize((20, 8)))
+    return encode(canvas)
+
+
+async def test_a_request_may_hold_exactly_its_pixel_limit_in_all(digits: torch.Tensor) -> None:
+    uploads = [Upload("files", f"{n}.png", wide(digits[n])) for n in range(2)]  # 2,000 pixels
+    await Decoder(DecodeLimits(request_pixels=2000), concurrency=1).decode(uploads, Invert.AUTO)
+    with pytest.raises(ImageTooLarge) as refused:
+        await Decoder(DecodeLimits(request_pixels=1999), concurrency=1).decode(uploads, Invert.AUTO)
+    assert str(refused.value) == "the images hold 2000 pixels together; the limit per request is 1999"
+
+
+async def test_a_batch_decodes_as_a_single_upload_would_and_names_a_bad_file(digits: torch.Tensor) -> None:
+    uploads = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(3)]
+    decoder = Decoder(DecodeLimits(), concurrency=1)
+    for invert in Invert:
+        _, images = await decoder.decode(uploads, invert)
+        for upload, image in zip(uploads, images, strict=True):
+            assert np.array_equal(image, mnist_pixels(upload.data, invert))
+    uploads[1] = Upload("files", "1.png", b"")
+    with pytest.raises(InvalidImage) as named:
+        await decoder.decode(uploads, Invert.AUTO, label=lambda index: f"input {index}")
+    assert str(named.value) == "input 1: the file is empty"
+
+
+async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thread(
+    digits: torch.Tensor,
+) -> None:
+    """Up to `inline_pixels` in all, a request never queues behind big decodes holding the threads."""
+    decoder = Decoder(DecodeLimits(inline_pixels=2 * 28 * 28), concurrency=1)
+    started, release = threading.Event(), threading.Event()
+
+    def big_decode() -> None:
+        started.set()
+        release.wait(10)
+
+    holder = asyncio.create_task(decoder.off_loop(big_decode))  # takes the one thread slot
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
+        async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
+            await decoder.decode(two, Invert.AUTO)
+    finally:
+        release.set()
+        await holder
