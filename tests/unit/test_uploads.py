@@ -1,0 +1,98 @@
+"""Uploads: the multipart parser on real bodies, the content type, the upload budget, and the body
+reader through Starlette's own Request (fed by an ASGI receive channel, as a server feeds it)."""
+
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from app.errors import BadRequest, PayloadTooLarge, TooManyFiles, UnsupportedMediaType, UploadsBusy
+from app.uploads import Bodies, Upload, boundary_of, parse_multipart
+
+
+def part(disposition: bytes | None, data: bytes) -> bytes:
+    head = b"" if disposition is None else b"Content-Disposition: " + disposition + b"\r\n"
+    return b"--B\r\n" + head + b"\r\n" + data + b"\r\n"
+
+
+def test_parts_keep_their_names_filenames_and_bytes_in_order() -> None:
+    body = (
+        part(b'form-data; name="files"; filename="a.png"', b"one\r\n-\r\n--Bx two")  # boundary lookalikes
+        + part(b'form-data; name="invert"', b"true")
+        + part(b'form-data; name="\xff"; filename="\xfe.png"', b"")  # not UTF-8: replaced, not refused
+        + part(b"form-data", b"nameless")
+        + part(None, b"no disposition")
+        + b"--B--\r\n"
+    )
+    assert parse_multipart(body, b"B", max_parts=5) == [
+        Upload("files", "a.png", b"one\r\n-\r\n--Bx two"),
+        Upload("invert", None, b"true"),
+        Upload("\ufffd", "\ufffd.png", b""),
+        Upload("", None, b"nameless"),
+        Upload("", None, b"no disposition"),
+    ]
+
+
+def test_parts_beyond_the_limit_are_refused_and_a_body_must_close() -> None:
+    three = part(b'form-data; name="a"', b"1") * 3
+    assert len(parse_multipart(three + b"--B--\r\n", b"B", max_parts=3)) == 3
+    with pytest.raises(TooManyFiles) as refused:
+        parse_multipart(three + b"--B--\r\n", b"B", max_parts=2)
+    assert str(refused.value) == "the multipart body has more than 2 parts"
+    with pytest.raises(BadRequest) as unclosed:
+        parse_multipart(three, b"B", max_parts=3)
+    assert str(unclosed.value) == "the multipart/form-data body ends before its closing boundary"
+
+
+def test_only_multipart_with_a_boundary_is_an_upload() -> None:
+    assert boundary_of('multipart/form-data; boundary="xyz"') == b"xyz"
+    for content_type, shown in ((None, "none"), ("", "none"), ("application/json", "application/json")):
+        with pytest.raises(UnsupportedMediaType) as refused:
+            boundary_of(content_type)
+        assert str(refused.value) == f"expected a multipart/form-data upload, got content type {shown}"
+    with pytest.raises(BadRequest) as bare:
+        boundary_of("multipart/form-data")
+    assert str(bare.value) == "multipart/form-data content type without a boundary"
+
+
+def test_the_budget_holds_exactly_its_size() -> None:
+    bodies = Bodies(timeout_s=5, budget=100)
+    with bodies.holding_received(60), bodies.holding_received(40):  # exactly full
+        with pytest.raises(UploadsBusy) as busy, bodies.holding_received(1):
+            pass
+        assert str(busy.value) == "this server is holding 100 bytes of uploads already; try again shortly"
+    assert bodies.held == 0
+    with pytest.raises(UploadsBusy), bodies.holding_received(101):
+        pass
+
+
+class Sent:
+    """A request as a server hands it over: headers, then the body in chunks as they arrive."""
+
+    def __init__(self, headers: dict[str, str], chunks: list[bytes]) -> None:
+        self.chunks, self.read = chunks, 0
+        raw = [(key.encode(), value.encode()) for key, value in headers.items()]
+        self.request = Request({"type": "http", "method": "POST", "path": "/", "headers": raw}, self.receive)
+
+    async def receive(self) -> dict[str, Any]:
+        self.read += 1
+        chunk = self.chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
+
+
+async def test_a_declared_oversize_body_waiting_to_be_continued_is_refused_unread() -> None:
+    bodies = Bodies(timeout_s=5, budget=10_000)
+    waiting = Sent({"content-length": "1001", "expect": "100-Continue"}, [b"x" * 1001])
+    with pytest.raises(PayloadTooLarge) as refused:
+        await bodies.read(waiting.request, limit=1000)
+    assert str(refused.value) == "upload is larger than the limit of 1000 bytes"
+    assert waiting.read == 0  # not a byte asked for: the client never sends it
+    # Without the Expect header the body is drained, never held, and refused all the same.
+    sending = Sent({"content-length": "1001"}, [b"x" * 600, b"x" * 401])
+    with pytest.raises(PayloadTooLarge):
+        await bodies.read(sending.request, limit=1000)
+    assert sending.read == 2
+    # Exactly the limit, declared and waiting to be continued: read.
+    exact = Sent({"content-length": "1000", "expect": "100-continue"}, [b"x" * 1000])
+    assert await bodies.read(exact.request, limit=1000) == b"x" * 1000
+    assert bodies.held == 0
