@@ -1,12 +1,20 @@
 """Uploads: the multipart parser on real bodies, the content type, the upload budget, and the body
 reader through Starlette's own Request (fed by an ASGI receive channel, as a server feeds it)."""
 
+import asyncio
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 
-from app.errors import BadRequest, PayloadTooLarge, TooManyFiles, UnsupportedMediaType, UploadsBusy
+from app.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyFiles,
+    UnsupportedMediaType,
+    UploadsBusy,
+)
 from app.uploads import Bodies, Upload, boundary_of, parse_multipart
 
 
@@ -67,17 +75,22 @@ def test_the_budget_holds_exactly_its_size() -> None:
 
 
 class Sent:
-    """A request as a server hands it over: headers, then the body in chunks as they arrive."""
+    """A request as a server hands it over: headers, then the body in chunks as they arrive; then,
+    if the client `stops` ("disconnects" or "stalls"), that instead of the body's end."""
 
-    def __init__(self, headers: dict[str, str], chunks: list[bytes]) -> None:
-        self.chunks, self.read = chunks, 0
+    def __init__(self, headers: dict[str, str], chunks: list[bytes], stops: str = "") -> None:
+        self.chunks, self.stops, self.read = chunks, stops, 0
         raw = [(key.encode(), value.encode()) for key, value in headers.items()]
         self.request = Request({"type": "http", "method": "POST", "path": "/", "headers": raw}, self.receive)
 
     async def receive(self) -> dict[str, Any]:
         self.read += 1
-        chunk = self.chunks.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
+        if self.chunks:
+            chunk = self.chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks or self.stops)}
+        if self.stops == "stalls":
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
 
 async def test_a_declared_oversize_body_waiting_to_be_continued_is_refused_unread() -> None:
@@ -95,4 +108,42 @@ async def test_a_declared_oversize_body_waiting_to_be_continued_is_refused_unrea
     # Exactly the limit, declared and waiting to be continued: read.
     exact = Sent({"content-length": "1000", "expect": "100-continue"}, [b"x" * 1000])
     assert await bodies.read(exact.request, limit=1000) == b"x" * 1000
+    assert bodies.held == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "chunk", "reads"),
+    [
+        (1000, 16 * 1024, 64 * 64 + 1),  # small limits: 64 MiB drained, then the connection closes
+        (8 * 1024 * 1024, 1024 * 1024, 16 * 8 + 1),  # large ones: 16 times the limit
+    ],
+)
+async def test_an_oversize_body_is_drained_up_to_a_bound(limit: int, chunk: int, reads: int) -> None:
+    sending = Sent({"content-length": str(10 * 1024**3)}, [bytes(chunk)] * (reads + 50))
+    with pytest.raises(PayloadTooLarge):
+        await Bodies(timeout_s=30, budget=limit).read(sending.request, limit)
+    assert sending.read == reads  # the first chunk past the bound is the last read
+
+
+async def test_a_body_of_exactly_the_limit_is_read_with_or_without_a_length() -> None:
+    bodies = Bodies(timeout_s=5, budget=1000)
+    async with bodies.holding(Sent({}, [b"x" * 600, b"x" * 400]).request, 1000) as body:
+        assert body == b"x" * 1000 and bodies.held == 1000
+    assert bodies.held == 0
+    with pytest.raises(PayloadTooLarge):
+        await bodies.read(Sent({}, [b"x" * 600, b"x" * 401]).request, 1000)
+
+
+async def test_a_client_that_leaves_or_stalls_mid_body_gets_an_answer_and_holds_nothing() -> None:
+    bodies = Bodies(timeout_s=0.5, budget=10_000)
+    with pytest.raises(BadRequest) as left:
+        async with bodies.holding(Sent({}, [b"x" * 600], stops="disconnects").request, 1000):
+            pass
+    assert str(left.value) == "the client disconnected before the upload was complete"
+    assert bodies.held == 0
+    with pytest.raises(RequestTimeout) as stalled:
+        async with asyncio.timeout(10):  # the reader's own timeout must end it, well before this
+            async with bodies.holding(Sent({}, [b"x" * 600], stops="stalls").request, 1000):
+                pass
+    assert str(stalled.value) == "the request body did not arrive within 0.5 s"
     assert bodies.held == 0
