@@ -9,12 +9,17 @@ import torch
 from PIL import Image
 
 
+def saved(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
+    """The file Pillow writes for `image` in the given format, with these save options."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
 def encode(pixels: np.ndarray | torch.Tensor, fmt: str = "PNG", **save: object) -> bytes:
     """Encode an 8-bit image array (H x W grey, or H x W x 3/4) in the given format."""
     array = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
-    buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8)).save(buffer, fmt, **save)
-    return buffer.getvalue()
+    return saved(Image.fromarray(array.astype(np.uint8)), fmt, **save)
 
 
 def black_on_white(digit: torch.Tensor) -> np.ndarray:

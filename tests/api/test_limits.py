@@ -2,7 +2,6 @@
 bounded before the work is done, and big decodes never stall the event loop."""
 
 import asyncio
-import io
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from PIL import Image, PngImagePlugin
 from app import preprocess
 from app.preprocess import Invert
 from tests.asgi import Serve
+from tests.images import saved
 from tests.uploads import image_file
 
 MULTIPART = {"content-type": "multipart/form-data; boundary=b"}
@@ -24,9 +24,7 @@ def big_digit_png(mode: str = "RGBA", size: int = 2048) -> bytes:
     """A 2048x2048 image with a bar drawn on it: 21 KB of PNG, 0.2 s of decoding as RGBA."""
     pixels = np.zeros((size, size), dtype=np.uint8)
     pixels[size // 2 - 100 : size // 2 + 100, size // 2 - 20 : size // 2 + 20] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).convert(mode).save(buffer, "PNG")
-    return buffer.getvalue()
+    return saved(Image.fromarray(pixels).convert(mode))
 
 
 def batch_of(bodies: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -189,11 +187,10 @@ async def test_a_png_whose_text_chunks_inflate_to_60_mb_is_refused_at_once(api: 
     """Pillow inflates text chunks while opening a file, before any pixel count is checked."""
     info = PngImagePlugin.PngInfo()
     info.add_text("comment", "a" * 60_000_000, zip=True)
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(buffer, "PNG", pnginfo=info)
-    assert len(buffer.getvalue()) < 100_000
+    bomb = saved(Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)), pnginfo=info)
+    assert len(bomb) < 100_000
     started = time.perf_counter()
-    response = await api.post("/predict", files=image_file(buffer.getvalue()))
+    response = await api.post("/predict", files=image_file(bomb))
     assert response.status_code == 400
     assert time.perf_counter() - started < 1.0  # inflating the chunk alone took 0.26 s
 

@@ -2,7 +2,6 @@
 images of every Pillow mode, size and supported format (float samples with NaN and infinities
 included). Never a 5xx, and never a number in an answer that JSON cannot hold."""
 
-import io
 import json
 
 import httpx
@@ -12,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests.images import saved
 from tests.reliability.scale import scaled
 from tests.server import ServerProcess
 
@@ -59,12 +59,10 @@ def random_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes | None:
-    buffer = io.BytesIO()
     try:
-        image.save(buffer, fmt)
+        return saved(image, fmt)
     except (OSError, KeyError, ValueError, TypeError):
         return None  # a mode this format cannot store
-    return buffer.getvalue()
 
 
 # Each mode with the formats that can store it, so every drawn pair is a real file.

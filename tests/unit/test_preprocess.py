@@ -25,7 +25,7 @@ from app.preprocess import (
     to_tensor,
 )
 from app.uploads import Upload
-from tests.images import black_on_white, encode, larger, png_header_only, rgb
+from tests.images import black_on_white, encode, larger, png_header_only, rgb, saved
 from training.data import Mnist
 from training.loop import to_model_input
 
@@ -104,12 +104,6 @@ def test_rgb_and_transparency(digits: torch.Tensor) -> None:
     assert np.abs(drawn - digit.numpy()).max() <= 1
 
 
-def saved(image: Image.Image, format: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format, **options)
-    return buffer.getvalue()
-
-
 def test_every_kind_of_transparency_is_composited_onto_paper_that_contrasts_with_the_ink(
     digits: torch.Tensor,
 ) -> None:
@@ -155,9 +149,8 @@ def test_16_bit_greyscale(digits: torch.Tensor) -> None:
 
 def test_gif_uses_its_first_frame(digits: torch.Tensor) -> None:
     frames = [Image.fromarray(d.numpy()).convert("P") for d in digits[:3]]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    assert np.array_equal(mnist_pixels(buffer.getvalue()), digits[0].numpy())
+    gif = saved(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert np.array_equal(mnist_pixels(gif), digits[0].numpy())
 
 
 def refusal(data: bytes) -> tuple[type[Exception], str]:
@@ -205,9 +198,7 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
 
 def samples_tiff(values: np.ndarray) -> bytes:
     """A one-channel TIFF of 32-bit samples: mode F for floats, I for integers."""
-    buffer = io.BytesIO()
-    Image.fromarray(values).save(buffer, "TIFF")
-    return buffer.getvalue()
+    return saved(Image.fromarray(values), "TIFF")
 
 
 def test_non_finite_pixels_are_refused(digits: torch.Tensor) -> None:
@@ -239,9 +230,7 @@ def test_exif_orientation_is_applied(digits: torch.Tensor) -> None:
     digit = digits[0].numpy()
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 clockwise to display": the stored pixels are turned the other way
-    buffer = io.BytesIO()
-    Image.fromarray(np.rot90(digit, k=1)).save(buffer, "PNG", exif=exif)
-    assert np.array_equal(mnist_pixels(buffer.getvalue()), digit)
+    assert np.array_equal(mnist_pixels(saved(Image.fromarray(np.rot90(digit, k=1)), exif=exif)), digit)
 
 
 def test_to_tensor_leaves_the_pixels_alone(digits: torch.Tensor) -> None:
