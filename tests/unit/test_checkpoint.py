@@ -1,6 +1,7 @@
 """The checkpoint format: round trip, the tutorial's interoperability, and every refusal."""
 
 import json
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 
 from models.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     load_checkpoint,
     metadata_path,
     read_metadata,
@@ -154,3 +156,114 @@ def test_an_unknown_architecture_is_not_saved(tmp_path: Path) -> None:
         save_checkpoint(Net(), tmp_path / "m.pt", arch="resnet")
     assert str(refused.value) == "unknown architecture 'resnet'"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_only_machine(tmp_path: Path, monkeypatch) -> None:
+    """Storages tagged `cuda:0`, as a GPU trainer writes them, are mapped to the CPU on load."""
+    path = tmp_path / "mnist_cnn.pt"
+    model = Net()
+    with monkeypatch.context() as saving_on_a_gpu:
+        saving_on_a_gpu.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        save_checkpoint(model, path, arch="net")
+    assert b"cuda:0" in path.read_bytes()
+    loaded = load_checkpoint(path)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_the_model_is_put_on_the_device_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(Net(), path, arch="net")
+    assert {p.device.type for p in load_checkpoint(path, device="meta").model.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("torch_told_to_unpickle_anything", [False, True])
+def test_a_pickle_that_runs_code_is_never_run(
+    tmp_path: Path, monkeypatch, torch_told_to_unpickle_anything
+) -> None:
+    """Not even where the environment tells torch to drop `weights_only` when a caller leaves it out."""
+    if torch_told_to_unpickle_anything:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "ran"),)
+
+    path = tmp_path / "mnist_cnn.pt"
+    torch.save({"fc1.weight": Payload()}, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == "mnist_cnn.pt is corrupt or truncated (not a readable PyTorch state_dict)"
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_folder_in_place_of_the_file_is_refused_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "mnist_cnn.pt").mkdir()
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "mnist_cnn.pt")
+    assert str(refused.value) == "cannot read mnist_cnn.pt: Is a directory"
+
+
+def test_metadata_naming_an_unknown_network_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    written = save_checkpoint(Net(), path, arch="net")
+    metadata_path(path).write_text(json.dumps({**written, "arch": "resnet"}))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == "mnist_cnn.json names unknown arch 'resnet'"
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_weights_that_fit_only_in_part_are_refused_even_with_metadata(tmp_path: Path, change) -> None:
+    """The metadata's hash matches, so the shapes are not guessed: loading itself must be strict."""
+    path = tmp_path / "mnist_cnn.pt"
+    state = Net().state_dict()
+    if change == "missing":
+        del state["fc2.bias"]
+    else:
+        state["fc3.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    digest = sha256_bytes(path.read_bytes())
+    metadata_path(path).write_text(json.dumps({"arch": "net", "sha256": digest, "version": digest[:12]}))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == (
+        "mnist_cnn.pt does not fit architecture 'net': wrong parameter names or shapes"
+    )
+
+
+def test_a_file_without_metadata_is_named_by_its_hash(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.pt"
+    torch.save(Net().state_dict(), path)
+    digest = sha256_bytes(path.read_bytes())
+    loaded = load_checkpoint(path)
+    assert (loaded.version, loaded.metadata["sha256"]) == (digest[:12], digest)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"net"', "3", "null", "{not json"])
+def test_metadata_that_is_not_an_object_counts_as_missing(tmp_path: Path, content) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(Net(), path, arch="net")
+    metadata_path(path).write_text(content)
+    assert read_metadata(path) is None
+    assert load_checkpoint(path).metadata["metadata_missing"] is True
+
+
+def test_a_write_stopped_before_its_rename_leaves_the_old_file_whole(tmp_path: Path, monkeypatch) -> None:
+    """Until the rename, the new bytes sit complete in a hidden `.NAME.*.tmp` beside the target,
+    a name no reader of `NAME` or of `*.pt` picks up; a failed write removes it."""
+    path = tmp_path / "mnist_cnn.pt"
+    path.write_bytes(b"old")
+    seen: dict[str, bytes] = {}
+
+    def rename_fails(source, target) -> None:
+        seen.update({p.name: p.read_bytes() for p in tmp_path.iterdir()})
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(path, b"new bytes")
+    (temporary,) = set(seen) - {"mnist_cnn.pt"}
+    assert temporary.startswith(".mnist_cnn.pt.") and temporary.endswith(".tmp")
+    assert seen[temporary] == b"new bytes"
+    assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [("mnist_cnn.pt", b"old")]
