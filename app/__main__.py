@@ -9,7 +9,7 @@ import tempfile
 
 import uvicorn
 
-from app.config import LOG_FORMAT, Settings, available_cores
+from app.config import LOG_FORMAT, SHUTDOWN_GRACE_S, Settings, available_cores
 from app.http import PROTOCOL
 
 log = logging.getLogger("app")
@@ -81,7 +81,7 @@ def main() -> None:
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=False,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
             http=PROTOCOL,
             h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_keep_alive=settings.keep_alive_s,

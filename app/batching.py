@@ -65,6 +65,10 @@ def collect_batch(waiting: deque[Pending], max_rows: int) -> list[Pending]:
     return batch
 
 
+def shutting_down() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down")
+
+
 def fail(requests: Iterable[Pending], error: Callable[[], Exception]) -> None:
     """Answer each of `requests` whose caller still waits with a fresh `error()`."""
     for item in requests:
@@ -89,28 +93,31 @@ class BatchingEngine:
         self,
         checkpoint: LoadedCheckpoint | None,
         device: torch.device,
-        max_batch_size: int = 64,
-        queue_size: int = 1024,
-        timeout_s: float = 10.0,
+        *,
+        max_batch_size: int,
+        queue_size: int,
+        timeout_s: float,
+        stop_grace_s: float,
+        unavailable_reason: str,
         observers: EngineObservers | None = None,
-        unavailable_reason: str = "no checkpoint given",
     ) -> None:
         self.device = device
         self.max_batch_size = max_batch_size
         self.queue_size = queue_size
         self.timeout_s = timeout_s
+        self.stop_grace_s = stop_grace_s
         self.observe = observers or EngineObservers()
         self._checkpoint = for_serving(checkpoint) if checkpoint else None
         self._unavailable_reason = unavailable_reason
         self._waiting: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._settled = asyncio.Event()  # nothing queued and no forward pass running
+        self._settled.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         # One thread: the model runs off the event loop, and never on two threads at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._pinned: torch.Tensor | None = None
+        self._pinned: torch.Tensor | None = None  # pragma: no mutate (the CUDA staging buffer)
 
     @property
     def checkpoint(self) -> LoadedCheckpoint | None:
@@ -141,19 +148,20 @@ class BatchingEngine:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await self.stop(self.stop_grace_s)
 
-    async def stop(self, grace_s: float = 30.0) -> None:
-        """Refuse new work, finish what is queued, then stop the worker."""
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new work and finish what is queued; what is left after `grace_s` is answered
+        "shutting down". Returns once no forward pass runs any more."""
         self._closing = True
-        deadline = time.monotonic() + grace_s
-        while (self._waiting or not self._idle.is_set()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._settled.wait()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        fail(self._waiting, lambda: ShuttingDown("the server is shutting down"))
+        fail(self._waiting, shutting_down)
         self._waiting.clear()
         self._executor.shutdown(wait=True)
 
@@ -161,13 +169,14 @@ class BatchingEngine:
         """Log-probabilities (k x 10, on the CPU) for k preprocessed images, and the model version."""
         self.serving()  # NoModel when there is none
         if self._closing:
-            raise ShuttingDown("the server is shutting down")
+            raise shutting_down()
         chunks = torch.split(inputs, self.max_batch_size)
         if len(self._waiting) + len(chunks) > self.queue_size:
             raise QueueFull(f"inference queue is full ({self.queue_size} requests waiting); retry shortly")
         loop = asyncio.get_running_loop()
         pending = [Pending(chunk, loop.create_future()) for chunk in chunks]
         self._waiting.extend(pending)
+        self._settled.clear()
         self.observe.queue_depth(len(self._waiting))
         self._wakeup.set()
         try:
@@ -189,14 +198,17 @@ class BatchingEngine:
     async def _run(self) -> None:
         while True:
             if not self._waiting:
+                self._settled.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            batch: list[Pending] = []
+            batch = collect_batch(self._waiting, self.max_batch_size)
             try:
-                batch = collect_batch(self._waiting, self.max_batch_size)
                 self.observe.queue_depth(len(self._waiting))
                 if batch:
                     await self._serve(batch)
+            except asyncio.CancelledError:  # stopped past its grace: the batch in flight is not answered
+                fail(batch, shutting_down)
+                raise
             except Exception:  # the worker never dies: a fault fails what it holds, not later requests
                 log.exception("the inference worker failed; failing the requests it held")
                 fail([*batch, *self._waiting], lambda: InferenceFailed("inference failed"))
@@ -210,7 +222,6 @@ class BatchingEngine:
         started = time.perf_counter()
         for item in batch:
             self.observe.queue_wait(started - item.enqueued)
-        self._idle.clear()
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._forward, checkpoint, batch
@@ -219,8 +230,6 @@ class BatchingEngine:
             log.exception("inference failed on a batch of %d requests", len(batch))
             fail(batch, lambda: InferenceFailed("inference failed"))
             return
-        finally:
-            self._idle.set()
         self.observe.inference(time.perf_counter() - started)
         self.observe.batch_rows(len(outputs))
         start = 0

@@ -18,6 +18,9 @@ MULTIPART_OVERHEAD = 16 * 1024
 DEFAULT_MAX_PIXELS = 2048 * 2048
 # Predictions less sure than this are flagged: chosen from the tutorial model's test set (README).
 LOW_CONFIDENCE = 0.9
+# How long a stopping server lets requests in flight finish: uvicorn for HTTP connections, then the
+# batching engine for its queue (deployments give the pod or container longer than this).
+SHUTDOWN_GRACE_S = 30
 
 
 def available_cores() -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from app.batching import BatchingEngine
-from app.config import Settings
+from app.config import SHUTDOWN_GRACE_S, Settings
 from app.db import Database, database_url
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.follower import ModelFollower
@@ -138,8 +138,9 @@ async def serving(
         max_batch_size=settings.max_batch_size,
         queue_size=settings.queue_size,
         timeout_s=settings.request_timeout_s,
-        observers=metrics.engine_observers(),
+        stop_grace_s=SHUTDOWN_GRACE_S,
         unavailable_reason=reason,
+        observers=metrics.engine_observers(),
     )
     async with engine:
         follower = ModelFollower(versions, engine, device, metrics, settings.model_poll_s)

@@ -151,7 +151,7 @@ class Beat(StrEnum):
 class JobStore:
     """All job and trainer state, in the service's database."""
 
-    def __init__(self, database: Database, stale_after_s: float = 15.0) -> None:
+    def __init__(self, database: Database, *, stale_after_s: float) -> None:
         self.database = database
         self.stale_after_s = stale_after_s
 

@@ -30,7 +30,7 @@ def recorded_job(url: str) -> str:
     """A job record written by another process of the deployment."""
     database = Database(database_url(url, Path("unused")))
     database.migrate()
-    store = JobStore(database)
+    store = JobStore(database, stale_after_s=15.0)
     store.check_in("elsewhere", slots=1)  # a trainer on another host: the job waits for it
     job = store.create({"epochs": 3})
     database.dispose()

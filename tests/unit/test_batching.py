@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,18 @@ def checkpoint(model: nn.Module, version: str = "v1") -> LoadedCheckpoint:
     return LoadedCheckpoint(model=model.eval(), metadata={"version": version, "arch": "net"})
 
 
+def engine_for(loaded: LoadedCheckpoint | None, device: torch.device, **settings: Any) -> BatchingEngine:
+    """An engine with the server's default limits, `settings` changing some."""
+    defaults: dict[str, Any] = {
+        "max_batch_size": 64,
+        "queue_size": 1024,
+        "timeout_s": 10.0,
+        "stop_grace_s": 5.0,
+        "unavailable_reason": "no checkpoint given",
+    }
+    return BatchingEngine(loaded, device, **{**defaults, **settings})
+
+
 class GatedNet(Net):
     """The real network, held at the gate until the test opens it (to fill the queue on purpose)."""
 
@@ -29,11 +42,14 @@ class GatedNet(Net):
         super().__init__()
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.finished = threading.Event()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.entered.set()
         self.gate.wait(timeout=10)
-        return super().forward(x)
+        output = super().forward(x)
+        self.finished.set()
+        return output
 
     async def held(self) -> None:
         """Until the engine's worker has taken a batch and is held at the gate."""
@@ -58,7 +74,7 @@ async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows()
     model = Net().eval()
     sizes: list[int] = []
     inputs = torch.randn(48, 1, 28, 28)
-    async with BatchingEngine(
+    async with engine_for(
         checkpoint(model), CPU, max_batch_size=16, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
         lone, version = await engine.infer(inputs[:1])
@@ -79,7 +95,7 @@ async def test_large_requests_are_split_into_max_batch_chunks_and_put_back_in_or
     model = Net().eval()
     inputs = torch.randn(20, 1, 28, 28)
     sizes: list[int] = []
-    async with BatchingEngine(
+    async with engine_for(
         checkpoint(model), CPU, max_batch_size=8, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
         rows, _ = await engine.infer(inputs)
@@ -108,7 +124,7 @@ async def test_a_swap_between_the_chunks_of_one_request_redoes_it_on_the_new_mod
     box: list[BatchingEngine] = []
     inputs = torch.randn(20, 1, 28, 28)
     sizes: list[int] = []
-    engine = BatchingEngine(
+    engine = engine_for(
         checkpoint(SwappingNet(box, checkpoint(new, "new")), "old"),
         CPU,
         max_batch_size=8,
@@ -126,7 +142,7 @@ async def test_a_swap_between_the_chunks_of_one_request_redoes_it_on_the_new_mod
 async def test_a_cancelled_request_takes_its_chunks_out_of_the_queue() -> None:
     model = GatedNet()
     sizes: list[int] = []
-    async with BatchingEngine(
+    async with engine_for(
         checkpoint(model), CPU, max_batch_size=4, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
         blocker = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
@@ -144,7 +160,7 @@ async def test_a_cancelled_request_takes_its_chunks_out_of_the_queue() -> None:
 
 async def test_full_queue_refuses_at_once() -> None:
     model = GatedNet()
-    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=1, queue_size=2) as engine:
+    async with engine_for(checkpoint(model), CPU, max_batch_size=1, queue_size=2) as engine:
         first = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
         await model.held()
         queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
@@ -158,7 +174,7 @@ async def test_full_queue_refuses_at_once() -> None:
 async def test_a_request_that_waits_too_long_gets_a_timeout_and_is_not_computed() -> None:
     model = GatedNet()
     sizes: list[int] = []
-    async with BatchingEngine(
+    async with engine_for(
         checkpoint(model),
         CPU,
         max_batch_size=4,
@@ -179,17 +195,51 @@ async def test_a_request_that_waits_too_long_gets_a_timeout_and_is_not_computed(
 
 async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
     model = GatedNet()
-    engine = BatchingEngine(checkpoint(model), CPU, max_batch_size=2)
+    engine = engine_for(checkpoint(model), CPU, max_batch_size=2)
     await engine.__aenter__()
     pending = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(5)]
     await model.held()
-    stopping = asyncio.create_task(engine.stop())
+    stopping = asyncio.create_task(engine.stop(grace_s=60))
     await asyncio.sleep(0)  # stop() has begun: it refuses new work before it waits
     with pytest.raises(ShuttingDown, match=r"^the server is shutting down$"):
         await engine.infer(torch.randn(1, 1, 28, 28))
     model.gate.set()
-    await stopping
+    async with asyncio.timeout(10):  # it returns once the queue is done, not at the end of its grace
+        await stopping
     assert all(rows.shape == (1, 10) for rows, _ in await asyncio.gather(*pending))
+
+
+async def test_what_is_left_after_the_grace_is_told_the_server_is_shutting_down() -> None:
+    model = GatedNet()
+    engine = engine_for(checkpoint(model), CPU, max_batch_size=1)
+    await engine.__aenter__()
+    in_flight = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
+    await model.held()
+    queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
+    await asyncio.sleep(0)
+    opener = threading.Timer(0.5, model.gate.set)  # the forward pass outlasts the grace
+    opener.start()
+    async with asyncio.timeout(5):
+        await engine.stop(grace_s=0.1)
+    assert model.finished.is_set()  # stop returns only once no forward pass runs
+    answers = await asyncio.gather(in_flight, *queued, return_exceptions=True)
+    assert [type(answer) for answer in answers] == [ShuttingDown] * 3  # none left waiting for a timeout
+    assert {str(answer) for answer in answers} == {"the server is shutting down"}
+
+
+def worker_tasks() -> list[asyncio.Task]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "inference-worker"]
+
+
+async def test_the_worker_is_a_named_task_that_stop_ends() -> None:
+    never_started = engine_for(checkpoint(Net()), CPU)
+    assert not never_started.running
+    async with asyncio.timeout(5):
+        await never_started.stop(grace_s=30)  # nothing to wait for
+    engine = engine_for(checkpoint(Net()), CPU)
+    async with asyncio.timeout(5), engine:
+        assert engine.running and len(worker_tasks()) == 1  # named, for task dumps
+    assert not engine.running and not worker_tasks()
 
 
 class ThreadRecordingNet(Net):
@@ -211,7 +261,7 @@ async def test_observers_see_each_batch_its_rows_waits_and_time_on_one_inference
     inference: list[float] = []
     observers = EngineObservers(batch_rows=rows.append, queue_wait=waits.append, inference=inference.append)
     started = time.perf_counter()
-    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=4, observers=observers) as engine:
+    async with engine_for(checkpoint(model), CPU, max_batch_size=4, observers=observers) as engine:
         # queued together: 1 + 2 rows fit in one batch of 4, the 3 rows after them do not
         await asyncio.gather(*(engine.infer(torch.randn(n, 1, 28, 28)) for n in (1, 2, 3)))
         await engine.infer(torch.randn(1, 1, 28, 28))
@@ -236,7 +286,7 @@ async def test_a_failed_forward_fails_only_its_batch(caplog: pytest.LogCaptureFi
     model = RefusesNaN().eval()
     good = torch.randn(3, 1, 28, 28)
     # timeout_s: an answer that never came would be a timeout, not the failure checked here
-    async with BatchingEngine(checkpoint(model), CPU, max_batch_size=1, timeout_s=10) as engine:
+    async with engine_for(checkpoint(model), CPU, max_batch_size=1, timeout_s=10) as engine:
         bad, rows = await asyncio.gather(
             engine.infer(torch.full((1, 1, 28, 28), float("nan"))), engine.infer(good), return_exceptions=True
         )
@@ -261,7 +311,7 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
         if faults:
             raise faults.pop()
 
-    async with BatchingEngine(
+    async with engine_for(
         checkpoint(Net()),
         CPU,
         max_batch_size=1,
@@ -274,6 +324,7 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
             *(engine.infer(torch.randn(1, 1, 28, 28)) for _ in range(3)), return_exceptions=True
         )
         assert [type(answer) for answer in answers] == [InferenceFailed] * 3
+        assert {str(answer) for answer in answers} == {"inference failed"}
         [logged] = [record for record in caplog.records if record.levelname == "ERROR"]
         assert logged.getMessage() == "the inference worker failed; failing the requests it held"
         assert "RuntimeError: a metric hook broke" in caplog.text  # with its traceback
@@ -281,15 +332,24 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
     assert rows.shape == (2, 10) and version == "v1"
 
 
+def channels_last(engine: BatchingEngine) -> bool:
+    """Served channels-last: faster convolutions on the CPU (README)."""
+    model = engine.serving().model
+    assert isinstance(model, Net)
+    return model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 async def test_swap_takes_effect_from_the_next_batch() -> None:
-    async with BatchingEngine(checkpoint(Net(), "old"), CPU) as engine:
+    async with engine_for(checkpoint(Net(), "old"), CPU) as engine:
         assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "old"
+        assert channels_last(engine)
         engine.swap(checkpoint(Net(), "new"))
         assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "new"
+        assert channels_last(engine)
 
 
 async def test_no_model_says_how_to_make_one() -> None:
-    async with BatchingEngine(None, CPU, unavailable_reason="no checkpoint file mnist_cnn.pt") as engine:
+    async with engine_for(None, CPU, unavailable_reason="no checkpoint file mnist_cnn.pt") as engine:
         with pytest.raises(NoModel) as refused:
             await engine.infer(torch.randn(1, 1, 28, 28))
         assert str(refused.value) == (

@@ -30,7 +30,7 @@ def test_one_machines_history_moves_to_postgresql_and_s3(
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
     second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
     versions.activate(first, "rollback by hand")
-    jobs = JobStore(local)
+    jobs = JobStore(local, stale_after_s=15.0)
     jobs.check_in("laptop", slots=1)
     job = jobs.create({"epochs": 1})
     assert jobs.claim("laptop", owner="me", slots=1) is not None
@@ -49,7 +49,7 @@ def test_one_machines_history_moves_to_postgresql_and_s3(
     assert set(listed) == {first, second} and listed[first]["activated_by"] == "rollback by hand"
     for version in (first, second):  # the weights came along: fetched from S3, verified
         assert load_checkpoint(replica.local_copy(listed[version])).version == version
-    moved = JobStore(shared).get(job.id)
+    moved = JobStore(shared, stale_after_s=15.0).get(job.id)
     assert moved.status == "succeeded" and moved.model_version == second and moved.params == {"epochs": 1}
 
     again = subprocess.run(
