@@ -111,8 +111,7 @@ class BatchingEngine:
         self._unavailable_reason = unavailable_reason
         self._waiting: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
-        self._settled = asyncio.Event()  # nothing queued and no forward pass running
-        self._settled.set()
+        self._settled = asyncio.Event()  # nothing queued and no forward pass running (set by the worker)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         # One thread: the model runs off the event loop, and never on two threads at once.

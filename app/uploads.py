@@ -19,7 +19,6 @@ from app.errors import (
     BadRequest,
     PayloadTooLarge,
     RequestTimeout,
-    ServiceError,
     TooManyFiles,
     UnsupportedMediaType,
     UploadsBusy,
@@ -209,12 +208,8 @@ def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload
     try:
         parser.write(body)
         parser.finalize()
-    except ServiceError:
-        raise
     except MultipartParseError as error:  # its words (it also bounds part headers) are safe to show
         raise BadRequest(f"malformed multipart/form-data body: {error}") from None
-    except Exception:
-        raise BadRequest("malformed multipart/form-data body") from None
     if not state.complete:
         raise BadRequest("the multipart/form-data body ends before its closing boundary")
     return state.parts

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import io
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from app.preprocess import (
     png_data_url,
     preprocess,
     signature_of,
+    to_gray,
     to_tensor,
 )
 from app.uploads import Upload
@@ -138,6 +140,28 @@ def test_every_kind_of_transparency_is_composited_onto_paper_that_contrasts_with
         drawn = mnist_pixels(data)
         assert drawn.dtype == np.float32, kind
         assert np.array_equal(drawn, np.where(ink, 255.0, 0.0)), kind
+
+
+@pytest.mark.parametrize(("ink", "paper"), [(0, 255.0), (127, 255.0), (128, 0.0), (255, 0.0)])
+def test_transparent_pixels_become_paper_that_contrasts_with_the_mean_ink(ink: int, paper: float) -> None:
+    """Ink darker than the middle (below 128) goes on white, the rest on black: exactly."""
+    beneath = Image.new("L", (28, 28), 77)  # whatever a drawing program left under the transparency
+    beneath.paste(ink, (0, 0, 14, 28))
+    coverage = Image.new("L", (28, 28), 0)
+    coverage.paste(255, (0, 0, 14, 28))  # the left half opaque
+    gray = to_gray(Image.merge("LA", [beneath, coverage]))
+    assert np.array_equal(gray[:, :14], np.full((28, 14), float(ink)))
+    assert np.array_equal(gray[:, 14:], np.full((28, 14), paper))
+
+
+def test_a_wholly_transparent_image_is_blank_without_a_warning() -> None:
+    nothing = Image.merge("LA", [Image.new("L", (28, 28), 90), Image.new("L", (28, 28), 0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" from a request, in the log
+        gray = to_gray(nothing)
+        with pytest.raises(BlankImage):
+            mnist_pixels(saved(nothing, "PNG"))
+    assert float(gray.min()) == float(gray.max())
 
 
 def test_16_bit_greyscale(digits: torch.Tensor) -> None:

@@ -74,6 +74,16 @@ def test_the_budget_holds_exactly_its_size() -> None:
         pass
 
 
+async def test_an_upload_that_passes_the_budget_mid_body_gives_back_what_it_held() -> None:
+    bodies = Bodies(timeout_s=5, budget=1000)
+    with bodies.holding_received(500):  # another request's upload
+        with pytest.raises(UploadsBusy):
+            async with bodies.holding(Sent({}, [b"x" * 300, b"x" * 300]).request, 1000):
+                pass
+        assert bodies.held == 500
+    assert bodies.held == 0
+
+
 class Sent:
     """A request as a server hands it over: headers, then the body in chunks as they arrive; then,
     if the client `stops` ("disconnects" or "stalls"), that instead of the body's end."""
