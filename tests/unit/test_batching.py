@@ -211,17 +211,17 @@ async def test_stop_answers_what_is_queued_and_refuses_new_work() -> None:
 
 async def test_what_is_left_after_the_grace_is_told_the_server_is_shutting_down() -> None:
     model = GatedNet()
-    engine = engine_for(checkpoint(model), CPU, max_batch_size=1)
-    await engine.__aenter__()
-    in_flight = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
-    await model.held()
-    queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
-    await asyncio.sleep(0)
-    opener = threading.Timer(0.5, model.gate.set)  # the forward pass outlasts the grace
-    opener.start()
-    async with asyncio.timeout(5):
-        await engine.stop(grace_s=0.1)
-    assert model.finished.is_set()  # stop returns only once no forward pass runs
+    async with (
+        asyncio.timeout(5),
+        engine_for(checkpoint(model), CPU, max_batch_size=1, stop_grace_s=0.1) as engine,
+    ):
+        in_flight = asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28)))
+        await model.held()
+        queued = [asyncio.create_task(engine.infer(torch.randn(1, 1, 28, 28))) for _ in range(2)]
+        await asyncio.sleep(0)
+        opener = threading.Timer(0.5, model.gate.set)  # the forward pass outlasts the grace
+        opener.start()
+    assert model.finished.is_set()  # stopping ends only once no forward pass runs
     answers = await asyncio.gather(in_flight, *queued, return_exceptions=True)
     assert [type(answer) for answer in answers] == [ShuttingDown] * 3  # none left waiting for a timeout
     assert {str(answer) for answer in answers} == {"the server is shutting down"}
