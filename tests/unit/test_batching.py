@@ -272,6 +272,16 @@ async def test_observers_see_each_batch_its_rows_waits_and_time_on_one_inference
     assert model.threads == ["inference_0"] * 3  # never on the event loop, never on two threads
 
 
+async def test_every_forward_pass_runs_on_the_one_inference_thread() -> None:
+    """One thread, not merely one at a time: a pool of more would now and then hand the next pass
+    to a new thread while the last one is still on its way back to idle."""
+    model = ThreadRecordingNet()
+    async with engine_for(checkpoint(model), CPU) as engine:
+        for _ in range(200):
+            await engine.infer(torch.randn(1, 1, 28, 28))
+    assert set(model.threads) == {"inference_0"}
+
+
 class RefusesNaN(Net):
     """The real network, raising on a batch that holds a NaN (as a model can fail on some input)."""
 
