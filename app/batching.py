@@ -69,6 +69,10 @@ def shutting_down() -> ShuttingDown:
     return ShuttingDown("the server is shutting down")
 
 
+def inference_failed() -> InferenceFailed:
+    return InferenceFailed("inference failed")
+
+
 def fail(requests: Iterable[Pending], error: Callable[[], Exception]) -> None:
     """Answer each of `requests` whose caller still waits with a fresh `error()`."""
     for item in requests:
@@ -205,12 +209,12 @@ class BatchingEngine:
                 self.observe.queue_depth(len(self._waiting))
                 if batch:
                     await self._serve(batch)
-            except asyncio.CancelledError:  # stopped past its grace: the batch in flight is not answered
+            except asyncio.CancelledError:  # stopped past its grace: no result will answer this batch
                 fail(batch, shutting_down)
                 raise
             except Exception:  # the worker never dies: a fault fails what it holds, not later requests
                 log.exception("the inference worker failed; failing the requests it held")
-                fail([*batch, *self._waiting], lambda: InferenceFailed("inference failed"))
+                fail([*batch, *self._waiting], inference_failed)
                 self._waiting.clear()
 
     async def _serve(self, batch: list[Pending]) -> None:
@@ -227,7 +231,7 @@ class BatchingEngine:
             )
         except Exception:
             log.exception("inference failed on a batch of %d requests", len(batch))
-            fail(batch, lambda: InferenceFailed("inference failed"))
+            fail(batch, inference_failed)
             return
         self.observe.inference(time.perf_counter() - started)
         self.observe.batch_rows(len(outputs))
