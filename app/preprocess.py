@@ -30,8 +30,8 @@ MIN_CONTRAST = 16  # grey levels between darkest and lightest pixel below which 
 # We check the size ourselves, from the header, against MNIST_MAX_IMAGE_PIXELS, before any pixel is
 # decoded; Pillow's own guard (a warning, then an error at twice its limit) would only get in the way.
 Image.MAX_IMAGE_PIXELS = None
-# Opening a PNG inflates its text chunks and colour profile (up to 64 MB by default) before a pixel
-# is looked at: a 66 KB file could cost a quarter second and 62 MB. A digit needs none of it.
+# Opening a PNG inflates its text chunks and colour profile (by default 1 MB a chunk, 64 MB in all)
+# before a pixel is looked at: a 61 KB file of 60 chunks costs 0.14 s and 61 MB. A digit needs none.
 PngImagePlugin.MAX_TEXT_CHUNK = 64 * 1024
 PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
 
