@@ -2,17 +2,22 @@
 does without one: skipped, saying why, except in CI, which installs them (a silent skip there would
 hide a broken setup). And a full disk in miniature."""
 
+import asyncio
+import inspect
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
+import httpx
 import pytest
+
+T = TypeVar("T")
 
 
 def installed(name: str) -> str | None:
@@ -81,6 +86,42 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def polled(
+    fetch: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10, every_s: float = 0.1
+) -> T:
+    """What `fetch()` returns once `done` holds for it, fetched again every `every_s`; fails showing
+    the last answer (a response's body) if `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not done(answer := fetch()):
+        assert time.monotonic() < deadline, shown(answer, timeout_s)
+        time.sleep(every_s)
+    return answer
+
+
+async def polled_async(
+    fetch: Callable[[], Awaitable[T] | T],
+    done: Callable[[T], bool],
+    timeout_s: float = 10,
+    every_s: float = 0.1,
+) -> T:
+    """`polled` for a test on the event loop: `fetch` may be a coroutine function (a request to an app
+    served on this loop), and the waits let the loop run."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = fetch()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if done(answer):
+            return answer
+        assert time.monotonic() < deadline, shown(answer, timeout_s)
+        await asyncio.sleep(every_s)
+
+
+def shown(answer: object, timeout_s: float) -> str:
+    said = answer.text if isinstance(answer, httpx.Response) else answer
+    return f"not there within {timeout_s} s; last: {said}"
 
 
 def gone(marker: str, timeout_s: float = 30) -> bool:

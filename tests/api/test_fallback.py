@@ -2,10 +2,8 @@
 the active version comes from the version store, and when that is corrupt too, the newest kept
 version that loads is served, saying so in /model and the log."""
 
-import asyncio
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +12,7 @@ import pytest
 from models.checkpoint import metadata_path, read_metadata
 from tests.asgi import serving, settings_from
 from tests.server import fresh_deployment
+from tests.tools import polled_async
 from tests.uploads import image_file
 
 
@@ -30,10 +29,9 @@ def corrupt(weights: Path) -> None:
 
 
 async def served(client: httpx.AsyncClient, version: str) -> None:
-    deadline = time.monotonic() + 10
-    while (await client.get("/model")).json().get("model_version") != version:
-        assert time.monotonic() < deadline, f"{version} was not served"
-        await asyncio.sleep(0.1)
+    await polled_async(
+        lambda: client.get("/model"), lambda model: model.json().get("model_version") == version
+    )
 
 
 async def test_a_restart_with_a_corrupt_model_file_serves_the_active_version(
@@ -59,10 +57,8 @@ async def test_a_corrupt_file_written_over_the_served_one_leaves_it_serving(
     async with serving(settings_from(env)) as client:
         await served(client, version)
         corrupt(Path(env["MNIST_MODEL_PATH"]))  # while it serves: the follower sees a new file
-        deadline = time.monotonic() + 10
-        while "not adopting" not in caplog.text:  # it has looked at the file and refused it
-            assert time.monotonic() < deadline, "the corrupt file was never looked at"
-            await asyncio.sleep(0.1)
+        # The follower has looked at the file and refused it.
+        await polled_async(lambda: caplog.text, lambda log: "not adopting" in log)
         answer = await client.post("/predict", files=image_file(digit))
         assert (answer.status_code, answer.json()["model_version"]) == (200, version)
         assert (await client.get("/model")).json()["model_version"] == version

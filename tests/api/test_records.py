@@ -2,8 +2,6 @@
 that fails no prediction (record routes answer 503 with the reason, then recover by themselves),
 and who activated the active version."""
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from app.jobs.store import JobStore
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer
+from tests.tools import polled_async
 from tests.uploads import image_file
 
 
@@ -68,10 +67,9 @@ async def test_a_database_outage_fails_no_prediction(
         assert (await client.post("/train", json={"epochs": 1})).status_code == 503
         assert (await client.post("/predict", files=image_file(digit))).status_code == 200
         own_postgres.start()
-        deadline = time.monotonic() + 15
-        while (back := await client.get(f"/train/{job_id}")).status_code != 200:
-            assert time.monotonic() < deadline, back.text
-            await asyncio.sleep(0.1)
+        back = await polled_async(
+            lambda: client.get(f"/train/{job_id}"), lambda job: job.status_code == 200, timeout_s=15
+        )
         assert back.json()["hyperparameters"] == {"epochs": 3}  # the record outlived the outage
 
 

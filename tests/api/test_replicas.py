@@ -18,6 +18,7 @@ from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
+from tests.tools import polled_async
 from tests.unit.test_versions import copied, flipped, other_checkpoint
 from tests.uploads import image_file
 
@@ -137,7 +138,4 @@ async def test_on_one_machine_a_known_version_copied_onto_the_file_is_served(
 
 
 async def until_served(client: httpx.AsyncClient, digit: bytes, version: str, timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (served := await served_version(client, digit)) != version:
-        assert time.monotonic() < deadline, served
-        await asyncio.sleep(0.1)
+    await polled_async(lambda: served_version(client, digit), lambda served: served == version, timeout_s)

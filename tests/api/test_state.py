@@ -2,14 +2,12 @@
 records database that is out, costs the records (a clear 503 while it lasts), never predictions,
 and never a lasting error once the folder is back."""
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
 from tests.asgi import Serve, answered
 from tests.server import free_port
-from tests.tools import fill, small_disk
+from tests.tools import fill, polled_async, small_disk
 from tests.uploads import image_file
 
 
@@ -24,17 +22,14 @@ async def test_a_state_folder_deleted_under_the_server_is_made_again(serve: Serv
         assert not database.exists() or database.stat().st_ino != first
         # A server thread that touched the records mid-deletion may see a brief outage: a 503
         # with Retry-After while it lasts (never a 500), then the folder and its records are back.
-        deadline = time.monotonic() + 10
-        while (listed := await client.get("/train")).status_code == 503:
-            assert time.monotonic() < deadline, listed.text
-            await asyncio.sleep(0.1)
+        listed = await polled_async(lambda: client.get("/train"), lambda answer: answer.status_code != 503)
         assert listed.status_code == 200 and listed.json()["jobs"] == []
         assert (await client.get("/model/versions")).status_code == 200
         # The trainer checks in again on its next beat: until then a job is a 503 with Retry-After.
-        deadline = time.monotonic() + 10
-        while (job := await client.post("/train", json={"epochs": 1, "limit_train": 500})).status_code == 503:
-            assert time.monotonic() < deadline, job.text
-            await asyncio.sleep(0.1)
+        job = await polled_async(
+            lambda: client.post("/train", json={"epochs": 1, "limit_train": 500}),
+            lambda answer: answer.status_code != 503,
+        )
         assert job.status_code == 202, job.text
         assert (await client.delete(f"/train/{job.json()['id']}")).status_code == 200
         assert (tmp_path / "state").is_dir()

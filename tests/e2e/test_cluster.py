@@ -22,6 +22,7 @@ from tests.images import encode
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.server import FAST_CLOCKS, ServerProcess, fresh_deployment
+from tests.tools import polled
 from training.data import Mnist
 
 FOLLOW_WITHIN_S = 2.0
@@ -191,10 +192,7 @@ def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, b
         assert b.post("/train", json=QUICK).status_code == 503
         time.sleep(1.5)  # followers and the trainer meet the outage too
         cluster.postgres.start()
-        deadline = time.monotonic() + 20
-        while (back := b.get("/train")).status_code != 200:
-            assert time.monotonic() < deadline, back.text
-            time.sleep(0.2)
+        polled(lambda: b.get("/train"), lambda answer: answer.status_code == 200, timeout_s=20, every_s=0.2)
         time.sleep(0.5)
     finally:
         for load in running:

@@ -15,7 +15,7 @@ from models.checkpoint import load_checkpoint, metadata_path
 from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.server import ServerProcess, fresh_deployment
-from tests.tools import gone, processes_with, wait_until
+from tests.tools import gone, polled, processes_with, wait_until
 from training.data import Mnist
 
 QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
@@ -292,10 +292,9 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
         assert entry["confusion_matrix"] == recorded["confusion_matrix"]
         assert entry["evaluated"]["by"] == f"measured to compare with training job {job['id']}"
         # The served model's card shows the figures too, once its process follows the record.
-        deadline = time.monotonic() + 10
-        while (served := client.get("/model").json()).get("test_accuracy") is None:
-            assert time.monotonic() < deadline, served
-            time.sleep(0.1)
+        served = polled(
+            lambda: client.get("/model").json(), lambda model: model.get("test_accuracy") is not None
+        )
         assert served["per_class_accuracy"] == recorded["per_class_accuracy"]
         # Measured once: the next job compares with the record. `promote: never` keeps its model,
         # better as it is, without activating it, and the job succeeds.
@@ -471,10 +470,10 @@ def test_a_two_process_job_trains_and_is_promoted(
     # Progress came from rank 0 as it trained: both epochs' test figures, and fractions on the way.
     assert [entry["epoch"] for entry in job["progress"]["history"]] == [1, 2]
     assert any(0 < (j["progress"]["fraction"] or 0) < 1 for j in seen if j["status"] == "running")
-    deadline = time.monotonic() + 10  # recorded first, then swapped in: poll for the swap
-    while (served := client.get("/model").json())["model_version"] != job["model_version"]:
-        assert time.monotonic() < deadline, served["model_version"]
-        time.sleep(0.1)
+    # Recorded first, then swapped in: poll for the swap.
+    served = polled(
+        lambda: client.get("/model").json(), lambda model: model["model_version"] == job["model_version"]
+    )
     assert served["distributed"]["world_size"] == 2 and served["distributed"]["backend"] == "gloo"
     assert served["hyperparameters"]["batch_size"] == 32  # per rank
 

@@ -3,14 +3,13 @@ child is never left running unsupervised, the job ends `failed` saying why once 
 written, nothing is left in incoming/, and the next job runs."""
 
 import os
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.images import encode
 from tests.server import ServerProcess
-from tests.tools import fill, small_disk
+from tests.tools import fill, polled, small_disk, wait_until
 from training.data import Mnist
 
 
@@ -36,22 +35,19 @@ def test_a_full_disk_during_a_job(tmp_path: Path, small_checkpoint: Path, mnist:
             client = httpx.Client(base_url=server.url, timeout=30)
             digit = {"file": ("d.png", encode(mnist.test_images[0]))}
             job = client.post("/train", json={"epochs": 1, "limit_train": 20000, "seed": 3}).json()
-            deadline = time.monotonic() + 60
-            while not (pid := job_state(client, job["id"])["pid"]):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            pid = polled(lambda: job_state(client, job["id"])["pid"], bool, timeout_s=60)
             fill(state)  # the database, the child's checkpoint and the model store share this disk
             assert client.post("/predict", files=digit).status_code == 200
-            deadline = time.monotonic() + 180
-            while alive(int(pid)):  # type: ignore[call-overload]
-                assert time.monotonic() < deadline, "the training child outlived the job"
-                time.sleep(0.5)
+            child = int(pid)  # type: ignore[call-overload]
+            assert wait_until(lambda: not alive(child), timeout_s=180), "the training child outlived the job"
             assert client.post("/predict", files=digit).status_code == 200
             (state / "filler").unlink()  # room again: the end can be recorded
-            deadline = time.monotonic() + 30
-            while (ended := job_state(client, job["id"]))["status"] == "running":
-                assert time.monotonic() < deadline, ended
-                time.sleep(0.2)
+            ended = polled(
+                lambda: job_state(client, job["id"]),
+                lambda current: current["status"] != "running",
+                timeout_s=30,
+                every_s=0.2,
+            )
             print(f"job ended {ended['status']}: {ended['error']}")
             assert ended["status"] == "failed" and "space" in str(ended["error"]).lower()
             assert not any((state / "incoming").glob("*"))
