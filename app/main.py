@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from app import __version__
 from app.config import LOG_FORMAT, Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="mnist-serve",
         summary="Handwritten-digit recognition with dynamic batching.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         # Prometheus metrics are ours (app/metrics.py); FastAPI's OpenTelemetry hooks cost a
         # provider lookup on every request when nothing is configured to receive them.

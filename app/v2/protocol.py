@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app import __version__
 from app.batching import BatchingEngine
 from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
 from app.preprocess import Decoder, Invert, normalise
@@ -20,7 +21,7 @@ from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 
 MODEL_NAME = "mnist"
 SERVER_NAME = "mnist-serve"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 PLATFORM = "pytorch"
 EXTENSIONS = ("binary_tensor_data",)
 # A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from app.config import LOW_CONFIDENCE
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.images import black_on_white, encode, larger, rgb
+from tests.server import REPO
 from tests.tolerances import assert_log_probs_close
 from tests.uploads import image_file, post_all
 from training.data import Mnist
@@ -175,3 +177,9 @@ async def test_openapi_documents_the_endpoints(api: httpx.AsyncClient) -> None:
     for path in ("/model", "/healthz", "/readyz", "/metrics", "/train", "/model/versions"):
         assert path in spec["paths"]
     assert (await api.get("/docs")).status_code == 200
+
+
+async def test_the_server_says_the_version_it_was_released_as(api: httpx.AsyncClient) -> None:
+    released = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert (await api.get("/openapi.json")).json()["info"]["version"] == released
+    assert (await api.get("/v2")).json()["version"] == released
