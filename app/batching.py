@@ -137,6 +137,14 @@ class BatchingEngine:
             raise NoModel(no_model_detail(self._unavailable_reason))
         return self._checkpoint
 
+    def ready(self) -> LoadedCheckpoint:
+        """The checkpoint answers come from, or NoModel saying why none will: no model, or no worker
+        (not started, or stopping). Every readiness check (/readyz, v2 over HTTP and gRPC) asks this."""
+        checkpoint = self.serving()
+        if not self.running:
+            raise NoModel("the inference engine is not running")
+        return checkpoint
+
     def unavailable(self, reason: str) -> None:
         """Why no model could be loaded (a file that failed to load); ignored while one is served."""
         if self._checkpoint is None:

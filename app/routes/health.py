@@ -3,7 +3,6 @@
 from fastapi import APIRouter, Response
 
 from app.deps import EngineDep, JobsDep, MetricsDep, SettingsDep
-from app.errors import NoModel
 from app.schemas import ErrorBody, Status
 
 router = APIRouter(tags=["health"])
@@ -22,10 +21,7 @@ async def read_readiness(engine: EngineDep, settings: SettingsDep, jobs: JobsDep
     if settings.role == "trainer":
         await jobs.records(jobs.store.database.ping)
         return Status(status="ready")
-    checkpoint = engine.serving()
-    if not engine.running:
-        raise NoModel("the inference engine is not running")
-    return Status(status="ready", model_version=checkpoint.version)
+    return Status(status="ready", model_version=engine.ready().version)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -5,9 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.batching import BatchingEngine
 from app.deps import EngineDep, services_of
-from app.errors import NoModel
 from app.v2 import protocol, rest
 from app.v2.schemas import InferRequestBody, InferResponseBody, ModelMetadata, ServerMetadata, V2Error
 
@@ -57,7 +55,7 @@ async def read_server_live() -> Response:
 @router.get("/health/ready", response_class=Response, responses={**EMPTY_OK, 503: ERRORS[503]})
 async def read_server_ready(engine: EngineDep) -> Response:
     """Every model is ready: a model is loaded and the batching engine runs."""
-    ready(engine)
+    engine.ready()
     return Response()
 
 
@@ -89,7 +87,7 @@ async def read_model_config(model_name: str, engine: EngineDep) -> dict[str, Any
 async def read_model_ready(model_name: str, engine: EngineDep) -> Response:
     """The model is loaded and the batching engine runs."""
     protocol.check_model(model_name, None, engine)
-    ready(engine)
+    engine.ready()
     return Response()
 
 
@@ -101,7 +99,7 @@ async def read_model_ready(model_name: str, engine: EngineDep) -> Response:
 async def read_model_version_ready(model_name: str, model_version: str, engine: EngineDep) -> Response:
     """That version is the one served, and ready."""
     protocol.check_model(model_name, None, engine)
-    ready(engine)
+    engine.ready()
     protocol.check_model(model_name, model_version, engine)
     return Response()
 
@@ -129,12 +127,6 @@ async def infer_model(model_name: str, request: Request) -> Response:
 async def infer_model_version(model_name: str, model_version: str, request: Request) -> Response:
     """The same, refused (404) unless that version is the one served."""
     return await answer(request, model_name, model_version)
-
-
-def ready(engine: BatchingEngine) -> None:
-    engine.serving()  # NoModel, saying why, when none is loaded
-    if not engine.running:
-        raise NoModel("the inference engine is not running")
 
 
 async def answer(request: Request, model_name: str, model_version: str | None) -> Response:

@@ -17,7 +17,7 @@ from grpc import aio
 
 from app.batching import BatchingEngine
 from app.config import Settings
-from app.errors import BadRequest, ServiceError
+from app.errors import BadRequest, NoModel, ServiceError
 from app.metrics import Metrics
 from app.preprocess import Decoder
 from app.uploads import Bodies
@@ -155,7 +155,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         return infer_response_of(result, request.id)
 
     def _ready(self) -> bool:
-        return self.engine.checkpoint is not None and self.engine.running
+        try:
+            self.engine.ready()
+        except NoModel:
+            return False
+        return True
 
 
 def parameters_of(parameters: Any) -> dict[str, Any]:

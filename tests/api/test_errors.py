@@ -148,6 +148,11 @@ async def test_no_model_starts_and_says_why(
         assert str(tmp_path) not in detail  # no server paths leak to clients
         assert (await client.get("/model")).status_code == 503
         assert (await client.post("/predict/batch", files=[("files", ("a.png", digit))])).status_code == 503
+        assert (await client.get("/v2/health/live")).status_code == 200
+        for path in ("/v2/health/ready", "/v2/models/mnist/ready"):
+            answer = await client.get(path)
+            assert answer.status_code == 503
+            assert answer.json()["error"].startswith("no model loaded: no checkpoint file mnist_cnn.pt. ")
     assert "serving model NONE" in caplog.text
 
 

@@ -146,6 +146,20 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
         assert unknown.value.status() == "StatusCode.NOT_FOUND"
 
 
+def test_without_a_model_both_protocols_are_live_and_not_ready(tmp_path: Path) -> None:
+    env = {
+        "MNIST_MODEL_PATH": str(tmp_path / "models" / "mnist_cnn.pt"),
+        "MNIST_STATE_DIR": str(tmp_path / "state"),
+    }
+    with V2Server({**env, "MNIST_GRPC_PORT": str(free_port())}) as server:  # up, not ready
+        with triton_http.InferenceServerClient(server.http_url) as client:
+            assert client.is_server_live() and not client.is_server_ready()
+            assert not client.is_model_ready("mnist")
+        with triton_grpc.InferenceServerClient(server.grpc_url) as client:
+            assert client.is_server_live() and not client.is_server_ready()
+            assert not client.is_model_ready("mnist")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_http_answers_match_predict_for_1000_digits(

@@ -372,3 +372,18 @@ async def test_no_model_says_how_to_make_one() -> None:
         engine.swap(checkpoint(Net(), "v1"))
         engine.unavailable("a newer file failed to load")  # while one is served: ignored
         assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "v1"
+
+
+async def test_ready_only_with_a_model_and_a_running_worker_and_says_why_not() -> None:
+    loaded = checkpoint(Net(), "v1")
+    engine = engine_for(loaded, CPU)
+    with pytest.raises(NoModel) as refused:
+        engine.ready()  # not started yet
+    assert str(refused.value) == "the inference engine is not running"
+    async with engine:
+        assert engine.ready() is loaded
+    with pytest.raises(NoModel, match=r"^the inference engine is not running$"):
+        engine.ready()  # stopped
+    async with engine_for(None, CPU, unavailable_reason="no checkpoint file mnist_cnn.pt") as empty:
+        with pytest.raises(NoModel, match=r"^no model loaded: no checkpoint file mnist_cnn\.pt\. "):
+            empty.ready()
