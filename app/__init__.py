@@ -1,3 +1,3 @@
 """The FastAPI service."""
 
-__version__ = "0.1.0"  # pyproject.toml's version; a test keeps the two equal
+__version__ = "0.1.0"  # as in pyproject.toml and the k8s image tag; a test keeps them equal

@@ -1,6 +1,7 @@
 """Programs the tests start (PostgreSQL, SeaweedFS, kubectl, mount): where they are, and what a test
 does without one: skipped, saying why, except in CI, which installs them (a silent skip there would
-hide a broken setup). And a full disk in miniature."""
+hide a broken setup). And a full disk in miniature, the processes a run left, and polling to a
+deadline."""
 
 import asyncio
 import inspect
@@ -89,13 +90,17 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
 
 
 def polled(
-    fetch: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 10, every_s: float = 0.1
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout_s: float = 10,
+    every_s: float = 0.1,
+    what: str = "",
 ) -> T:
-    """What `fetch()` returns once `done` holds for it, fetched again every `every_s`; fails showing
-    the last answer (a response's body) if `timeout_s` passes first."""
+    """What `fetch()` returns once `done` holds for it, fetched again every `every_s`; if `timeout_s`
+    passes first, fails saying `what` did not happen and showing the last answer (a response's body)."""
     deadline = time.monotonic() + timeout_s
     while not done(answer := fetch()):
-        assert time.monotonic() < deadline, shown(answer, timeout_s)
+        assert time.monotonic() < deadline, shown(answer, timeout_s, what)
         time.sleep(every_s)
     return answer
 
@@ -105,6 +110,7 @@ async def polled_async(
     done: Callable[[T], bool],
     timeout_s: float = 10,
     every_s: float = 0.1,
+    what: str = "",
 ) -> T:
     """`polled` for a test on the event loop: `fetch` may be a coroutine function (a request to an app
     served on this loop), and the waits let the loop run."""
@@ -115,13 +121,13 @@ async def polled_async(
             answer = await answer
         if done(answer):
             return answer
-        assert time.monotonic() < deadline, shown(answer, timeout_s)
+        assert time.monotonic() < deadline, shown(answer, timeout_s, what)
         await asyncio.sleep(every_s)
 
 
-def shown(answer: object, timeout_s: float) -> str:
+def shown(answer: object, timeout_s: float, what: str) -> str:
     said = answer.text if isinstance(answer, httpx.Response) else answer
-    return f"not there within {timeout_s} s; last: {said}"
+    return f"{what or 'not there'} within {timeout_s} s; last: {said}"
 
 
 def gone(marker: str, timeout_s: float = 30) -> bool:

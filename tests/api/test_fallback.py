@@ -30,7 +30,9 @@ def corrupt(weights: Path) -> None:
 
 async def served(client: httpx.AsyncClient, version: str) -> None:
     await polled_async(
-        lambda: client.get("/model"), lambda model: model.json().get("model_version") == version
+        lambda: client.get("/model"),
+        lambda model: model.json().get("model_version") == version,
+        what=f"{version} not served",
     )
 
 

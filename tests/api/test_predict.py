@@ -183,3 +183,4 @@ async def test_the_server_says_the_version_it_was_released_as(api: httpx.AsyncCl
     released = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert (await api.get("/openapi.json")).json()["info"]["version"] == released
     assert (await api.get("/v2")).json()["version"] == released
+    assert f'newTag: "{released}"' in (REPO / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text()

@@ -19,6 +19,7 @@ import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from app import __version__
 from models.checkpoint import load_checkpoint
 from tests.images import encode
 from tests.server import ServerProcess, free_port, fresh_deployment, two_versions
@@ -106,7 +107,7 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
         assert not client.is_model_ready("mnist", "not-this-one")
         assert client.get_server_metadata() == {
             "name": "mnist-serve",
-            "version": "0.1.0",
+            "version": __version__,
             "extensions": ["binary_tensor_data"],
         }
         metadata = client.get_model_metadata("mnist")
@@ -135,7 +136,7 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
         assert client.is_model_ready("mnist") and client.is_model_ready("mnist", version)
         assert not client.is_model_ready("mnist", "not-this-one")
         served = client.get_server_metadata(as_json=True)
-        assert served == {"name": "mnist-serve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        assert served == {"name": "mnist-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
         by_grpc = client.get_model_metadata("mnist", as_json=True)
         # protobuf's JSON writes int64 as strings
         assert by_grpc["versions"] == [version]

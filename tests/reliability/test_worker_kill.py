@@ -37,11 +37,12 @@ def test_a_worker_killed_under_load(small_checkpoint: Path, mnist: Mnist) -> Non
         assert tally.ok > 0
         assert tally.failed <= CLIENTS  # at most the requests in flight there
         server_pid = server.process.pid
-        polled(  # another worker takes the killed one's place
+        polled(
             lambda: workers_of(server_pid),
             lambda alive: victim not in alive and len(alive) >= len(workers),
             timeout_s=15,
             every_s=0.2,
+            what="no worker took the killed one's place",
         )
         assert httpx.post(server.url + "/predict", files={"file": ("d.png", body)}).status_code == 200
         series = [
