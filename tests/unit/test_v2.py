@@ -23,7 +23,8 @@ from app.v2.protocol import (
     the_input,
 )
 from app.v2.rest import HEADER_LENGTH, encode_response, parse_request
-from tests.server import REPO
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def binary_body(document: dict[str, object], blob: bytes) -> tuple[bytes, str]:
