@@ -157,15 +157,40 @@ class Settings(BaseSettings):
         return url
 
     def public(self, paths: bool = True) -> dict[str, object]:
-        """The settings in force, safe to show: the token and the database password are never
-        echoed; with `paths=False` (what HTTP clients see) neither is where files live on the
-        server: the model file by its name only, the state and data folders as set or not."""
+        """The settings in force, safe to show: the token is never echoed, and the database is shown
+        by its location alone (no user, password or other parameter, whatever the URL's form);
+        with `paths=False` (what HTTP clients see) neither is where files live on the server: the
+        model file by its name only, the state and data folders as set or not."""
         shown = self.model_dump(mode="json")
         shown["train_token"] = "set" if self.train_token else None
         if self.database_url:
-            shown["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+            shown["database_url"] = database_location(self.database_url)
         if not paths:
             shown["model_path"] = self.model_path.name
             shown["state_dir"] = "set"
             shown["data_dir"] = "set" if self.data_dir else None
         return shown
+
+
+def database_location(url: str) -> str:
+    """Where the records live, for people to see: backend, host, port and database name, and
+    nothing else. A URL can carry secrets in more places than its password field (`?password=`,
+    `sslpassword`, a `passfile`'s path...), so what is shown is built from the parts that are safe,
+    never by removing the parts that are not."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite:///{Path(parsed.database).name}" if parsed.database else "sqlite://"
+    # The driver lets query parameters override the URL's own parts: show what it will use.
+    host = _first(parsed.query.get("host")) or parsed.host or ""
+    port = _first(parsed.query.get("port")) or parsed.port
+    database = _first(parsed.query.get("dbname")) or parsed.database or ""
+    where = f"{host}:{port}" if port else host
+    return f"{backend}://{where}/{database}"
+
+
+def _first(value: str | tuple[str, ...] | None) -> str | None:
+    """A query parameter given once or repeated (libpq takes a list of hosts): its first value."""
+    if isinstance(value, tuple):
+        return value[0] if value else None
+    return value

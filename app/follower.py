@@ -129,7 +129,8 @@ class ModelFollower:
             weights = await self.versions.run(self.versions.local_copy, active)
             checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
         except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError) as exc:
-            detail = getattr(exc, "detail", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            detail = getattr(exc, "detail", None) or getattr(exc, "strerror", None) or str(exc)
+            detail = detail or type(exc).__name__
             backoff = self._failed[2] * 2 if self._failed and self._failed[0] == sha256 else self.interval_s
             backoff = min(backoff, MAX_BACKOFF_S)
             if not (self._failed and self._failed[0] == sha256):

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 
 from app.db import Database, Threads, now_iso
-from app.errors import VersionNotFound
+from app.errors import ModelObjectCorrupt, VersionNotFound
 from app.model_store import LocalModelStore, ModelStore
 from models.checkpoint import (
     CheckpointError,
@@ -171,6 +171,10 @@ class ModelVersions:
 
     def _activate(self, version: str, by: str, allowed: Callable[[str | None], bool]) -> bool:
         weights = self.store.local_copy(self.metadata_of(version))
+        try:  # the weights match their hash; what is kept beside them must describe them too
+            load_checkpoint(weights)
+        except CheckpointError as exc:
+            raise ModelObjectCorrupt(f"version {version} cannot be served: {exc}") from None
         if not self._set_active(version, by, allowed):
             return False
         try:

@@ -92,6 +92,21 @@ def state_dict_bytes(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding NaN or infinity: a diverged model answers NaN for every
+    image, so it is never written, kept or served."""
+    return [name for name, tensor in state.items() if not bool(torch.isfinite(tensor).all())]
+
+
+def refuse_non_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    if bad := non_finite(state):
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise CheckpointError(
+            f"{what} holds weights that are not finite numbers (NaN or infinity) in {shown}: "
+            "the training that made it diverged"
+        )
+
+
 def save_checkpoint(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -102,6 +117,7 @@ def save_checkpoint(
     """Write weights and metadata atomically; return the metadata written."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}")
+    refuse_non_finite(model.state_dict(), "the model")
     weights = state_dict_bytes(model)
     digest = sha256_bytes(weights)
     metadata: dict[str, Any] = {
@@ -140,6 +156,19 @@ def infer_arch(state: dict[str, Any]) -> str:
     )
 
 
+def misfit(state: dict[str, Any], arch: str, weights_path: Path) -> str:
+    """Why weights do not load into the network their metadata names: another known network's
+    (the metadata was edited, or belongs to other weights), or none at all."""
+    try:
+        actual = infer_arch(state)
+    except CheckpointError:
+        return f"{weights_path.name} does not fit architecture {arch!r}: wrong parameter names or shapes"
+    return (
+        f"{metadata_path(weights_path).name} says arch {arch!r}, but {weights_path.name} holds the "
+        f"weights of {actual!r}"
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Load a checkpoint into a fresh model in eval mode, or raise CheckpointError saying why."""
     weights_path = Path(path)
@@ -159,6 +188,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights_path.name} does not hold a state_dict of tensors")
+    refuse_non_finite(state, weights_path.name)
 
     digest = sha256_bytes(raw)
     metadata = read_metadata(weights_path)
@@ -173,8 +203,6 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise CheckpointError(
-            f"{weights_path.name} does not fit architecture {arch!r}: wrong parameter names or shapes"
-        ) from None
+        raise CheckpointError(misfit(state, arch, weights_path)) from None
     metadata = {**metadata, "sha256": digest, "version": digest[:VERSION_LENGTH]}
     return LoadedCheckpoint(model=model.to(device).eval(), metadata=metadata)

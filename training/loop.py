@@ -52,6 +52,11 @@ class TrainConfig(Hyperparameters):
     rdzv_timeout: float = DEFAULT_RDZV_TIMEOUT_S  # how long a rank waits for the others
 
 
+class TrainingDiverged(ValueError):
+    """The training loss stopped being a finite number: the weights are NaN or infinite, and the
+    model they make would answer NaN for every image. Nothing is saved."""
+
+
 def effective_lr(config: TrainConfig, world: World) -> float:
     """`--batch-size` is per rank, so one step of W ranks averages W times as many samples and the
     run takes W times fewer steps: the linear scaling rule (Goyal et al., 2017) multiplies the
@@ -299,6 +304,12 @@ def run(
             train_loss = train_epoch(
                 trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
             )
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch}: the training loss is {train_loss} "
+                    f"(lr {lr:g}, momentum {config.momentum:g}, batch size {config.batch_size}); "
+                    "no checkpoint was written: try a lower learning rate or momentum"
+                )
             if world.is_main:
                 results = answers_on(model, x_test, y_test, config.test_batch_size)
                 test_loss, correct = results.loss, results.correct(y_test)

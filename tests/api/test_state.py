@@ -2,8 +2,11 @@
 records database that is out, costs the records (a clear 503 while it lasts), never predictions,
 and never a lasting error once the folder is back."""
 
+import logging
 import shutil
 from pathlib import Path
+
+import pytest
 
 from tests.asgi import Serve, answered
 from tests.server import free_port
@@ -50,12 +53,17 @@ async def test_a_full_state_disk_still_serves(serve: Serve, tmp_path: Path, digi
 
 
 async def test_a_records_database_that_is_out_at_startup_costs_only_the_records(
-    serve: Serve, digit: bytes
+    serve: Serve, digit: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="app")
     port = free_port()  # nothing listens there
-    async with serve(DATABASE_URL=f"postgresql://mnist@127.0.0.1:{port}/mnist") as client:
+    url = f"postgresql://mnist@127.0.0.1:{port}/mnist?password=s3cret"  # libpq's other place for it
+    async with serve(DATABASE_URL=url) as client:
+        shown = (await client.get("/model")).json()["serving"]["settings"]["database_url"]
+        assert shown == f"postgresql://127.0.0.1:{port}/mnist"
         assert (await client.get("/readyz")).status_code == 200
         assert (await client.post("/predict", files=image_file(digit))).status_code == 200
         assert (await client.get("/train")).status_code == 503
         assert (await client.get("/model/versions")).status_code == 503
         assert not await answered(client, "500")
+    assert f"127.0.0.1:{port}/mnist" in caplog.text and "s3cret" not in caplog.text

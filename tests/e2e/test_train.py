@@ -345,6 +345,23 @@ def test_a_child_that_cannot_train_fails_the_job_with_its_own_message(
     assert job["error"].startswith(f"{bad}") and "\n" not in job["error"], job["error"]
 
 
+def test_a_job_that_diverges_fails_saying_why_and_nothing_is_kept_or_served(
+    server: ServerProcess, small_checkpoint: Path, mnist: Mnist
+) -> None:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    diverging = {"epochs": 1, "limit_train": 300, "lr": 10, "momentum": 0.99, "batch_size": 1}
+    job = wait_for(
+        client, client.post("/train", json={**diverging, "promote": "always"}).json()["id"], finished
+    )
+    assert job["status"] == "failed" and job["model_version"] is None
+    assert job["error"].startswith("training diverged in epoch 1: the training loss is nan"), job["error"]
+    served = load_checkpoint(small_checkpoint).version
+    assert [v["model_version"] for v in client.get("/model/versions").json()["versions"]] == [served]
+    answer = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]))})
+    assert answer.status_code == 200 and answer.json()["model_version"] == served
+    assert client.get("/readyz").status_code == 200
+
+
 def test_rollback_to_an_earlier_version(server: ServerProcess, small_checkpoint: Path, mnist: Mnist) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     old = load_checkpoint(small_checkpoint).version

@@ -118,8 +118,44 @@ def test_weights_of_another_architecture_than_the_metadata_says_are_refused(tmp_
     meta = read_metadata(path)
     assert meta is not None
     metadata_path(path).write_text(json.dumps({**meta, "arch": "net"}))
-    with pytest.raises(CheckpointError, match="does not fit architecture 'net'"):
+    with pytest.raises(CheckpointError) as refused:
         load_checkpoint(path)
+    assert (
+        str(refused.value) == "mnist_cnn.json says arch 'net', but mnist_cnn.pt holds the weights of 'lenet5'"
+    )
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_weights_that_are_not_finite_are_never_saved_or_loaded(tmp_path: Path, value: float) -> None:
+    """A diverged training run's weights answer NaN for every image: refused on both sides."""
+    model = Net()
+    with torch.no_grad():
+        model.fc1.weight[3, 7] = value
+        model.conv2.bias[0] = value
+    path = tmp_path / "mnist_cnn.pt"
+    with pytest.raises(CheckpointError) as refused:
+        save_checkpoint(model, path, arch="net")
+    assert str(refused.value) == (
+        "the model holds weights that are not finite numbers (NaN or infinity) in conv2.bias, "
+        "fc1.weight: the training that made it diverged"
+    )
+    assert not path.exists() and not metadata_path(path).exists()
+    torch.save(model.state_dict(), path)  # written by other code, with metadata that matches
+    digest = sha256_bytes(path.read_bytes())
+    metadata_path(path).write_text(json.dumps({"arch": "net", "sha256": digest, "version": digest[:12]}))
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value).startswith("mnist_cnn.pt holds weights that are not finite numbers")
+
+
+def test_a_model_with_many_non_finite_tensors_names_four_and_counts_the_rest(tmp_path: Path) -> None:
+    model = Net()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(CheckpointError) as refused:
+        save_checkpoint(model, tmp_path / "mnist_cnn.pt", arch="net")
+    assert "conv1.weight, conv1.bias, conv2.weight, conv2.bias and 4 more:" in str(refused.value)
 
 
 def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from models.checkpoint import read_metadata
 from models.events import StartEvent
 from models.hyperparameters import RECIPES
 from training.data import Mnist
-from training.loop import TrainConfig, augment, epoch_order, run, to_model_input
+from training.loop import TrainConfig, TrainingDiverged, augment, epoch_order, run, to_model_input
 
 
 def test_epoch_order_is_the_dataloaders_order() -> None:
@@ -32,6 +32,17 @@ def quick(tmp_path: Path, mnist_dir: Path, name: str, **overrides) -> dict:
     defaults = {"epochs": 1, "limit_train": 640, "device": "cpu", "data_dir": str(mnist_dir)}
     config = TrainConfig(**{**defaults, "out": str(tmp_path / name), **overrides})
     return run(config)
+
+
+def test_a_run_that_diverges_stops_saying_why_and_writes_nothing(tmp_path: Path, mnist_dir: Path) -> None:
+    """Within every bound, yet the loss turns NaN: such weights must never become a checkpoint."""
+    with pytest.raises(TrainingDiverged) as diverged:
+        quick(tmp_path, mnist_dir, "nan.pt", limit_train=200, lr=10.0, momentum=0.99, batch_size=1)
+    assert str(diverged.value) == (
+        "training diverged in epoch 1: the training loss is nan (lr 10, momentum 0.99, batch size 1); "
+        "no checkpoint was written: try a lower learning rate or momentum"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # several training runs

@@ -1,6 +1,7 @@
 """Model versions recorded in the database of each kind: keep, activate (with when and by whom),
 adopt a hand-written checkpoint, and a state folder from before version records."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -146,6 +147,25 @@ def test_a_version_whose_weights_went_bad_is_not_activated(
     kept.write_bytes(flipped(kept.read_bytes()))
     with pytest.raises(ModelObjectCorrupt, match="do not match their recorded sha256"):
         versions.activate(bad, "rollback")
+    assert versions.active() == good and load_checkpoint(served).version == good
+
+
+def test_a_version_whose_kept_metadata_names_another_network_is_not_activated_saying_why(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    """The weights still match their hash; the JSON beside them was edited to another arch."""
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    versions = opened(records_url, tmp_path / "state", served)
+    good = versions.adopt(served, "startup", Adopt.FIRST)
+    edited = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    kept = metadata_path(tmp_path / "state" / "models" / f"{edited}.pt")
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "arch": "lenet5"}))
+    with pytest.raises(ModelObjectCorrupt) as refused:
+        versions.activate(edited, "rollback")
+    assert refused.value.detail == (
+        f"version {edited} cannot be served: {edited}.json says arch 'lenet5', but {edited}.pt "
+        "holds the weights of 'net'"
+    )
     assert versions.active() == good and load_checkpoint(served).version == good
 
 
