@@ -16,6 +16,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MULTIPART_OVERHEAD = 16 * 1024
 # A 2048x2048 image already costs ~60 MB to decode; digits need a few thousand pixels.
 DEFAULT_MAX_PIXELS = 2048 * 2048
+# Encoders write 1 to 3 scans, or about 10 when progressive; each is a pass over every pixel, and a
+# file can repeat one thousands of times in a few bytes each.
+DEFAULT_MAX_JPEG_SCANS = 100
 # Predictions less sure than this are flagged: chosen from the tutorial model's test set (README).
 LOW_CONFIDENCE = 0.9
 # How long a stopping server lets requests in flight finish: uvicorn for HTTP connections, then the
@@ -52,8 +55,11 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         4 * DEFAULT_MAX_PIXELS, ge=784, description="most pixels in all images of one request"
     )
-    # Images up to this many pixels in all are decoded on the event loop: 64 digits of 28x28 decode
-    # in about a millisecond, less than a hand-off to a thread would cost. More go to a thread.
+    max_jpeg_scans: int = Field(
+        DEFAULT_MAX_JPEG_SCANS, ge=1, description="most scans in one JPEG (each decodes every pixel again)"
+    )
+    # Images up to this many pixels in all (times each JPEG's scans) are decoded on the event loop: 64
+    # digits of 28x28 decode in about a millisecond, less than a hand-off to a thread would cost.
     inline_decode_pixels: int = Field(64 * 1024, ge=0)
     decode_threads: int = Field(
         2, ge=1, le=64, description="requests decoding on threads at once, per process"

@@ -141,6 +141,13 @@ class ShuttingDown(ServiceError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
 
 
+class DecodersBusy(ServiceError):
+    """Every decoding thread stayed busy for the request's wait: nothing of it was decoded."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
 class InferenceTimeout(ServiceError):
     status_code = 504
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from app.config import DEFAULT_MAX_PIXELS
-from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
+from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
+from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
 from app.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 
@@ -38,12 +38,14 @@ PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What one request may make the server decode. Cost follows pixels, not upload bytes: a
-    724-byte WebP can hold 16 million of them."""
+    """What one request may make the server decode. Cost follows pixels decoded, not upload bytes
+    nor the size a header declares: a 724-byte WebP can hold 16 million pixels, a 28x28 TIFF can be
+    stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan."""
 
     image_pixels: int = DEFAULT_MAX_PIXELS  # one image
     request_pixels: int = 4 * DEFAULT_MAX_PIXELS  # all images of one request together
-    inline_pixels: int = 64 * 1024  # decoded on the event loop up to this many in all (64 digits)
+    inline_pixels: int = 64 * 1024  # decoded on the event loop up to this many (x scans) in all
+    jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS  # scans of one progressive JPEG
 
 
 class Invert(StrEnum):
@@ -54,8 +56,9 @@ class Invert(StrEnum):
     FALSE = "false"
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Read the header only (no pixel is decoded yet) and check the size against `max_pixels`."""
+def open_image(data: bytes, max_pixels: int, max_scans: int = DEFAULT_MAX_JPEG_SCANS) -> Image.Image:
+    """Read the header only (no pixel is decoded yet) and check what decoding would cost: the
+    pixels against `max_pixels`, a JPEG's scans against `max_scans`."""
     if not data:
         raise InvalidImage("the file is empty")
     try:
@@ -69,7 +72,52 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if (decoded := decoded_pixels(image)) > max_pixels:
+        tile_width, tile_height = tile_size(image) or image.size
+        raise ImageTooLarge(
+            f"the {width}x{height} TIFF is stored in {tile_width}x{tile_height} tiles, which decode "
+            f"{decoded} pixels; the limit is {max_pixels} pixels"
+        )
+    if image.format == "JPEG" and (scans := jpeg_scans(data)) > max_scans:
+        raise ImageTooLarge(
+            f"the JPEG holds {scans} scans, each a pass over all of its pixels; the limit is {max_scans}"
+        )
     return image
+
+
+def jpeg_scans(data: bytes) -> int:
+    """A JPEG's scans, counted by their start marker (0xFF 0xDA). Inside a scan's coded data every
+    0xFF is followed by 0x00 or a restart marker, so the count can only err upwards, by the scans
+    of a thumbnail in its EXIF data. Encoders write 1 to 3 scans, or about 10 when progressive."""
+    return data.count(b"\xff\xda")
+
+
+def decode_cost(image: Image.Image, data: bytes) -> int:
+    """Pixels decoded, times the passes over them: what deciding where to decode weighs."""
+    passes = jpeg_scans(data) if image.format == "JPEG" else 1
+    return decoded_pixels(image) * max(1, passes)
+
+
+def tile_size(image: Image.Image) -> tuple[int, int] | None:
+    """A tiled TIFF's tile width and height (TIFF tags 322 and 323), else None."""
+    if image.format != "TIFF":
+        return None
+    width, height = image.tag_v2.get(322), image.tag_v2.get(323)  # type: ignore[attr-defined]
+    return (int(width), int(height)) if width and height else None
+
+
+def decoded_pixels(image: Image.Image) -> int:
+    """The pixels a decoder produces for `image`, which its size alone does not bound: libtiff
+    decodes a tiled TIFF a whole tile at a time, and tiles (up to 2**32 a side) may be far larger
+    than the image they hold; a 1 MB, 28x28 file can inflate 1 GiB. Strips need no such care
+    (libtiff cuts a strip's rows at the image's height), nor do the other formats (each decodes
+    into a buffer of the size its header declares)."""
+    width, height = image.size
+    tiles = tile_size(image)
+    if tiles is None:
+        return width * height
+    tile_width, tile_height = tiles
+    return -(-width // tile_width) * tile_width * -(-height // tile_height) * tile_height
 
 
 # The first bytes each supported format starts with (WebP: RIFF, 4 bytes of size, then WEBP).
@@ -206,10 +254,12 @@ class Decoder:
     """Turns a request's uploads into the model's input, within DecodeLimits: sizes are checked from
     the headers first; a few small images are decoded on the event loop (less than a thread hand-off
     would cost), anything larger on a thread, at most `concurrency` requests at a time per process,
-    so big images can neither multiply memory nor stall the loop."""
+    so big images can neither multiply memory nor stall the loop. A request waits for a thread at
+    most `wait_s`, then gets a 503: slow decodes ahead of it cannot hold it for their whole time."""
 
-    def __init__(self, limits: DecodeLimits, concurrency: int) -> None:
-        self.limits = limits
+    def __init__(self, limits: DecodeLimits, concurrency: int, wait_s: float) -> None:
+        self.limits, self.wait_s = limits, wait_s
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
 
     async def decode(
@@ -226,15 +276,16 @@ class Decoder:
         opened = []
         for index, upload in enumerate(uploads):
             try:
-                opened.append(open_image(upload.data, self.limits.image_pixels))
+                opened.append(open_image(upload.data, self.limits.image_pixels, self.limits.jpeg_scans))
             except ServiceError as error:
                 raise naming(error, index) from None
-        total = sum(image.size[0] * image.size[1] for image in opened)
+        total = sum(decoded_pixels(image) for image in opened)
         if total > self.limits.request_pixels:
             raise ImageTooLarge(
                 f"the images hold {total} pixels together; the limit per request is "
                 f"{self.limits.request_pixels}"
             )
+        cost = sum(decode_cost(image, upload.data) for image, upload in zip(opened, uploads, strict=True))
 
         def run() -> tuple[torch.Tensor, list[np.ndarray]]:
             images = []
@@ -245,14 +296,24 @@ class Decoder:
                     raise naming(error, index) from None
             return torch.stack([to_tensor(image) for image in images]), images
 
-        if total <= self.limits.inline_pixels:
+        if cost <= self.limits.inline_pixels:
             return run()
         return await self.off_loop(run)
 
     async def off_loop(self, work: Callable[[], T]) -> T:
         """Heavy request work (large decodes, large JSON) on a thread, a bounded number at a time."""
-        async with self._slots:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise DecodersBusy(
+                f"all {self._concurrency} decoding threads stayed busy for {self.wait_s:g} s; "
+                "try again shortly"
+            ) from None
+        try:
             return await asyncio.to_thread(work)
+        finally:
+            self._slots.release()
 
 
 def naming_the_file(error: ServiceError, uploads: list[Upload], index: int) -> ServiceError:

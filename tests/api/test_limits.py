@@ -2,6 +2,8 @@
 bounded before the work is done, and big decodes never stall the event loop."""
 
 import asyncio
+import base64
+import io
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +16,7 @@ from PIL import Image, PngImagePlugin
 from app import preprocess
 from app.preprocess import Invert
 from tests.asgi import Serve
-from tests.images import saved
+from tests.images import encode, saved, scan_bomb, tile_bomb
 from tests.uploads import image_file
 
 MULTIPART = {"content-type": "multipart/form-data; boundary=b"}
@@ -38,6 +40,36 @@ async def test_pixels_of_a_whole_request_are_bounded(api: httpx.AsyncClient) -> 
     assert response.status_code == 413
     assert "20971520 pixels together; the limit per request is 16777216" in response.json()["detail"]
     assert (await api.post("/predict/batch", files=batch_of([big] * 2))).status_code == 200
+
+
+async def test_decode_bombs_are_refused_from_their_headers_on_every_route(
+    api: httpx.AsyncClient, digit: bytes
+) -> None:
+    """A 28x28 TIFF stored in one 4096x4096 tile (16 MB of pixels in 16 KB), and a JPEG of 101
+    scans: 413 before a pixel is decoded, on /predict, in a batch (naming the file) and as the v2
+    protocol's image input, which shares the decoder."""
+    tiles = tile_bomb(28, 28, 4096)
+    scans = scan_bomb(encode(np.asarray(Image.open(io.BytesIO(digit))), "JPEG", progressive=True), 101)
+    for body, said in ((tiles, "4096x4096 tiles, which decode 16777216 pixels"), (scans, "holds 101 scans")):
+        single = await api.post("/predict", files=image_file(body, "bomb"))
+        assert single.status_code == 413 and said in single.json()["detail"], single.text
+        batch = await api.post("/predict/batch", files=batch_of([digit, body]))
+        assert batch.status_code == 413 and batch.json()["detail"].startswith("files[1] (1.png): ")
+        v2 = await api.post(
+            "/v2/models/mnist/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [base64.b64encode(body).decode()],
+                    }
+                ]
+            },
+        )
+        assert v2.status_code == 413 and v2.json()["error"].startswith("image[0]: ") and said in v2.text
+    assert (await api.post("/predict", files=image_file(digit))).status_code == 200
 
 
 async def test_big_decodes_leave_the_event_loop_free(api: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.errors import BlankImage, ImageTooLarge, InvalidImage, NotAnImage
+from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage
 from app.preprocess import (
     MIN_CONTRAST,
     DecodeLimits,
@@ -20,6 +20,7 @@ from app.preprocess import (
     levels_of,
     light_background,
     mnist_pixels,
+    open_image,
     png_data_url,
     preprocess,
     signature_of,
@@ -27,7 +28,17 @@ from app.preprocess import (
     to_tensor,
 )
 from app.uploads import Upload
-from tests.images import black_on_white, encode, larger, png_header_only, rgb, saved
+from tests.images import (
+    black_on_white,
+    encode,
+    larger,
+    png_header_only,
+    rgb,
+    saved,
+    scan_bomb,
+    tile_bomb,
+    tiled_tiff,
+)
 from training.data import Mnist
 from training.loop import to_model_input
 
@@ -220,6 +231,54 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
         preprocess(webp)  # the default limit: 2048x2048
 
 
+@pytest.mark.parametrize("tile", [16, 32, 256, 2048])
+def test_a_tiled_tiff_decodes_to_its_digit(digits: torch.Tensor, tile: int) -> None:
+    assert np.array_equal(mnist_pixels(tiled_tiff(digits[0].numpy(), tile)), digits[0].numpy())
+
+
+def test_tiles_that_would_decode_more_pixels_than_the_limit_are_refused_before_decoding(
+    digits: torch.Tensor,
+) -> None:
+    """libtiff decodes a whole tile at a time, whatever the image's own size: a 28x28 image in
+    one 32768x32768 tile inflates 1 GiB from a 1 MB file. The tiles count, not the header's size."""
+    bomb = tile_bomb(28, 28, 4096)  # 16 MB of zeros in 16 KB
+    assert len(bomb) < 32 * 1024
+    with pytest.raises(ImageTooLarge) as refused:
+        preprocess(bomb)
+    assert str(refused.value) == (
+        "the 28x28 TIFF is stored in 4096x4096 tiles, which decode 16777216 pixels; "
+        "the limit is 4194304 pixels"
+    )
+    just_over = tiled_tiff(digits[0].numpy(), 2064)  # tiles are multiples of 16: 2048 is the limit
+    with pytest.raises(ImageTooLarge, match="2064x2064 tiles, which decode 4260096 pixels"):
+        preprocess(just_over)
+    tiled = tiled_tiff(np.zeros((100, 30), dtype=np.uint8), 32)  # 1 x 4 tiles of 32: 4,096 pixels
+    with pytest.raises(ImageTooLarge, match="30x100 TIFF is stored in 32x32 tiles, which decode 4096"):
+        preprocess(tiled, max_pixels=4095)
+    with pytest.raises(BlankImage):  # within the limit: decoded (and found empty)
+        preprocess(tiled, max_pixels=4096)
+
+
+def progressive(digit: torch.Tensor) -> bytes:
+    jpeg = encode(digit, "JPEG", progressive=True, quality=90)
+    assert jpeg.count(b"\xff\xda") == 6  # libjpeg's progression for one channel
+    return jpeg
+
+
+def test_a_jpeg_with_more_scans_than_the_limit_is_refused_before_decoding(digits: torch.Tensor) -> None:
+    """Each scan of a progressive JPEG is a pass over every pixel, in as little as a few bytes:
+    one scan repeated 64,000 times in 1 MB decodes for most of a minute."""
+    assert mnist_pixels(scan_bomb(progressive(digits[0]), 100)).shape == (28, 28)  # at the limit
+    with pytest.raises(ImageTooLarge) as refused:
+        preprocess(scan_bomb(progressive(digits[0]), 101))
+    assert (
+        str(refused.value) == "the JPEG holds 101 scans, each a pass over all of its pixels; the limit is 100"
+    )
+    with pytest.raises(ImageTooLarge, match="holds 7 scans"):
+        open_image(scan_bomb(progressive(digits[0]), 7), 784, max_scans=6)
+    assert open_image(progressive(digits[0]), 784, max_scans=6).size == (28, 28)
+
+
 def samples_tiff(values: np.ndarray) -> bytes:
     """A one-channel TIFF of 32-bit samples: mode F for floats, I for integers."""
     return saved(Image.fromarray(values), "TIFF")
@@ -379,15 +438,17 @@ def wide(digit: torch.Tensor) -> bytes:
 
 async def test_a_request_may_hold_exactly_its_pixel_limit_in_all(digits: torch.Tensor) -> None:
     uploads = [Upload("files", f"{n}.png", wide(digits[n])) for n in range(2)]  # 2,000 pixels
-    await Decoder(DecodeLimits(request_pixels=2000), concurrency=1).decode(uploads, Invert.AUTO)
+    await Decoder(DecodeLimits(request_pixels=2000), concurrency=1, wait_s=10).decode(uploads, Invert.AUTO)
     with pytest.raises(ImageTooLarge) as refused:
-        await Decoder(DecodeLimits(request_pixels=1999), concurrency=1).decode(uploads, Invert.AUTO)
+        await Decoder(DecodeLimits(request_pixels=1999), concurrency=1, wait_s=10).decode(
+            uploads, Invert.AUTO
+        )
     assert str(refused.value) == "the images hold 2000 pixels together; the limit per request is 1999"
 
 
 async def test_a_batch_decodes_as_a_single_upload_would_and_names_a_bad_file(digits: torch.Tensor) -> None:
     uploads = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(3)]
-    decoder = Decoder(DecodeLimits(), concurrency=1)
+    decoder = Decoder(DecodeLimits(), concurrency=1, wait_s=10)
     for invert in Invert:
         _, images = await decoder.decode(uploads, invert)
         for upload, image in zip(uploads, images, strict=True):
@@ -402,7 +463,7 @@ async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thr
     digits: torch.Tensor,
 ) -> None:
     """Up to `inline_pixels` in all, a request never queues behind big decodes holding the threads."""
-    decoder = Decoder(DecodeLimits(inline_pixels=2 * 28 * 28), concurrency=1)
+    decoder = Decoder(DecodeLimits(inline_pixels=2 * 28 * 28), concurrency=1, wait_s=10)
     started, release = threading.Event(), threading.Event()
 
     def big_decode() -> None:
@@ -418,3 +479,34 @@ async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thr
     finally:
         release.set()
         await holder
+
+
+async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answers_within_its_wait(
+    digits: torch.Tensor,
+) -> None:
+    """Pixels decoded times passes over them: a 28x28 progressive JPEG of 6 scans costs 4,704, one of
+    7 scans 5,488; a 28x28 TIFF in 32x32 tiles 1,024. Past the inline limit a request waits for a
+    thread, and for no longer than the decoder's wait."""
+    decoder = Decoder(DecodeLimits(inline_pixels=6 * 28 * 28), concurrency=1, wait_s=0.2)
+    started, release = threading.Event(), threading.Event()
+
+    def big_decode() -> None:
+        started.set()
+        release.wait(10)
+
+    holder = asyncio.create_task(decoder.off_loop(big_decode))  # takes the one thread slot
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        inline = [progressive(digits[0]), tiled_tiff(digits[0].numpy(), 32), encode(digits[0])]
+        for data in inline:
+            async with asyncio.timeout(5):
+                await decoder.decode([Upload("file", "d", data)], Invert.AUTO)
+        for data in (scan_bomb(progressive(digits[0]), 7), tiled_tiff(digits[0].numpy(), 96)):
+            with pytest.raises(DecodersBusy) as busy:
+                await decoder.decode([Upload("file", "d", data)], Invert.AUTO)
+            assert str(busy.value) == "all 1 decoding threads stayed busy for 0.2 s; try again shortly"
+    finally:
+        release.set()
+        await holder
+    async with asyncio.timeout(5):  # the thread is free again: decoded there
+        await decoder.decode([Upload("file", "d", scan_bomb(progressive(digits[0]), 7))], Invert.AUTO)
