@@ -1,13 +1,17 @@
-"""The HTTP connection layer under the app: uvicorn's httptools protocol, with bounds on a request's
-head.
+"""The HTTP connection layer under the app: uvicorn's httptools protocol, with bounds on each request.
 
 uvicorn reads request headers without a size limit (httptools) and waits for them for ever: one
 client with a 100 MB header, or many that send a byte a second (slowloris), tie up a worker or its
 file descriptors. Here each connection must deliver a complete head within MNIST_HEADER_TIMEOUT_S
 of opening, or of the first byte of its next request, and within MNIST_MAX_HEADER_BYTES (the URL
-and every header name and value, counted by the parser as it goes); else it gets a 408 or 431 and
-is closed. What the app reads after the head (bodies) is bounded in app/uploads.py; idle keep-alive
-connections are closed by uvicorn after MNIST_KEEP_ALIVE_S.
+and every header name and value, trailers included, counted by the parser as it goes); else it gets
+a 408 or 431 and is closed. httptools buffers a header or trailer line until it ends, so the bytes
+that arrive without the parser getting anywhere are counted too: past MNIST_MAX_HEADER_BYTES the
+connection is refused while the line is still arriving. After its head, the rest of a request (its
+body, chunked or not, and its trailers) must arrive within MNIST_BODY_TIMEOUT_S, whether the app
+reads it or not; a request answered before its body came is then closed. What the app reads of a
+body is bounded in app/uploads.py; idle keep-alive connections are closed by uvicorn after
+MNIST_KEEP_ALIVE_S.
 
 `python -m app` runs uvicorn with `http=PROTOCOL`. Without httptools (uvicorn without its
 [standard] extras, which this project depends on) it is plain h11, whose own bound on a head's size
@@ -30,35 +34,53 @@ try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        """httptools with bounded request heads: timed from the connection (or the next request's
-        first byte) to its last header, and measured by the parser's own callbacks."""
+        """httptools with bounded requests: a head timed from the connection (or the next request's
+        first byte) to its last header and measured by the parser's own callbacks, no line longer
+        than the head's bound while it arrives, and the rest of a request timed from its head."""
 
         # Read from the MNIST_* environment once per server process, on its first connection.
         max_header_bytes: ClassVar[int | None] = None
         header_timeout_s: ClassVar[float] = 0.0
+        body_timeout_s: ClassVar[float] = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             cls = BoundedHttpToolsProtocol
             if cls.max_header_bytes is None:
                 settings = Settings()
-                cls.max_header_bytes, cls.header_timeout_s = (
+                cls.max_header_bytes, cls.header_timeout_s, cls.body_timeout_s = (
                     settings.max_header_bytes,
                     settings.header_timeout_s,
+                    settings.body_timeout_s,
                 )
             self._head_timer: asyncio.TimerHandle | None = None
+            self._rest_timer: asyncio.TimerHandle | None = None
             self._head_bytes = 0
+            self._unparsed = 0  # bytes received since the parser last got somewhere
             self._refused = False
+            self._in_head = True  # between a request's first byte (or the connection's) and its body
             super().connection_made(transport)
             self._time_head()  # a connection that never sends a byte is closed too
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timing()
+            self._stop_timing_rest()
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            self._unparsed += len(data)
+            super().data_received(data)
+            assert self.max_header_bytes is not None
+            closed = self._refused or self.transport.is_closing()
+            if self._unparsed > self.max_header_bytes and not closed:
+                # A header or trailer line that does not end: httptools would buffer all of it.
+                self._refuse(431, f"a request header or trailer line over {self.max_header_bytes} bytes")
+
         def on_message_begin(self) -> None:
+            self._parsed()
             if self._head_timer is None:  # the next request on a kept-alive connection
                 self._time_head()
             self._head_bytes = 0
+            self._in_head = True
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
@@ -66,14 +88,30 @@ try:
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value))
+            self._parsed()
+            self._count(len(name) + len(value))  # trailers too: they count with the head
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._parsed()
             self._stop_timing()
+            self._in_head = False
+            self._time_rest()
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            self._parsed()
+            super().on_body(body)
+
+        def on_chunk_header(self) -> None:
+            self._parsed()
+
+        def on_chunk_complete(self) -> None:
+            self._parsed()
+
         def on_message_complete(self) -> None:
+            self._parsed()
+            self._stop_timing_rest()
             super().on_message_complete()
             # Answered before its body was read (a refusal): the body's arrival cancelled uvicorn's
             # keep-alive timer, which nothing would start again; idle from now on, so time it.
@@ -94,6 +132,30 @@ try:
                 self._refuse(431, f"request headers over {self.max_header_bytes} bytes")
                 raise HeadRefused
 
+        def _parsed(self) -> None:
+            self._unparsed = 0
+
+        def _time_rest(self) -> None:
+            self._stop_timing_rest()
+            self._rest_timer = self.loop.call_later(self.body_timeout_s, self._rest_too_slow)
+
+        def _stop_timing_rest(self) -> None:
+            if self._rest_timer is not None:
+                self._rest_timer.cancel()
+                self._rest_timer = None
+
+        def _rest_too_slow(self) -> None:
+            """The request's body or trailers did not arrive whole in time. A request the app
+            has answered is closed; one it has not is answered first (a route reading the body
+            says 408 on its own, at about this time), then closed."""
+            self._rest_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+            else:
+                self.cycle.keep_alive = False
+
         def _time_head(self) -> None:
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
 
@@ -109,12 +171,14 @@ try:
 
         def _refuse(self, status: int, message: str) -> None:
             self._stop_timing()
+            self._stop_timing_rest()
             self._refused = True
             body = message.encode()
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body)
-            )
+            if self._in_head:  # past its head, a request may be mid-answer: close only
+                self.transport.write(
+                    b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body)
+                )
             self.transport.close()
 
     PROTOCOL: type | str = BoundedHttpToolsProtocol

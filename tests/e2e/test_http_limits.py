@@ -116,3 +116,57 @@ def test_an_early_answer_before_a_large_body_is_the_only_answer(server: ServerPr
     answer, _ = reply_to(server, head + body)  # read until the server closes the kept-alive connection
     assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
     assert answer.count(b"HTTP/1.1 ") == 1, answer
+
+
+def streamed(
+    server: ServerProcess, start: bytes, piece: bytes, for_s: float, pause_s: float = 0.0
+) -> tuple[bytes, float, int]:
+    """Send `start`, then `piece` again and again for up to `for_s` (as fast as the server reads,
+    or every `pause_s`) until the server closes; what it answered, how long the connection lived
+    and how many bytes were sent."""
+    started = time.monotonic()
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=for_s + 10) as sock:
+        sock.settimeout(for_s + 10)
+        try:
+            sock.sendall(start)
+            while time.monotonic() - started < for_s:
+                sock.sendall(piece)
+                sent += len(piece)
+                time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return answer, time.monotonic() - started, sent
+
+
+def test_a_header_line_that_never_ends_is_refused_as_it_arrives(server: ServerProcess) -> None:
+    """The parser buffers a line until it ends: the bytes that have not ended one are counted."""
+    answer, lived, sent = streamed(server, b"GET /healthz HTTP/1.1\r\nX-Long: ", b"a" * 16384, for_s=SLOW * 3)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"a request header or trailer line over 65536 bytes" in answer
+    assert lived < SLOW, f"closed after {lived:.1f} s ({sent} bytes): by the head's timeout, not its size"
+
+
+def test_a_trailer_line_that_never_ends_is_cut_off_as_it_arrives(server: ServerProcess) -> None:
+    """A request that needs no body is answered at once; a chunked body's trailer line that never
+    ends is cut off by its size, long before any timeout."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: "
+    answer, lived, sent = streamed(server, head, b"a" * 16384, for_s=SLOW * 3)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # closed, with no second answer to confuse it
+    assert lived < SLOW, f"closed after {lived:.1f} s ({sent} bytes): by a timeout, not the line's size"
+
+
+def test_a_body_trickled_after_the_answer_is_cut_off_by_the_body_timeout(server: ServerProcess) -> None:
+    """Answered before its body (a route that never reads it), the request is still not whole:
+    chunks trickling in keep it from idling, so the body's own deadline closes it."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer, lived, _ = streamed(server, head, b"1\r\na\r\n", for_s=SLOW * 4, pause_s=0.2)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    assert SLOW - 0.2 < lived < SLOW + 2.0
