@@ -68,12 +68,26 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request head (431)")
     header_timeout_s: float = Field(10.0, gt=0, description="longest wait for a request's head (408)")
     body_timeout_s: float = Field(60.0, gt=0, description="longest wait for a request's body (408)")
+    body_idle_s: float = Field(
+        10.0, gt=0, description="longest gap between two reads of a request's body (408: a stalled upload)"
+    )
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     max_connections: int = Field(
         2048, ge=16, description="open connections per process before new requests get a 503"
     )
     max_buffered_bytes: int = Field(
         256 * 1024 * 1024, ge=1024 * 1024, description="upload bytes held at once per process (503 past it)"
+    )
+    client_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of the upload budget and of gRPC calls one client address may hold at once",
+    )
+    grpc_max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="largest gRPC request message; calls at once are capped so that they fit the budget",
     )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
     low_confidence: float = Field(
@@ -129,6 +143,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MNIST_MAX_BUFFERED_BYTES must hold at least one full batch "
                 f"(MNIST_MAX_BATCH_BYTES + {MULTIPART_OVERHEAD}), else a valid batch is refused for ever"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def room_for_a_client(self) -> "Settings":
+        share = int(self.max_buffered_bytes * self.client_share)
+        if share < max(self.max_batch_bytes + MULTIPART_OVERHEAD, self.grpc_max_message_bytes):
+            raise ValueError(
+                "one client's share (MNIST_MAX_BUFFERED_BYTES x MNIST_CLIENT_SHARE) must hold a full "
+                f"batch (MNIST_MAX_BATCH_BYTES + {MULTIPART_OVERHEAD}) and a gRPC message "
+                "(MNIST_GRPC_MAX_MESSAGE_BYTES), else a valid request is refused for ever"
             )
         return self
 

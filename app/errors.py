@@ -9,8 +9,12 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from app.logs import Throttled
 
 log = logging.getLogger("app")
+refusals = Throttled(log)  # a storm of 503s is a few lines, not thousands
 
 
 class ServiceError(Exception):
@@ -69,6 +73,14 @@ class UploadsBusy(ServiceError):
     body is not read, so the connection cannot be reused."""
 
     status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1", "Connection": "close"}
+
+
+class ClientBusy(ServiceError):
+    """This client (address) already holds its share of what the server takes at once; the rest
+    of this body (if any) is not read, so the connection cannot be reused."""
+
+    status_code = 429
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1", "Connection": "close"}
 
 
@@ -165,7 +177,7 @@ def speaks_v2(request: Request) -> bool:
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
+        refusals.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
     body = {"error": exc.detail} if speaks_v2(request) else exc.body()
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -173,9 +185,27 @@ async def service_error_handler(request: Request, exc: Exception) -> JSONRespons
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own answers (an unknown path, a method not allowed), in the v2 shape there."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
     if speaks_v2(request):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
     return await http_exception_handler(request, exc)
+
+
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (asked of the router, method by method).
+    Starlette's 405 names only the methods of the first route it found there (`/train` is two
+    routes, POST and GET), which RFC 9110 says is wrong."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

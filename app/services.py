@@ -175,7 +175,9 @@ async def serving(
         )
         await jobs.start()
         decoder = decoder_for(settings)
-        bodies = Bodies(settings.body_timeout_s, settings.max_buffered_bytes)
+        bodies = Bodies(
+            settings.body_timeout_s, settings.max_buffered_bytes, settings.body_idle_s, settings.client_share
+        )
         try:
             async with grpc_serving(settings, engine, decoder, bodies, metrics, serves):
                 yield Services(

@@ -6,6 +6,7 @@ never held in memory. The multipart parsing itself is python-multipart's parser,
 """
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from app.config import MULTIPART_OVERHEAD
 from app.errors import (
     BadRequest,
+    ClientBusy,
     PayloadTooLarge,
     RequestTimeout,
     TooManyFiles,
@@ -58,14 +60,23 @@ def boundary_of(content_type: str | None) -> bytes:
 
 
 class Bodies:
-    """Reads request bodies within this process's bounds: each must arrive within `timeout_s`
-    (a client that dribbles gets a 408), and upload bytes held at once, over all requests, stay
-    within `budget` (past it a 503 with Retry-After): an upload counts from its first byte until
+    """Reads request bodies within this process's bounds: each must arrive within `timeout_s`,
+    with no gap longer than `idle_s` between its bytes (a client that dribbles or stalls gets a
+    408), and upload bytes held at once stay within `budget` over all requests (past it a 503 with
+    Retry-After) and within `client_share` of it for one client address (past it a 429), so that
+    one client cannot take the budget from the others. An upload counts from its first byte until
     its request is answered, so neither slow senders nor fast ones can pile up memory."""
 
-    def __init__(self, timeout_s: float, budget: int) -> None:
+    def __init__(
+        self, timeout_s: float, budget: int, idle_s: float | None = None, client_share: float = 1.0
+    ) -> None:
         self.timeout_s, self.budget = timeout_s, budget
-        self.held = 0  # bytes of uploads whose requests are not answered yet; one event loop, no lock
+        self.idle_s = idle_s if idle_s is not None and idle_s < timeout_s else None  # None: no gap bound
+        self.client_budget = max(1, int(budget * client_share))
+        # Bytes of uploads whose requests are not answered yet, in all and per client address;
+        # one event loop, no lock.
+        self.held = 0
+        self.by_client: Counter[str] = Counter()
 
     async def read(self, request: Request, limit: int) -> bytes:
         """A small body (a JSON document), outside the upload budget."""
@@ -89,17 +100,20 @@ class Bodies:
         try:
             yield body
         finally:
-            self.held -= len(body)
+            self._release(len(body), client_of(request))
 
     @contextmanager
-    def holding_received(self, size: int) -> Iterator[None]:
-        """A message that arrived whole another way (a gRPC call's), held against the budget until
-        the block ends: past it, UploadsBusy (503, or UNAVAILABLE)."""
-        self._hold(size)
+    def reserved(self, size: int, client: str) -> Iterator["Reservation"]:
+        """`with bodies.reserved(most, client) as held:` room for a message that is yet to arrive
+        another way (a gRPC call's, which gRPC buffers whole), held against the budget until the
+        block ends; `held.resize(n)` once it is known to take n. Past the budget (or the client's
+        share) UploadsBusy or ClientBusy, and nothing is held."""
+        reservation = Reservation(self, client, 0)
+        reservation.resize(size)
         try:
-            yield
+            yield reservation
         finally:
-            self.held -= size
+            reservation.resize(0)
 
     async def _receive(self, request: Request, limit: int, shown_limit: int, budgeted: bool) -> bytes:
         """The whole body, or PayloadTooLarge once it passes `limit` bytes (the rest is drained, up
@@ -111,47 +125,101 @@ class Bodies:
         refusal = PayloadTooLarge(f"upload is larger than the limit of {shown_limit} bytes")
         if too_large and request.headers.get("expect", "").lower() == "100-continue":
             raise refusal
+        client = client_of(request)
         received = bytearray()
         drained = 0
         drain_bound = max(16 * limit, 64 * 1024 * 1024)
+        chunks = request.stream().__aiter__()
+        gap = asyncio.timeout(None)
         try:
             async with asyncio.timeout(self.timeout_s):
-                async for chunk in request.stream():
+                while True:
+                    gap = asyncio.timeout(self.idle_s)
+                    async with gap:
+                        chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
                     if too_large:
                         drained += len(chunk)
                         if drained > drain_bound:
                             break  # a client that keeps sending gets its 413 and a closed connection
                         continue
                     if budgeted:
-                        self._hold(len(chunk))
+                        self._hold(len(chunk), client)
                     received += chunk
                     if len(received) > limit:
                         too_large, drained = True, len(received)
-                        self._give_back(received, budgeted)
+                        self._give_back(received, budgeted, client)
         except ClientDisconnect:
-            self._give_back(received, budgeted)
+            self._give_back(received, budgeted, client)
             raise BadRequest("the client disconnected before the upload was complete") from None
         except TimeoutError:
-            self._give_back(received, budgeted)
+            self._give_back(received, budgeted, client)
+            if gap.expired():
+                raise RequestTimeout(f"no byte of the request body arrived for {self.idle_s:g} s") from None
             raise RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s") from None
         except BaseException:
-            self._give_back(received, budgeted)
+            self._give_back(received, budgeted, client)
             raise
         if too_large:
             raise refusal
         return bytes(received)
 
-    def _hold(self, size: int) -> None:
+    def _hold(self, size: int, client: str) -> None:
         if self.held + size > self.budget:
             raise UploadsBusy(
                 f"this server is holding {self.budget} bytes of uploads already; try again shortly"
             )
+        if self.by_client[client] + size > self.client_budget:
+            raise ClientBusy(
+                f"this client is sending {self.client_budget} bytes of uploads at once already, its "
+                "share of this server; send the next when one is answered"
+            )
         self.held += size
+        self.by_client[client] += size
 
-    def _give_back(self, received: bytearray, budgeted: bool) -> None:
+    def _release(self, size: int, client: str) -> None:
+        self.held -= size
+        self.by_client[client] -= size
+        if self.by_client[client] <= 0:
+            del self.by_client[client]
+
+    def _give_back(self, received: bytearray, budgeted: bool, client: str) -> None:
         if budgeted:
-            self.held -= len(received)
+            self._release(len(received), client)
         received.clear()
+
+
+@dataclass
+class Reservation:
+    """Bytes held for one message of one client, resized as what it takes becomes known."""
+
+    bodies: Bodies
+    client: str
+    size: int
+
+    def resize(self, size: int) -> None:
+        if size > self.size:
+            self.bodies._hold(size - self.size, self.client)
+        else:
+            self.bodies._release(self.size - size, self.client)
+        self.size = size
+
+
+def client_of(request: Request) -> str:
+    """An HTTP client's address as the server sees it (a proxy's, behind one)."""
+    return request.client.host if request.client else ""
+
+
+def client_of_peer(peer: str) -> str:
+    """A gRPC client's address, from gRPC's peer string: `ipv4:10.0.0.7:5123` -> `10.0.0.7`,
+    `ipv6:[::1]:5123` -> `::1`; anything else (a Unix socket) as it is."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return peer
 
 
 def parse_multipart(body: bytes, boundary: bytes, max_parts: int) -> list[Upload]:

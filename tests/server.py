@@ -157,6 +157,28 @@ class ServerProcess:
         self.stop()
 
 
+class DualStackServer(ServerProcess):
+    """`python -m app` on `::`, gRPC included: 127.0.0.1 and ::1 reach it as two client addresses
+    (gRPC takes IPv4 clients there too; uvicorn, through asyncio, only IPv6 ones)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.grpc_port = free_port()
+        env = {**env, "MNIST_HOST": "::", "MNIST_GRPC_PORT": str(self.grpc_port)}
+        super().__init__(env, production=True, ready_path="/readyz")
+
+    def _use_port(self, port: int) -> None:
+        super()._use_port(port)
+        self.url = f"http://[::1]:{port}"
+
+    @property
+    def grpc_ipv4(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def grpc_ipv6(self) -> str:
+        return f"[::1]:{self.grpc_port}"
+
+
 def impatient_server(checkpoint: Path, timeout_s: float) -> ServerProcess:
     """`python -m app`, one process, waiting at most `timeout_s` for a request's head and for its
     body, started under the common soft limit of 1024 open files."""

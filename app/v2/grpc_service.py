@@ -4,29 +4,31 @@ processes (`python -m app`, MNIST_WORKERS > 1) each listens on the port with SO_
 kernel spreads connections over them, as uvicorn's shared socket spreads HTTP ones."""
 
 import asyncio
-import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from app.batching import BatchingEngine
 from app.config import Settings
-from app.errors import BadRequest, NoModel, ServiceError
+from app.errors import BadRequest, NoModel, RequestTimeout, ServiceError
+from app.logs import Throttled
 from app.metrics import Metrics
 from app.preprocess import Decoder
-from app.uploads import Bodies
+from app.uploads import Bodies, client_of_peer
 from app.v2 import grpc_predict_v2_pb2 as pb
-from app.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from app.v2 import protocol
 from app.v2.protocol import InferRequest, InferResult, InputTensor, RequestedOutput
 
 log = logging.getLogger("app.grpc")
+refusals = Throttled(log)
+SERVICE = "inference.GRPCInferenceService"
 # The HTTP statuses of our errors as gRPC status codes (the table of grpc-gateway and Triton).
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -37,6 +39,7 @@ STATUS_CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -47,26 +50,75 @@ CONTENTS = {
     "BYTES": "bytes_contents",
     "INT64": "int64_contents",
 }
-MESSAGE_OVERHEAD = 64 * 1024  # room for the protobuf framing around a request's tensor bytes
+# Each method's request message: every call is received as bytes (see `rpc`) and parsed here.
+REQUESTS: dict[str, type[Message]] = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelInfer": pb.ModelInferRequest,
+}
 
-Message = TypeVar("Message")
-Handler = Callable[[Any, Any, aio.ServicerContext], Awaitable[Message]]
+
+def calls_per_client(settings: Settings) -> int:
+    """How many calls one client's share of the budget holds room for (see `rpc`): also one
+    connection's stream cap, since a connection has one client."""
+    return max(1, int(settings.max_buffered_bytes * settings.client_share) // settings.grpc_max_message_bytes)
 
 
-def answered(method: Handler[Message]) -> Handler[Message]:
-    """Counts and times the call; our errors become their gRPC status with the same words, anything
-    else is logged and answered INTERNAL without details."""
-    name = method.__name__
+async def received(requests: AsyncIterator[bytes], timeout_s: float) -> bytes:
+    """A unary call's one message, which must arrive within `timeout_s` of the call's start."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for message in requests:
+                return message
+    except TimeoutError:
+        raise RequestTimeout(f"the request message did not arrive within {timeout_s:g} s") from None
+    raise BadRequest("the call ended without a request message")
 
-    @functools.wraps(method)
-    async def call(self: "InferenceService", request: Any, context: aio.ServicerContext) -> Message:
+
+def parse(kind: type[Message], raw: bytes) -> Message:
+    try:
+        return kind.FromString(raw)
+    except DecodeError:
+        raise BadRequest(f"the request is not a valid {kind.DESCRIPTOR.name} message") from None
+
+
+def rpc(
+    service: "InferenceService", name: str
+) -> Callable[[AsyncIterator[bytes], aio.ServicerContext], Awaitable[Message]]:
+    """Method `name` as gRPC calls it. Registered as request-streaming with no deserializer, so it
+    runs as soon as a call starts (a unary client sends the same bytes), before gRPC reads its
+    message: room for the largest message is held against the upload budget first (within the
+    client's share; past it the call is refused and nothing is read), the message must then arrive
+    within MNIST_BODY_TIMEOUT_S, and is held at its size until the call is answered. gRPC reads a
+    message only once a handler asks for it (with BDP probing off, see `start_grpc_server`), so
+    what it buffers stays within the budget however many calls are open. A malformed message is
+    INVALID_ARGUMENT; a large one is parsed on a thread. Counts and times every call; our errors
+    become their gRPC status with the same words, anything else is logged and answered INTERNAL
+    without details."""
+    method = getattr(service, name)
+    kind = REQUESTS[name]
+
+    async def call(requests: AsyncIterator[bytes], context: aio.ServicerContext) -> Message:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            return await method(self, request, context)
+            most = service.settings.grpc_max_message_bytes
+            with service.bodies.reserved(most, client_of_peer(context.peer())) as held:
+                raw = await received(requests, service.settings.body_timeout_s)
+                held.resize(len(raw))
+                if len(raw) > protocol.OFF_LOOP_BYTES:
+                    request = await service.decoder.off_loop(lambda: parse(kind, raw))
+                else:
+                    request = parse(kind, raw)
+                raw = b""  # the parsed message holds its own copy
+                response: Message = await method(request, context)
+                return response
         except ServiceError as error:
             code = STATUS_CODES.get(error.status_code, grpc.StatusCode.INTERNAL)
             if error.status_code >= 500:
-                log.warning("gRPC %s -> %s: %s", name, code.name, error.detail)
+                refusals.warning("gRPC %s -> %s: %s", name, code.name, error.detail)
             await context.abort(code, error.detail)
             raise  # abort raises; this line is never reached
         except asyncio.CancelledError:
@@ -80,31 +132,30 @@ def answered(method: Handler[Message]) -> Handler[Message]:
             await context.abort(code, "internal server error")
             raise
         finally:
-            self.metrics.observe_grpc(name, code.name, time.perf_counter() - started)
+            service.metrics.observe_grpc(name, code.name, time.perf_counter() - started)
 
     return call
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceService:
+    """The service's methods, each taking its parsed request (see `rpc` for how calls reach them)."""
+
     def __init__(
         self, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, settings: Settings, metrics: Metrics
     ) -> None:
         self.engine, self.decoder, self.bodies = engine, decoder, bodies
         self.settings, self.metrics = settings, metrics
 
-    @answered
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @answered
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: aio.ServicerContext
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._ready())
 
-    @answered
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext
     ) -> pb.ModelReadyResponse:
@@ -113,13 +164,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         version_ok = not request.version or (served is not None and served.version == request.version)
         return pb.ModelReadyResponse(ready=self._ready() and version_ok)
 
-    @answered
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**protocol.server_metadata())
 
-    @answered
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
@@ -133,25 +182,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**spec) for spec in metadata["outputs"]],
         )
 
-    @answered
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        size = request.ByteSize()
-        # Held, like an HTTP body, against this process's budget of request bytes until answered.
-        with self.bodies.holding_received(size):
-            if size > protocol.OFF_LOOP_BYTES:
-                parsed = await self.decoder.off_loop(lambda: infer_request_of(request))
-            else:
-                parsed = infer_request_of(request)
-            result = await protocol.infer(
-                parsed,
-                request.model_name,
-                request.model_version or None,
-                self.engine,
-                self.decoder,
-                self.settings.max_upload_bytes,
-            )
+        # What the request declares is checked before its contents are converted: a count and a
+        # shape are free, millions of typed elements are not.
+        protocol.check_declared(
+            declared_request_of(request), request.model_name, request.model_version or None, self.engine
+        )
+        if request.ByteSize() > protocol.OFF_LOOP_BYTES:
+            parsed = await self.decoder.off_loop(lambda: infer_request_of(request))
+        else:
+            parsed = infer_request_of(request)
+        result = await protocol.infer(
+            parsed,
+            request.model_name,
+            request.model_version or None,
+            self.engine,
+            self.decoder,
+            self.settings.max_upload_bytes,
+        )
         return infer_response_of(result, request.id)
 
     def _ready(self) -> bool:
@@ -170,6 +220,12 @@ def parameters_of(parameters: Any) -> dict[str, Any]:
         if choice is not None:
             plain[key] = getattr(parameter, choice)
     return plain
+
+
+def declared_request_of(message: pb.ModelInferRequest) -> InferRequest:
+    """The request's inputs and outputs as declared (names, datatypes, shapes), without elements."""
+    inputs = [InputTensor(given.name, given.datatype, list(given.shape)) for given in message.inputs]
+    return InferRequest(inputs, [RequestedOutput(output.name) for output in message.outputs])
 
 
 def infer_request_of(message: pb.ModelInferRequest) -> InferRequest:
@@ -234,14 +290,20 @@ def address(host: str, port: int) -> str:
 async def start_grpc_server(
     settings: Settings, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, metrics: Metrics
 ) -> aio.Server:
-    """GRPCInferenceService on MNIST_HOST:MNIST_GRPC_PORT, with the HTTP limits: a message no larger
-    than MNIST_MAX_BATCH_BYTES (RESOURCE_EXHAUSTED past it), held against the same budget as HTTP
-    bodies, at most MNIST_MAX_CONNECTIONS calls at once; a connection idle for a minute is closed,
-    and any connection after 10 minutes (with MNIST_BODY_TIMEOUT_S of grace for its calls), so a
-    client trickling a message cannot hold a call for ever. Raises if the port cannot be bound."""
+    """GRPCInferenceService on MNIST_HOST:MNIST_GRPC_PORT, within the limits HTTP has: a message no
+    larger than MNIST_GRPC_MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED past it), held against the same
+    budget as HTTP bodies from before it is read (see `rpc`), at most MNIST_MAX_CONNECTIONS calls at
+    once and as many streams on one connection as its client's share holds room for. A connection
+    idle for a minute is closed, and any connection after 10 minutes (with MNIST_BODY_TIMEOUT_S of
+    grace for its calls). Raises if the port cannot be bound."""
     server = aio.server(
         options=[
-            ("grpc.max_receive_message_length", settings.max_batch_bytes + MESSAGE_OVERHEAD),
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_concurrent_streams", calls_per_client(settings)),
+            # Each stream's window stays at its first 64 KiB until its handler asks for the message:
+            # BDP probing would widen every window, and gRPC would read whole messages unasked.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 64 * 1024),
             ("grpc.so_reuseport", 1),
             ("grpc.max_connection_idle_ms", 60_000),
             ("grpc.max_connection_age_ms", 600_000),
@@ -250,7 +312,13 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=settings.max_connections,
     )
     service = InferenceService(engine, decoder, bodies, settings, metrics)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    handlers = {
+        name: grpc.stream_unary_rpc_method_handler(
+            rpc(service, name), request_deserializer=None, response_serializer=serialized
+        )
+        for name in REQUESTS
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     where = address(settings.host, settings.grpc_port)
     try:
         server.add_insecure_port(where)
@@ -259,3 +327,8 @@ async def start_grpc_server(
     await server.start()
     log.info("gRPC (Open Inference Protocol v2) on %s", where)
     return server
+
+
+def serialized(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data

@@ -33,6 +33,22 @@ OFF_LOOP_BYTES = 256 * 1024
 MAX_NORMALISED = 1000.0
 
 
+# A name a client sent (an input's, an output's, a model's) is shown in an error cut to this many
+# characters: a 16 MB name must not come back as a 16 MB answer.
+MAX_SHOWN = 64
+
+
+def shown(value: object) -> str:
+    """What a client sent, as an error message quotes it: repr, cut to MAX_SHOWN characters (and a
+    shape to its first 8 dimensions)."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(map(str, value[:8]))}, ... ({len(value)} dimensions)]"
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= MAX_SHOWN:
+        return repr(value) if isinstance(value, str) else text
+    return repr(text[:MAX_SHOWN]) + f"... ({len(text)} characters)"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
 
@@ -127,12 +143,12 @@ def server_metadata() -> dict[str, Any]:
 def check_model(name: str, version: str | None, engine: BatchingEngine) -> None:
     """404 unless `name` is this server's model and `version` (if given) the one it serves."""
     if name != MODEL_NAME:
-        raise ModelNotFound(f"unknown model {name!r}: this server serves {MODEL_NAME!r}")
+        raise ModelNotFound(f"unknown model {shown(name)}: this server serves {MODEL_NAME!r}")
     if version:
         served = engine.serving().version
         if version != served:
             raise VersionNotFound(
-                f"model {MODEL_NAME!r} version {version!r} is not being served; the active version is "
+                f"model {MODEL_NAME!r} version {shown(version)} is not being served; the active version is "
                 f"{served!r} (GET /model/versions lists the kept ones, POST .../activate serves one)"
             )
 
@@ -184,19 +200,20 @@ def max_rows(engine: BatchingEngine) -> int:
 def the_input(request: InferRequest, most_rows: int) -> tuple[InputTensor, int]:
     """The request's one input, checked against the metadata, and how many images it holds."""
     if len(request.inputs) != 1:
-        names = ", ".join(tensor.name for tensor in request.inputs) or "none"
+        names = ", ".join(shown(tensor.name) for tensor in request.inputs[:4]) or "none"
+        names += ", ..." if len(request.inputs) > 4 else ""
         raise BadRequest(f"send exactly one input per request, got {len(request.inputs)} ({names})")
     tensor = request.inputs[0]
     spec = INPUTS.get(tensor.name)
     if spec is None:
-        raise BadRequest(f"unknown input {tensor.name!r}: this model takes {INPUT_CHOICES}")
+        raise BadRequest(f"unknown input {shown(tensor.name)}: this model takes {INPUT_CHOICES}")
     if tensor.datatype != spec.datatype:
-        raise BadRequest(f"input {spec.name!r} must be {spec.datatype}, got {tensor.datatype!r}")
+        raise BadRequest(f"input {spec.name!r} must be {spec.datatype}, got {shown(tensor.datatype)}")
     fixed = [(given, wanted) for given, wanted in zip(tensor.shape, spec.shape, strict=False) if wanted != -1]
     if len(tensor.shape) != len(spec.shape) or any(given != wanted for given, wanted in fixed):
         raise BadRequest(
             f"input {spec.name!r} must have shape {list(spec.shape)} (-1: the number of images), "
-            f"got {tensor.shape}"
+            f"got {shown(tensor.shape)}"
         )
     rows = tensor.shape[0]
     if rows < 1:
@@ -216,9 +233,10 @@ def requested_outputs(request: InferRequest) -> list[RequestedOutput]:
     names = [output.name for output in request.outputs]
     for name in names:
         if name not in OUTPUTS:
-            raise BadRequest(f"unknown output {name!r}: this model gives {', '.join(OUTPUTS)}")
+            raise BadRequest(f"unknown output {shown(name)}: this model gives {', '.join(OUTPUTS)}")
     if len(set(names)) != len(names):
-        raise BadRequest(f"an output is asked for twice: {names}")
+        twice = next(name for index, name in enumerate(names) if name in names[:index])
+        raise BadRequest(f"output {twice!r} is asked for twice")
     return request.outputs
 
 
@@ -311,7 +329,17 @@ def invert_of(parameters: dict[str, Any]) -> Invert:
     try:
         return Invert(text)
     except ValueError:
-        raise BadRequest(f"parameter 'invert' must be auto, true or false, got {value!r}") from None
+        raise BadRequest(f"parameter 'invert' must be auto, true or false, got {shown(value)}") from None
+
+
+def check_declared(
+    request: InferRequest, model: str, version: str | None, engine: BatchingEngine
+) -> tuple[InputTensor, int, list[RequestedOutput]]:
+    """What a request declares, checked before its elements are looked at: the model and version,
+    its one input's name, datatype and shape (rows within the limit), and the outputs it names."""
+    check_model(model, version, engine)
+    tensor, rows = the_input(request, max_rows(engine))
+    return tensor, rows, requested_outputs(request)
 
 
 async def infer(
@@ -324,14 +352,12 @@ async def infer(
 ) -> InferResult:
     """Check, run through the batching engine (split into engine batches and reassembled in order)
     and compute the outputs asked for."""
-    check_model(model, version, engine)
-    tensor, rows = the_input(request, max_rows(engine))
-    wanted = requested_outputs(request)
+    tensor, rows, wanted = check_declared(request, model, version, engine)
     x = await model_input(tensor, rows, decoder, max_file_bytes)
     log_probs, served = await engine.infer(x)
     if version and served != version:  # the active version changed while this request waited
         raise VersionNotFound(
-            f"model {MODEL_NAME!r} version {version!r} stopped being served while this request waited; "
+            f"model {MODEL_NAME!r} version {shown(version)} stopped being served while this request waited; "
             f"the active version is {served!r}"
         )
     logs = log_probs.numpy().astype(NUMPY_TYPES["FP32"], copy=False)

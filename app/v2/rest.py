@@ -19,6 +19,7 @@ from app.v2.protocol import (
     InputTensor,
     RequestedOutput,
     raw_bytes,
+    shown,
 )
 from app.v2.schemas import InferInputTensor, InferRequestBody
 
@@ -54,16 +55,16 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             )
             continue
         if given.data is not None:
-            raise BadRequest(f"input {given.name!r} has both data and binary_data_size")
+            raise BadRequest(f"input {shown(given.name)} has both data and binary_data_size")
         if header_length is None:
             raise BadRequest(
-                f"input {given.name!r} has binary_data_size but the request has no {HEADER_LENGTH}"
+                f"input {shown(given.name)} has binary_data_size but the request has no {HEADER_LENGTH}"
             )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRequest(f"input {given.name!r}: binary_data_size must be a whole number of bytes")
+            raise BadRequest(f"input {shown(given.name)}: binary_data_size must be a whole number of bytes")
         if offset + size > len(binary):
             raise BadRequest(
-                f"input {given.name!r} declares binary_data_size {size} but only {len(binary) - offset} "
+                f"input {shown(given.name)} declares binary_data_size {size} but only {len(binary) - offset} "
                 "bytes of binary data remain: the body is truncated"
             )
         inputs.append(
@@ -112,7 +113,7 @@ def flag(parameters: dict[str, Any] | None, name: str, refuse: tuple[str, ...] =
             raise BadRequest(f"the {unsupported} extension is not supported: ask for the probs output")
     value = (parameters or {}).get(name)
     if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"parameter {name!r} must be true or false, got {value!r}")
+        raise BadRequest(f"parameter {name!r} must be true or false, got {shown(value)}")
     return value
 
 
@@ -120,22 +121,24 @@ def json_values(given: InferInputTensor) -> np.ndarray | list[bytes]:
     """An input's JSON data: numbers as a numpy array (flat or nested, checked by the protocol), BYTES
     elements from base64 (JSON cannot hold raw bytes)."""
     if given.data is None:
-        raise BadRequest(f"input {given.name!r} has neither data nor parameters.binary_data_size")
+        raise BadRequest(f"input {shown(given.name)} has neither data nor parameters.binary_data_size")
     if given.datatype == "BYTES":
         items = []
         for index, item in enumerate(given.data):
             if not isinstance(item, str):
-                raise BadRequest(f"input {given.name!r}[{index}]: a BYTES element in JSON is a base64 string")
+                raise BadRequest(
+                    f"input {shown(given.name)}[{index}]: a BYTES element in JSON is a base64 string"
+                )
             try:
                 items.append(base64.b64decode(item, validate=True))
             except (binascii.Error, ValueError):
-                raise BadRequest(f"input {given.name!r}[{index}] is not valid base64") from None
+                raise BadRequest(f"input {shown(given.name)}[{index}] is not valid base64") from None
         return items
     try:
         return np.asarray(given.data)
     except (ValueError, TypeError):
         raise BadRequest(
-            f"input {given.name!r}: data must be a flat or evenly nested list of numbers"
+            f"input {shown(given.name)}: data must be a flat or evenly nested list of numbers"
         ) from None
 
 

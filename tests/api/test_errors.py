@@ -234,3 +234,15 @@ async def test_an_unexpected_fault_is_a_bare_500_and_a_logged_traceback(
     assert (plain.status_code, plain.json()) == (500, {"detail": "internal server error"})
     assert (v2.status_code, v2.json()) == (500, {"error": "internal server error"})
     assert fault in caplog.text and "Traceback" in caplog.text
+
+
+async def test_a_method_not_allowed_names_every_method_its_path_takes(api: httpx.AsyncClient) -> None:
+    """`/train` is two routes (POST, GET) and `/train/{id}` two more (GET, DELETE): a 405 at either
+    path names them all, as schemathesis checks (RFC 9110: Allow lists the methods the target
+    resource supports)."""
+    for path, allowed in (("/train", "GET, POST"), ("/train/some-job", "DELETE, GET")):
+        for method in ("OPTIONS", "PUT", "PATCH"):
+            answer = await api.request(method, path)
+            assert answer.status_code == 405 and answer.headers["allow"] == allowed, (method, path)
+    answer = await api.request("PUT", "/predict")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"

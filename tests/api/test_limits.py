@@ -181,7 +181,9 @@ async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes)
     """Upload bytes count from their arrival until their request is answered; past
     MNIST_MAX_BUFFERED_BYTES, a request gets a 503 to retry, and every byte is given back."""
     budget, batch = 1024 * 1024 + 64 * 1024, 1024 * 1024 - 16 * 1024
-    async with serve(MAX_BUFFERED_BYTES=str(budget), MAX_BATCH_BYTES=str(batch)) as client:
+    # One client sends both (its share is the whole budget here; the share has tests of its own).
+    small = {"CLIENT_SHARE": "1", "GRPC_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    async with serve(MAX_BUFFERED_BYTES=str(budget), MAX_BATCH_BYTES=str(batch), **small) as client:
         # A digit and 600 KB of another form field: two such requests do not fit at once.
         padded = [("files", ("d.png", digit, "image/png")), ("padding", (None, b"x" * 600_000))]
         answers = await asyncio.gather(*(client.post("/predict/batch", files=padded) for _ in range(2)))
@@ -209,7 +211,10 @@ async def test_upload_bytes_held_at_once_are_bounded(serve: Serve, digit: bytes)
 async def test_train_bodies_are_not_held_against_the_upload_budget(serve: Serve, digit: bytes) -> None:
     """A /train body is small and bounded on its own (16 KiB): it never takes upload room."""
     budget = 1024 * 1024  # the least there is
-    async with serve(MAX_BATCH_BYTES=str(budget - 16 * 1024), MAX_BUFFERED_BYTES=str(budget)) as client:
+    small = {"CLIENT_SHARE": "1", "GRPC_MAX_MESSAGE_BYTES": str(64 * 1024)}
+    async with serve(
+        MAX_BATCH_BYTES=str(budget - 16 * 1024), MAX_BUFFERED_BYTES=str(budget), **small
+    ) as client:
         for _ in range(80):  # 80 x 15 KB: more than the budget in all
             assert (await client.post("/train", json={"padding": "x" * 15_000})).status_code == 422
         assert (await client.post("/predict", files=image_file(digit))).status_code == 200
@@ -258,3 +263,23 @@ async def test_thread_decodes_are_capped_per_process(serve: Serve, monkeypatch: 
         answers = await asyncio.gather(*(client.post("/predict", files=image_file(body)) for _ in range(6)))
     assert [answer.status_code for answer in answers] == [200] * 6
     assert most[0] == 2
+
+
+async def test_v2_errors_quote_what_the_client_sent_cut_short(api: httpx.AsyncClient) -> None:
+    """A name of a million characters is named in 64 of them: no answer echoes a request back."""
+    long = "x" * 1_000_000
+    digit = {"name": "pixels", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}
+    cases = [
+        ({"inputs": [{**digit, "name": long}]}, "unknown input 'xxxx"),
+        ({"inputs": [{**digit, "datatype": long}]}, "must be UINT8, got 'xxxx"),
+        ({"inputs": [digit], "outputs": [{"name": long}]}, "unknown output 'xxxx"),
+        ({"inputs": [{**digit, "name": long, "data": None}]}, "has neither data nor"),
+        ({"inputs": [{**digit, "shape": [1] * 100_000}]}, "(100000 dimensions)"),
+    ]
+    for body, said in cases:
+        answer = await api.post("/v2/models/mnist/infer", json=body)
+        assert answer.status_code == 400 and said in answer.json()["error"], answer.text[:300]
+        assert len(answer.content) < 1000, len(answer.content)
+    answer = await api.post(f"/v2/models/{'m' * 10_000}/infer", json={"inputs": [digit]})
+    assert answer.status_code == 404 and "(10000 characters)" in answer.json()["error"]
+    assert len(answer.content) < 1000

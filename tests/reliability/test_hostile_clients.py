@@ -3,25 +3,44 @@ each attack is answered as it should be, and costs the other clients neither tim
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from grpc import aio
+from tritonclient.grpc import service_pb2
 
 from tests.images import encode, larger, scan_bomb, tile_bomb
 from tests.reliability.load import rss_mib
 from tests.reliability.scale import scaled
 from tests.reliability.test_slow_clients import enough_open_files
-from tests.server import ServerProcess, impatient_server
+from tests.server import DualStackServer, ServerProcess, impatient_server
+from tests.v2_client import call_grpc
 from training.data import Mnist
 
 # What a check of /healthz may take while an attack runs: the event loop is never held for long.
 HEALTHZ_BOUND_S = 0.5
 TIMEOUT_S = 2.0  # the head and body timeouts of `impatient`
+
+
+@pytest.fixture(scope="module")
+def dual_stack(small_checkpoint: Path) -> Iterator[DualStackServer]:
+    """The default budget (256 MiB) and gRPC message limit (4 MiB): 64 calls at once, 16 waiting
+    per client."""
+    env = {
+        "MNIST_MODEL_PATH": str(small_checkpoint),
+        "MNIST_WORKERS": "1",
+        "MNIST_BODY_TIMEOUT_S": str(TIMEOUT_S),
+    }
+    with DualStackServer(env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +186,162 @@ def test_bodies_trickled_after_their_answer_are_closed_by_the_body_timeout(impat
         f"/healthz at worst {slowest * 1000:.0f} ms"
     )
     assert max(lived) < TIMEOUT_S + 3 and slowest < HEALTHZ_BOUND_S
+
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def a_digit() -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 28, 28])
+    request.raw_input_contents.append(bytes(range(28)) * 28)
+    return request
+
+
+async def grpc_calls(url: str, calls: int, message: bytes | None) -> list[grpc.StatusCode]:
+    """`calls` ModelInfer calls at once over 8 channels, each sending `message`, or (None) only its
+    headers and never a message; how each ended."""
+    # Eight connections of its own (channels to one address share one connection by default).
+    options = [("grpc.max_send_message_length", -1), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [aio.insecure_channel(url, options=options) for _ in range(8)]
+
+    async def nothing() -> Any:
+        await asyncio.sleep(3600)
+        yield b""
+
+    async def one(channel: aio.Channel) -> grpc.StatusCode:
+        try:
+            if message is None:
+                await channel.stream_unary(INFER)(nothing(), timeout=60)
+            else:
+                await channel.unary_unary(INFER)(message, timeout=60)
+        except aio.AioRpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    try:
+        return await asyncio.gather(*(one(channels[n % 8]) for n in range(calls)))
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def test_grpc_calls_that_never_send_their_message_hold_no_one_else_up(dual_stack: DualStackServer) -> None:
+    """Thousands of ModelInfer calls that send headers and no message, from one client: each ends
+    at the receive deadline, or at once past the client's share, while another client is served."""
+    stalled = scaled(300, 2100)
+    served: list[str] = []
+
+    def attack() -> list[grpc.StatusCode]:
+        return asyncio.run(grpc_calls(dual_stack.grpc_ipv4, stalled, None))
+
+    thread_result: list[list[grpc.StatusCode]] = []
+    thread = threading.Thread(target=lambda: thread_result.append(attack()))
+    started = time.monotonic()
+    thread.start()
+    while thread.is_alive():
+        served.append(call_grpc(dual_stack.grpc_ipv6, "ModelInfer", a_digit()).model_name)
+        time.sleep(0.05)
+    thread.join()
+    lasted = time.monotonic() - started
+    ended = {code.name: thread_result[0].count(code) for code in set(thread_result[0])}
+    print(
+        f"{stalled} gRPC calls without a message: {ended} in {lasted:.1f} s; {len(served)} served meanwhile"
+    )
+    # The receive deadline, the client's share (RESOURCE_EXHAUSTED), or a connection's stream cap
+    # (UNAVAILABLE: the stream refused before the client learnt the cap).
+    assert set(ended) <= {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+    assert lasted < 2 * TIMEOUT_S + 5  # at most a deadline for the ones let in, and a second round
+    assert served and set(served) == {"mnist"}
+
+
+def test_grpc_messages_held_at_once_stay_within_the_upload_budget(dual_stack: DualStackServer) -> None:
+    """150 calls at once from one client, each a message just under the 4 MiB limit (600 MB in all):
+    gRPC reads a message only once the budget holds room for it, so the client gets its share
+    (64 MiB) read at a time, and the others are refused or wait, unread."""
+    assert dual_stack.process is not None
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[5000, 28, 28])
+    request.raw_input_contents.append(bytes(4 * 1024 * 1024 - 4096))
+    message = request.SerializeToString()
+    before = rss_mib(dual_stack.process.pid)
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(dual_stack.process.pid))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        codes = asyncio.run(grpc_calls(dual_stack.grpc_ipv4, scaled(150, 600), message))
+    finally:
+        done.set()
+        watcher.join()
+    after = rss_mib(dual_stack.process.pid)
+    print(
+        f"{len(codes)} gRPC calls of {len(message)} B: RSS {before:.0f} -> {peak[0]:.0f} (peak) "
+        f"-> {after:.0f} MiB"
+    )
+    refused = {code.name for code in codes}
+    assert refused <= {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}  # 5,000 rows, the share, or the budget
+    # What is read at once is the client's share (64 MiB); the rest of the growth is memory the
+    # allocator keeps after freeing (the same 16 calls, sent again and again, level off there).
+    assert peak[0] - before < 1024
+
+
+def stalled_upload(port: int, size: int, source: str) -> tuple[bytes, float]:
+    """From `source`, a /predict/batch body of `size` bytes sent but for its last byte, then
+    nothing: what the server answered, and after how long."""
+    started = time.monotonic()
+    head = (
+        b"POST /predict/batch HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
+    )
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", port))
+        with contextlib.suppress(OSError):  # refused before it was all sent
+            sock.sendall(head + b"--b\r\n" + bytes(size - 6))
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return answer, time.monotonic() - started
+
+
+def test_one_client_stalling_big_uploads_holds_only_its_share(small_checkpoint: Path, mnist: Mnist) -> None:
+    """Sixteen 16 MB batch bodies from one address, each stalling before its last byte: that
+    client holds its share of the upload budget (a quarter), its other uploads get a 429, every
+    stall is cut after MNIST_BODY_IDLE_S, and another client's uploads are served throughout."""
+    env = {
+        "MNIST_MODEL_PATH": str(small_checkpoint),
+        "MNIST_WORKERS": "1",
+        "MNIST_BODY_IDLE_S": str(TIMEOUT_S),
+    }
+    body = 16 * 1024 * 1024
+    with ServerProcess(env, production=True, ready_path="/readyz") as server, ThreadPoolExecutor(16) as pool:
+        stalls = [pool.submit(stalled_upload, server.port, body, "127.0.0.2") for _ in range(16)]
+        served, started = [], time.monotonic()
+        digit = encode(mnist.test_images[0])
+        padded = [("files", ("d.png", digit, "image/png")), ("padding", (None, b"x" * 600_000))]
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not all(stall.done() for stall in stalls) and time.monotonic() - started < 30:
+                served.append(client.post("/predict/batch", files=padded).status_code)
+        answers = [stall.result() for stall in stalls]
+    statuses = sorted(int(answer.split(b" ")[1]) for answer, _ in answers if answer)
+    longest = max(lived for _, lived in answers)
+    print(
+        f"16 stalled 16 MB uploads: {statuses}, the last cut after {longest:.1f} s; "
+        f"{len(served)} others served"
+    )
+    # At most 4 x 16 MiB (its 64 MiB share) arrive whole and stall (408); the rest pass the share on
+    # the way, in whatever order their bytes arrived (429).
+    assert len(statuses) == 16 and set(statuses) == {408, 429} and statuses.count(408) <= 4, statuses
+    assert longest < TIMEOUT_S + 5
+    assert served and set(served) == {200}

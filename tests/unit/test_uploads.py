@@ -9,13 +9,14 @@ from starlette.requests import Request
 
 from app.errors import (
     BadRequest,
+    ClientBusy,
     PayloadTooLarge,
     RequestTimeout,
     TooManyFiles,
     UnsupportedMediaType,
     UploadsBusy,
 )
-from app.uploads import Bodies, Upload, boundary_of, parse_multipart
+from app.uploads import Bodies, Upload, boundary_of, client_of_peer, parse_multipart
 
 
 def part(disposition: bytes | None, data: bytes) -> bytes:
@@ -65,18 +66,36 @@ def test_only_multipart_with_a_boundary_is_an_upload() -> None:
 
 def test_the_budget_holds_exactly_its_size() -> None:
     bodies = Bodies(timeout_s=5, budget=100)
-    with bodies.holding_received(60), bodies.holding_received(40):  # exactly full
-        with pytest.raises(UploadsBusy) as busy, bodies.holding_received(1):
+    with bodies.reserved(60, "a"), bodies.reserved(40, "b"):  # exactly full
+        with pytest.raises(UploadsBusy) as busy, bodies.reserved(1, "c"):
             pass
         assert str(busy.value) == "this server is holding 100 bytes of uploads already; try again shortly"
-    assert bodies.held == 0
-    with pytest.raises(UploadsBusy), bodies.holding_received(101):
+    assert bodies.held == 0 and not bodies.by_client
+    with pytest.raises(UploadsBusy), bodies.reserved(101, "a"):
         pass
+
+
+def test_one_client_holds_at_most_its_share_and_the_others_keep_the_rest() -> None:
+    bodies = Bodies(timeout_s=5, budget=100, client_share=0.25)
+    with bodies.reserved(20, "10.0.0.1") as first, bodies.reserved(5, "10.0.0.1"):  # exactly its 25
+        with pytest.raises(ClientBusy) as busy, bodies.reserved(1, "10.0.0.1"):
+            pass
+        assert str(busy.value) == (
+            "this client is sending 25 bytes of uploads at once already, its share of this server; "
+            "send the next when one is answered"
+        )
+        with bodies.reserved(25, "10.0.0.2"), bodies.reserved(25, "10.0.0.3"), bodies.reserved(25, "::1"):
+            assert bodies.held == 100
+        first.resize(3)  # a message took less than the room held for it: the rest is given back
+        assert bodies.held == 8 and bodies.by_client == {"10.0.0.1": 8}
+        with bodies.reserved(17, "10.0.0.1"):
+            pass
+    assert bodies.held == 0 and not bodies.by_client
 
 
 async def test_an_upload_that_passes_the_budget_mid_body_gives_back_what_it_held() -> None:
     bodies = Bodies(timeout_s=5, budget=1000)
-    with bodies.holding_received(500):  # another request's upload
+    with bodies.reserved(500, "other"):  # another request's upload
         with pytest.raises(UploadsBusy):
             async with bodies.holding(Sent({}, [b"x" * 300, b"x" * 300]).request, 1000):
                 pass
@@ -84,14 +103,30 @@ async def test_an_upload_that_passes_the_budget_mid_body_gives_back_what_it_held
     assert bodies.held == 0
 
 
+async def test_an_upload_past_its_clients_share_mid_body_is_a_429_and_holds_nothing() -> None:
+    bodies = Bodies(timeout_s=5, budget=1000, client_share=0.5)
+    with bodies.reserved(300, "10.0.0.9"):  # the same client's other upload
+        with pytest.raises(ClientBusy):
+            async with bodies.holding(Sent({}, [b"x" * 150, b"x" * 100], client="10.0.0.9").request, 1000):
+                pass
+        async with bodies.holding(
+            Sent({}, [b"x" * 150, b"x" * 100], client="10.0.0.8").request, 1000
+        ) as body:
+            assert len(body) == 250 and bodies.by_client == {"10.0.0.9": 300, "10.0.0.8": 250}
+    assert bodies.held == 0 and not bodies.by_client
+
+
 class Sent:
     """A request as a server hands it over: headers, then the body in chunks as they arrive; then,
     if the client `stops` ("disconnects" or "stalls"), that instead of the body's end."""
 
-    def __init__(self, headers: dict[str, str], chunks: list[bytes], stops: str = "") -> None:
+    def __init__(
+        self, headers: dict[str, str], chunks: list[bytes], stops: str = "", client: str = ""
+    ) -> None:
         self.chunks, self.stops, self.read = chunks, stops, 0
         raw = [(key.encode(), value.encode()) for key, value in headers.items()]
-        self.request = Request({"type": "http", "method": "POST", "path": "/", "headers": raw}, self.receive)
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": raw, "client": (client, 5000)}
+        self.request = Request(scope, self.receive)
 
     async def receive(self) -> dict[str, Any]:
         self.read += 1
@@ -157,3 +192,27 @@ async def test_a_client_that_leaves_or_stalls_mid_body_gets_an_answer_and_holds_
                 pass
     assert str(stalled.value) == "the request body did not arrive within 0.5 s"
     assert bodies.held == 0
+
+
+async def test_a_body_that_stops_arriving_is_cut_off_after_the_idle_gap_not_the_whole_timeout() -> None:
+    bodies = Bodies(timeout_s=30, budget=10_000, idle_s=0.3)
+    with pytest.raises(RequestTimeout) as stalled:
+        async with asyncio.timeout(10):
+            async with bodies.holding(Sent({}, [b"x" * 600], stops="stalls").request, 1000):
+                pass
+    assert str(stalled.value) == "no byte of the request body arrived for 0.3 s"
+    assert bodies.held == 0 and not bodies.by_client
+    assert Bodies(timeout_s=5, budget=1, idle_s=5).idle_s is None  # no shorter than the whole: unused
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("ipv4:10.0.0.7:5123", "10.0.0.7"),
+        ("ipv6:[::1]:5123", "::1"),
+        ("ipv6:[::ffff:127.0.0.1]:40000", "::ffff:127.0.0.1"),
+        ("unix:/run/mnist.sock", "unix:/run/mnist.sock"),
+    ],
+)
+def test_a_grpc_peer_is_counted_by_its_address_alone(peer: str, client: str) -> None:
+    assert client_of_peer(peer) == client

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from app.__main__ import grpc_port_taken
-from app.errors import BadRequest, ServiceError, TooManyFiles, UploadsBusy
-from app.uploads import Bodies
+from app.errors import BadRequest, ServiceError, TooManyFiles
 from app.v2.protocol import (
     InferRequest,
     InferResult,
@@ -236,16 +235,6 @@ def test_outputs_go_binary_as_asked_and_the_header_says_where_the_json_ends() ->
     }
     assert head["outputs"][1]["data"] == pytest.approx([0.1] * 20)
     assert np.frombuffer(body[length:], "<i8").tolist() == [7, 2]
-
-
-def test_received_messages_count_against_the_upload_budget() -> None:
-    bodies = Bodies(timeout_s=1, budget=1000)
-    with bodies.holding_received(600):
-        assert bodies.held == 600
-        with pytest.raises(UploadsBusy), bodies.holding_received(600):
-            pass
-        assert bodies.held == 600
-    assert bodies.held == 0
 
 
 def test_a_grpc_port_in_use_is_found_before_serving() -> None:
