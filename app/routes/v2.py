@@ -137,10 +137,18 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
     rest.refuse_encoded(request.headers.get("content-encoding"))
     async with services.bodies.holding(request, settings.max_batch_bytes) as body:
         header_length = request.headers.get(rest.HEADER_LENGTH)
-        if len(body) > protocol.OFF_LOOP_BYTES:
-            parsed = await services.decoder.off_loop(lambda: rest.parse_request(body, header_length))
-        else:
-            parsed = rest.parse_request(body, header_length)
+
+        def parse() -> protocol.InferRequest:  # a refusal frees what was parsed where it was parsed
+            return rest.parse_request(
+                body,
+                header_length,
+                lambda declared: protocol.check_declared(
+                    declared, model_name, model_version, services.engine
+                ),
+                most_values=protocol.most_values(services.engine),
+            )
+
+        parsed = await services.decoder.off_loop(parse) if len(body) > protocol.OFF_LOOP_BYTES else parse()
         result = await protocol.infer(
             parsed, model_name, model_version, services.engine, services.decoder, settings.max_upload_bytes
         )

@@ -197,6 +197,11 @@ def max_rows(engine: BatchingEngine) -> int:
     return engine.max_batch_size * BATCHES_PER_REQUEST
 
 
+def most_values(engine: BatchingEngine) -> int:
+    """The most elements any request's input may hold: the most rows, of 28x28 each."""
+    return max_rows(engine) * IMAGE_SIZE * IMAGE_SIZE
+
+
 def the_input(request: InferRequest, most_rows: int) -> tuple[InputTensor, int]:
     """The request's one input, checked against the metadata, and how many images it holds."""
     if len(request.inputs) != 1:

@@ -6,12 +6,13 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from app.errors import BadRequest, InvalidRequest, UnsupportedMediaType
+from app.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from app.v2.protocol import (
     MODEL_NAME,
     InferRequest,
@@ -24,6 +25,8 @@ from app.v2.protocol import (
 from app.v2.schemas import InferInputTensor, InferRequestBody
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Commas a JSON request may hold besides its values' (between fields, inputs, outputs, parameters).
+JSON_SLACK = 4096
 
 
 class InvalidInferRequest(InvalidRequest):
@@ -32,10 +35,23 @@ class InvalidInferRequest(InvalidRequest):
     status_code = 400
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+def parse_request(
+    body: bytes,
+    header_length: str | None,
+    check_declared: Callable[[InferRequest], object] = lambda _: None,
+    most_values: int | None = None,
+) -> InferRequest:
     """The request's JSON (and the binary data after it), checked against the protocol's schema and
-    the binary sizes; the tensors themselves are checked against the model by the protocol."""
+    the binary sizes; the tensors themselves are checked against the model by the protocol.
+    `check_declared` sees the request's names, datatypes and shapes before any JSON data becomes
+    an array. A JSON document that must hold more than `most_values` values is refused unparsed:
+    parsing makes an object of each (holding the GIL, so every thread waits), 20 times the bytes."""
     document_bytes, binary = split_body(body, header_length)
+    if most_values is not None and (separators := document_bytes.count(b",")) > most_values + JSON_SLACK:
+        raise PayloadTooLarge(
+            f"the JSON document holds {separators} commas: more values than a request may carry "
+            f"({most_values}); send large tensors in binary ({HEADER_LENGTH})"
+        )
     try:
         document = InferRequestBody.model_validate_json(document_bytes)
     except ValidationError as error:
@@ -45,14 +61,13 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
                 f"in the {HEADER_LENGTH} header)"
             ) from None
         raise InvalidInferRequest(error.errors()) from None
-    inputs, offset = [], 0
+    inputs, offset, in_json = [], 0, []
     for given in document.inputs:
         parameters: dict[str, Any] = dict(given.parameters or {})
         size = parameters.pop("binary_data_size", None)
         if size is None:
-            inputs.append(
-                InputTensor(given.name, given.datatype, given.shape, parameters, json_values(given))
-            )
+            inputs.append(InputTensor(given.name, given.datatype, given.shape, parameters))
+            in_json.append((inputs[-1], given))
             continue
         if given.data is not None:
             raise BadRequest(f"input {shown(given.name)} has both data and binary_data_size")
@@ -83,7 +98,11 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     parameters = dict(document.parameters or {})
     if binary_default is not None:
         parameters["binary_data_output"] = binary_default
-    return InferRequest(inputs, outputs, document.id or "", parameters)
+    request = InferRequest(inputs, outputs, document.id or "", parameters)
+    check_declared(request)
+    for tensor, given in in_json:
+        tensor.values = json_values(given)
+    return request
 
 
 def refuse_encoded(content_encoding: str | None) -> None:

@@ -283,3 +283,14 @@ async def test_v2_errors_quote_what_the_client_sent_cut_short(api: httpx.AsyncCl
     answer = await api.post(f"/v2/models/{'m' * 10_000}/infer", json={"inputs": [digit]})
     assert answer.status_code == 404 and "(10000 characters)" in answer.json()["error"]
     assert len(answer.content) < 1000
+
+
+async def test_a_v2_json_request_is_checked_for_what_it_declares_before_its_data_is_converted(
+    api: httpx.AsyncClient,
+) -> None:
+    """Rows past the limit are a 413 from the shape: the data (here not even valid base64, which
+    converting would have found first) is never turned into arrays or decoded."""
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2000], "data": ["!!!"] * 2000}]}
+    answer = await api.post("/v2/models/mnist/infer", json=body)
+    assert answer.status_code == 413, answer.text
+    assert "2000 images in one request; at most 1024" in answer.json()["error"]

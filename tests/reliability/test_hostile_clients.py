@@ -345,3 +345,24 @@ def test_one_client_stalling_big_uploads_holds_only_its_share(small_checkpoint: 
     assert len(statuses) == 16 and set(statuses) == {408, 429} and statuses.count(408) <= 4, statuses
     assert longest < TIMEOUT_S + 5
     assert served and set(served) == {200}
+
+
+def test_a_v2_json_body_of_millions_of_numbers_is_refused_off_the_event_loop(server: ServerProcess) -> None:
+    """16 MB of JSON numbers for 20,000 rows: parsed on a thread, refused there from its shape, and
+    its millions of objects freed there too, so other clients see no stall."""
+    data = b",".join([b"0"] * (20_000 * 392))  # 7.8 M elements of JSON ("0,"): 15.7 MB
+    body = (
+        b'{"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [20000, 28, 28], "data": ['
+        + data
+        + b"]}]}"
+    )
+
+    def attack() -> list[httpx.Response]:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            headers = {"content-type": "application/json"}
+            return [client.post("/v2/models/mnist/infer", content=body, headers=headers) for _ in range(3)]
+
+    answers, slowest = while_probing(server, attack)
+    print(f"v2 JSON bodies of {len(body)} B: /healthz at worst {slowest * 1000:.0f} ms")
+    assert [answer.status_code for answer in answers] == [413] * 3, answers[0].text[:200]
+    assert slowest < HEALTHZ_BOUND_S

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.__main__ import grpc_port_taken
-from app.errors import BadRequest, ServiceError, TooManyFiles
+from app.errors import BadRequest, PayloadTooLarge, ServiceError, TooManyFiles
 from app.v2.protocol import (
     InferRequest,
     InferResult,
@@ -21,7 +21,7 @@ from app.v2.protocol import (
     elements,
     the_input,
 )
-from app.v2.rest import HEADER_LENGTH, encode_response, parse_request
+from app.v2.rest import HEADER_LENGTH, JSON_SLACK, encode_response, parse_request
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -262,3 +262,22 @@ def test_the_generated_grpc_modules_match_the_proto(tmp_path: Path) -> None:
     subprocess.run(command, cwd=REPO, check=True)
     for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2_grpc.py"):
         assert (tmp_path / "app/v2" / name).read_text() == (REPO / "app/v2" / name).read_text(), name
+
+
+def test_a_json_document_that_must_hold_more_values_than_any_request_is_refused_unparsed() -> None:
+    """Counting commas costs nothing; parsing millions of numbers makes an object of each."""
+
+    def document(values: int) -> bytes:
+        data = ",".join(["0"] * values)
+        tensor = f'"name": "pixels", "datatype": "UINT8", "shape": [1, 28, 28], "data": [{data}]'
+        return ('{"inputs": [{' + tensor + "}]}").encode()  # 5 commas of its own
+
+    assert parse_request(document(784), None, most_values=784).inputs[0].values.size == 784
+    most = 784 + JSON_SLACK - 5 + 1  # values whose commas (and the document's 5) reach the bound
+    assert parse_request(document(most), None, most_values=784).inputs[0].values.size == most
+    with pytest.raises(PayloadTooLarge) as refused:
+        parse_request(document(most + 1), None, most_values=784)
+    assert str(refused.value) == (
+        f"the JSON document holds {784 + JSON_SLACK + 1} commas: more values than a request may carry "
+        "(784); send large tensors in binary (Inference-Header-Content-Length)"
+    )
