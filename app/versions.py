@@ -9,9 +9,11 @@ at MNIST_MODEL_PATH that the database does not know (the tutorial's file, or one
 `python -m training`) is adopted: stored, recorded and, by the rules of `adopt`, made active.
 """
 
+import fcntl
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,7 @@ class ModelVersions:
         self.run = self._threads.run
         self.incoming = state_dir / "incoming"  # made by the first checkpoint saved there
         self.model_path = model_path
+        self._changing_lock = state_dir / ".active-version.lock"
 
     def incoming_path(self, job_id: str) -> Path:
         """Where a job's child process writes its checkpoint before it is judged."""
@@ -148,13 +151,14 @@ class ModelVersions:
     def adopt(self, weights: Path, by: str, when: "Adopt") -> str:
         """Store and record the checkpoint at `weights` (CheckpointError if it does not load), make
         it the active version as `when` says, and return its version."""
-        metadata = verified_metadata(weights)
-        self.store.put(weights, metadata)
-        new = self._record(metadata)
-        version = str(metadata["version"])
-        active = self.active()
-        if active != version and (active is None or when is Adopt.ALWAYS or (when is Adopt.NEW and new)):
-            self._set_active(version, by)
+        with self._changing():  # read under the lock: an activation's copy is never a "new" file
+            metadata = verified_metadata(weights)
+            self.store.put(weights, metadata)
+            new = self._record(metadata)
+            version = str(metadata["version"])
+            active = self.active()
+            if active != version and (active is None or when is Adopt.ALWAYS or (when is Adopt.NEW and new)):
+                self._set_active(version, by)
         return version
 
     def activate(self, version: str, by: str) -> None:
@@ -175,13 +179,34 @@ class ModelVersions:
             load_checkpoint(weights)
         except CheckpointError as exc:
             raise ModelObjectCorrupt(f"version {version} cannot be served: {exc}") from None
-        if not self._set_active(version, by, allowed):
-            return False
-        try:
-            copy_checkpoint(weights, self.model_path)
-        except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
-            log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
+        with self._changing():  # the record and the file change together, or another's copy wins
+            if not self._set_active(version, by, allowed):
+                return False
+            try:
+                copy_checkpoint(weights, self.model_path)
+            except OSError as exc:  # e.g. a read-only seed volume: the database is what replicas follow
+                log.info("version %s is active; not copied onto %s: %s", version, self.model_path, exc)
         return True
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One change of the active version at a time among the threads and processes sharing this
+        state folder: recording it and copying it onto MNIST_MODEL_PATH (which followers adopt
+        from) must not interleave with another's. Where no lock file can be made (a full disk),
+        the change goes ahead unlocked, as before."""
+        try:
+            self._changing_lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self._changing_lock, "a")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            log.warning("changing the active version without a lock: %s", exc.strerror or exc)
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def record_evaluation(self, version: str, figures: dict[str, Any], by: str) -> dict[str, Any]:
         """Add a kept version's test figures and model card, measured after the fact

@@ -3,6 +3,7 @@ adopt a hand-written checkpoint, and a state folder from before version records.
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,28 @@ def test_measured_figures_are_added_to_the_record(
     assert listed["test_accuracy"] == 70.5
     with pytest.raises(VersionNotFound):
         versions.record_evaluation("0123456789ab", figures, "nobody")
+
+
+def test_concurrent_activations_and_adoptions_end_on_the_last_one_and_keep_who_asked(
+    records_url: str, tmp_path: Path, small_checkpoint: Path
+) -> None:
+    """Two activations at once copy their weights onto MNIST_MODEL_PATH; a follower adopting that
+    file meanwhile must not take an earlier copy for a new model. Whatever the interleaving, the
+    file holds the active version, and the record says which activation made it."""
+    served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
+    versions = opened(records_url, tmp_path / "state", served)
+    first = versions.adopt(served, "startup", Adopt.ALWAYS)
+    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    for round_ in range(20):
+        with ThreadPoolExecutor(3) as pool:
+            done = [
+                pool.submit(versions.activate, first, f"rollback {round_}"),
+                pool.submit(versions.activate, second, f"roll forward {round_}"),
+                pool.submit(versions.adopt, served, "mnist_cnn.pt changed", Adopt.ALWAYS),
+            ]
+            for future in done:
+                future.result()
+        active = versions.active()
+        [record] = [entry for entry in versions.list() if entry["model_version"] == active]
+        assert load_checkpoint(served).version == active, round_
+        assert record["activated_by"] in (f"rollback {round_}", f"roll forward {round_}"), record
