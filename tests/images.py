@@ -137,10 +137,10 @@ def jpeg_segments(data: bytes) -> list[bytes]:
 
 
 def scan_bomb(jpeg: bytes, scans: int) -> bytes:
-    """A progressive JPEG whose last scan (a refinement) is repeated until it holds `scans` scans:
-    each scan is a pass over every coefficient of the image, however few bytes it takes."""
+    """A progressive JPEG whose smallest refinement scan is repeated after its last one until it
+    holds `scans` scans: each scan is a pass over every block of the image, in a few bytes."""
     segments = jpeg_segments(jpeg)
     scan_at = [index for index, segment in enumerate(segments) if segment[1] == 0xDA]
     extra = scans - len(scan_at)
-    last = segments[scan_at[-1]]
-    return jpeg[:2] + b"".join(segments[:-1]) + last * extra + segments[-1]
+    smallest = min((segments[index] for index in scan_at[1:]), key=len)  # not the first (DC) scan
+    return jpeg[:2] + b"".join(segments[:-1]) + smallest * extra + segments[-1]

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +145,15 @@ def listening_sockets(port: int) -> int:
             local, state = line.split()[1], line.split()[3]
             count += local.endswith(f":{port:04X}") and state == "0A"
     return count
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends on `sock` until it closes it (or resets it, or `sock`'s own
+    timeout passes)."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+    return answer

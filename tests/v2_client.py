@@ -81,3 +81,11 @@ def raw_outputs(response: Any) -> dict[str, np.ndarray]:
         output.name: np.frombuffer(raw, dtype=types[output.datatype]).reshape(list(output.shape))
         for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
+
+
+def one_digit_request() -> Any:
+    """The smallest valid ModelInferRequest: one 28x28 UINT8 image (a ramp) in raw_input_contents."""
+    request = service_pb2.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 28, 28])
+    request.raw_input_contents.append(bytes(range(28)) * 28)
+    return request

@@ -19,6 +19,7 @@ from app.batching import BatchingEngine
 from app.config import Settings
 from app.errors import BadRequest, NoModel, RequestTimeout, ServiceError
 from app.logs import Throttled
+from app.memory import Trimmer
 from app.metrics import Metrics
 from app.preprocess import Decoder
 from app.uploads import Bodies, client_of_peer
@@ -102,12 +103,13 @@ def rpc(
     kind = REQUESTS[name]
 
     async def call(requests: AsyncIterator[bytes], context: aio.ServicerContext) -> Message:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code, detail, size = time.perf_counter(), grpc.StatusCode.OK, "", 0
         try:
             most = service.settings.grpc_max_message_bytes
             with service.bodies.reserved(most, client_of_peer(context.peer())) as held:
                 raw = await received(requests, service.settings.body_timeout_s)
-                held.resize(len(raw))
+                size = len(raw)
+                held.resize(size)
                 if len(raw) > protocol.OFF_LOOP_BYTES:
                     request = await service.decoder.off_loop(lambda: parse(kind, raw))
                 else:
@@ -116,11 +118,9 @@ def rpc(
                 response: Message = await method(request, context)
                 return response
         except ServiceError as error:
-            code = STATUS_CODES.get(error.status_code, grpc.StatusCode.INTERNAL)
+            code, detail = STATUS_CODES.get(error.status_code, grpc.StatusCode.INTERNAL), error.detail
             if error.status_code >= 500:
-                refusals.warning("gRPC %s -> %s: %s", name, code.name, error.detail)
-            await context.abort(code, error.detail)
-            raise  # abort raises; this line is never reached
+                refusals.warning("gRPC %s -> %s: %s", name, code.name, detail)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
             raise
@@ -128,11 +128,14 @@ def rpc(
             raise
         except Exception:
             log.exception("unhandled error in gRPC %s", name)
-            code = grpc.StatusCode.INTERNAL
-            await context.abort(code, "internal server error")
-            raise
+            code, detail = grpc.StatusCode.INTERNAL, "internal server error"
         finally:
             service.metrics.observe_grpc(name, code.name, time.perf_counter() - started)
+            service.trimmer.after(size)
+        # Aborted here, outside the handlers: an abort raised inside one would chain the error, and
+        # through its traceback the frames holding the request (megabytes) until a full collection.
+        await context.abort(code, detail)
+        raise AssertionError("abort raises")  # pragma: no cover
 
     return call
 
@@ -145,6 +148,7 @@ class InferenceService:
     ) -> None:
         self.engine, self.decoder, self.bodies = engine, decoder, bodies
         self.settings, self.metrics = settings, metrics
+        self.trimmer = Trimmer()
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: aio.ServicerContext

@@ -13,7 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.server import DualStackServer
-from tests.v2_client import call_grpc
+from tests.v2_client import call_grpc, one_digit_request
 
 TIMEOUT_S = 2.0
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -35,13 +35,6 @@ def server(small_checkpoint: Path) -> Iterator[DualStackServer]:
     }
     with DualStackServer(env) as running:
         yield running
-
-
-def a_digit() -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name="mnist")
-    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 28, 28])
-    request.raw_input_contents.append(bytes(range(28)) * 28)
-    return request
 
 
 class Stalled:
@@ -91,19 +84,21 @@ def test_a_client_keeps_only_its_share_of_calls_waiting_while_others_are_served(
     try:
         time.sleep(0.5)  # the four are waiting for their messages
         with pytest.raises(grpc.RpcError) as refused:  # the same client's fifth: refused at once
-            call_grpc(server.grpc_ipv4, "ModelInfer", a_digit())
+            call_grpc(server.grpc_ipv4, "ModelInfer", one_digit_request())
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert refused.value.details() == (
             "this client is sending 16777216 bytes of uploads at once already, its share of this server; "
             "send the next when one is answered"
         )
-        answer = call_grpc(server.grpc_ipv6, "ModelInfer", a_digit())  # another client: served
+        answer = call_grpc(server.grpc_ipv6, "ModelInfer", one_digit_request())  # another client: served
         assert answer.model_name == "mnist"
         outcomes = stalled.outcomes()
     finally:
         stalled.close()
     assert {code for code, _, _ in outcomes} == {grpc.StatusCode.DEADLINE_EXCEEDED}
-    assert call_grpc(server.grpc_ipv4, "ModelInfer", a_digit()).model_name == "mnist"  # its share is back
+    assert (
+        call_grpc(server.grpc_ipv4, "ModelInfer", one_digit_request()).model_name == "mnist"
+    )  # its share is back
 
 
 def test_a_malformed_message_is_invalid_argument(server: DualStackServer) -> None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.server import ServerProcess, impatient_server
+from tests.tools import read_until_closed
 
 SLOW = 1.5  # seconds: the head and body timeouts these servers run with
 
@@ -36,12 +37,7 @@ def reply_to(
                 time.sleep(pause_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+        answer = read_until_closed(sock)
     return answer, time.monotonic() - started
 
 
@@ -136,12 +132,7 @@ def streamed(
                 time.sleep(pause_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
+        answer = read_until_closed(sock)
     return answer, time.monotonic() - started, sent
 
 

@@ -4,6 +4,8 @@ each attack is answered as it should be, and costs the other clients neither tim
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +24,8 @@ from tests.reliability.load import rss_mib
 from tests.reliability.scale import scaled
 from tests.reliability.test_slow_clients import enough_open_files
 from tests.server import DualStackServer, ServerProcess, impatient_server
-from tests.v2_client import call_grpc
+from tests.tools import read_until_closed
+from tests.v2_client import call_grpc, one_digit_request
 from training.data import Mnist
 
 # What a check of /healthz may take while an attack runs: the event loop is never held for long.
@@ -32,8 +35,8 @@ TIMEOUT_S = 2.0  # the head and body timeouts of `impatient`
 
 @pytest.fixture(scope="module")
 def dual_stack(small_checkpoint: Path) -> Iterator[DualStackServer]:
-    """The default budget (256 MiB) and gRPC message limit (4 MiB): 64 calls at once, 16 waiting
-    per client."""
+    """The default budget (256 MiB), client share (a quarter) and gRPC message limit (4 MiB): a
+    client's share holds room for 16 messages."""
     env = {
         "MNIST_MODEL_PATH": str(small_checkpoint),
         "MNIST_WORKERS": "1",
@@ -49,41 +52,50 @@ def impatient(small_checkpoint: Path) -> Iterator[ServerProcess]:
         yield running
 
 
+# Asks /healthz every 20 ms, saying "ready" after the first answer, until its standard input
+# closes; then prints how many it asked and the slowest answer (s).
+PROBE = """
+import select, sys, time
+import httpx
+slowest, asked = 0.0, 0
+with httpx.Client(base_url=sys.argv[1], timeout=30) as client:
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        slowest, asked = max(slowest, time.perf_counter() - started), asked + 1
+        if asked == 1:
+            print("ready", flush=True)
+        time.sleep(0.02)
+print(asked, slowest)
+"""
+
+
 def while_probing(server: ServerProcess, attack: Callable[[], Any]) -> tuple[Any, float]:
-    """Run `attack` on a thread while /healthz is asked again and again; its result, and the
+    """Run `attack` while another process asks /healthz again and again (a process of its own, so
+    that the attack's own work in this one cannot slow the asking); the attack's result, and the
     slowest answer to /healthz meanwhile."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(attack())
-        except BaseException as error:  # shown by the caller
-            errors.append(error)
-
-    thread = threading.Thread(target=run)
-    slowest = 0.0
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        thread.start()
-        while thread.is_alive():
-            started = time.perf_counter()
-            assert client.get("/healthz").status_code == 200
-            slowest = max(slowest, time.perf_counter() - started)
-            time.sleep(0.02)
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0], slowest
+    probe = subprocess.Popen(
+        [sys.executable, "-c", PROBE, server.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert probe.stdout is not None and probe.stdout.readline() == b"ready\n"
+    try:
+        result = attack()
+    finally:
+        output, _ = probe.communicate(timeout=60)  # closes its input: it stops asking
+    assert probe.returncode == 0, "a /healthz was not answered 200"
+    asked, slowest = output.split()
+    assert int(asked) >= 2, "the attack ended before /healthz was asked during it"
+    return result, float(slowest)
 
 
 def test_decode_bombs_are_refused_from_their_headers(server: ServerProcess, mnist: Mnist) -> None:
     """Fifteen 28x28 TIFFs in one 32768x32768 deflate tile each (1 MB apiece, 1 GiB if decoded) in
-    one batch, and JPEGs repeating one scan tens of thousands of times: each a 413 at once."""
+    one batch, and JPEGs repeating one scan thousands of times: each a 413 at once."""
     assert server.process is not None
     tile = scaled(8192, 32768)
     bomb = tile_bomb(28, 28, tile)
     jpeg = encode(larger(mnist.test_images[0], 256), "JPEG", progressive=True)
-    scans = scan_bomb(jpeg, scaled(5000, 63940))
+    scans = scan_bomb(jpeg, scaled(5000, 15000))  # 1 MB at most: the upload limit
     before = rss_mib(server.process.pid)
 
     def attack() -> list[httpx.Response]:
@@ -191,13 +203,6 @@ def test_bodies_trickled_after_their_answer_are_closed_by_the_body_timeout(impat
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def a_digit() -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name="mnist")
-    request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 28, 28])
-    request.raw_input_contents.append(bytes(range(28)) * 28)
-    return request
-
-
 async def grpc_calls(url: str, calls: int, message: bytes | None) -> list[grpc.StatusCode]:
     """`calls` ModelInfer calls at once over 8 channels, each sending `message`, or (None) only its
     headers and never a message; how each ended."""
@@ -240,7 +245,7 @@ def test_grpc_calls_that_never_send_their_message_hold_no_one_else_up(dual_stack
     started = time.monotonic()
     thread.start()
     while thread.is_alive():
-        served.append(call_grpc(dual_stack.grpc_ipv6, "ModelInfer", a_digit()).model_name)
+        served.append(call_grpc(dual_stack.grpc_ipv6, "ModelInfer", one_digit_request()).model_name)
         time.sleep(0.05)
     thread.join()
     lasted = time.monotonic() - started
@@ -306,12 +311,7 @@ def stalled_upload(port: int, size: int, source: str) -> tuple[bytes, float]:
         sock.connect(("127.0.0.1", port))
         with contextlib.suppress(OSError):  # refused before it was all sent
             sock.sendall(head + b"--b\r\n" + bytes(size - 6))
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except OSError:
-            pass
+        answer = read_until_closed(sock)
     return answer, time.monotonic() - started
 
 

@@ -5,6 +5,8 @@ import base64
 import io
 import threading
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -464,18 +466,25 @@ async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thr
 ) -> None:
     """Up to `inline_pixels` in all, a request never queues behind big decodes holding the threads."""
     decoder = Decoder(DecodeLimits(inline_pixels=2 * 28 * 28), concurrency=1, wait_s=10)
+    async with the_one_thread_held(decoder):
+        two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
+        async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
+            await decoder.decode(two, Invert.AUTO)
+
+
+@asynccontextmanager
+async def the_one_thread_held(decoder: Decoder) -> AsyncIterator[None]:
+    """A big decode holds the decoder's one thread until the block ends."""
     started, release = threading.Event(), threading.Event()
 
     def big_decode() -> None:
         started.set()
         release.wait(10)
 
-    holder = asyncio.create_task(decoder.off_loop(big_decode))  # takes the one thread slot
+    holder = asyncio.create_task(decoder.off_loop(big_decode))
     assert await asyncio.to_thread(started.wait, 10)
     try:
-        two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
-        async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
-            await decoder.decode(two, Invert.AUTO)
+        yield
     finally:
         release.set()
         await holder
@@ -488,15 +497,7 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
     7 scans 5,488; a 28x28 TIFF in 32x32 tiles 1,024. Past the inline limit a request waits for a
     thread, and for no longer than the decoder's wait."""
     decoder = Decoder(DecodeLimits(inline_pixels=6 * 28 * 28), concurrency=1, wait_s=0.2)
-    started, release = threading.Event(), threading.Event()
-
-    def big_decode() -> None:
-        started.set()
-        release.wait(10)
-
-    holder = asyncio.create_task(decoder.off_loop(big_decode))  # takes the one thread slot
-    assert await asyncio.to_thread(started.wait, 10)
-    try:
+    async with the_one_thread_held(decoder):
         inline = [progressive(digits[0]), tiled_tiff(digits[0].numpy(), 32), encode(digits[0])]
         for data in inline:
             async with asyncio.timeout(5):
@@ -505,8 +506,5 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
             with pytest.raises(DecodersBusy) as busy:
                 await decoder.decode([Upload("file", "d", data)], Invert.AUTO)
             assert str(busy.value) == "all 1 decoding threads stayed busy for 0.2 s; try again shortly"
-    finally:
-        release.set()
-        await holder
     async with asyncio.timeout(5):  # the thread is free again: decoded there
         await decoder.decode([Upload("file", "d", scan_bomb(progressive(digits[0]), 7))], Invert.AUTO)
