@@ -9,7 +9,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from app.logs import Throttled
 
@@ -177,7 +177,10 @@ def speaks_v2(request: Request) -> bool:
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
-        refusals.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
+        kind = type(exc).__name__
+        refusals.warning(
+            kind, "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail
+        )
     body = {"error": exc.detail} if speaks_v2(request) else exc.body()
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -185,8 +188,8 @@ async def service_error_handler(request: Request, exc: Exception) -> JSONRespons
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own answers (an unknown path, a method not allowed), in the v2 shape there."""
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 405:
-        exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
+    if exc.status_code == 405 and (allowed := allowed_methods(request)) is not None:
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
     if speaks_v2(request):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
     return await http_exception_handler(request, exc)
@@ -195,11 +198,14 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
-def allowed_methods(request: Request) -> str:
-    """Every method some route takes at this path (asked of the router, method by method).
-    Starlette's 405 names only the methods of the first route it found there (`/train` is two
-    routes, POST and GET), which RFC 9110 says is wrong."""
+def allowed_methods(request: Request) -> str | None:
+    """Every method some route takes at this path (asked of the router, method by method), or
+    None under a mounted app (static files), which answers for itself. Starlette's 405 names only
+    the methods of the first route it found there (`/train` is two routes, POST and GET), which
+    RFC 9110 says is wrong."""
     routes = request.app.router.routes
+    if any(isinstance(route, Mount) and route.matches(request.scope)[0] is Match.FULL for route in routes):
+        return None
     allowed = [
         method
         for method in METHODS

@@ -78,11 +78,17 @@ def open_image(data: bytes, max_pixels: int, max_scans: int = DEFAULT_MAX_JPEG_S
             f"the {width}x{height} TIFF is stored in {tile_width}x{tile_height} tiles, which decode "
             f"{decoded} pixels; the limit is {max_pixels} pixels"
         )
-    if image.format == "JPEG" and (scans := jpeg_scans(data)) > max_scans:
+    if is_jpeg(image) and (scans := jpeg_scans(data)) > max_scans:
         raise ImageTooLarge(
             f"the JPEG holds {scans} scans, each a pass over all of its pixels; the limit is {max_scans}"
         )
     return image
+
+
+def is_jpeg(image: Image.Image) -> bool:
+    """JPEG data, also when an APP2 "MPF" block makes Pillow open it as MPO (whatever `formats`
+    says): its first frame is decoded by libjpeg, every scan of it."""
+    return image.format in ("JPEG", "MPO")
 
 
 def jpeg_scans(data: bytes) -> int:
@@ -94,7 +100,7 @@ def jpeg_scans(data: bytes) -> int:
 
 def decode_cost(image: Image.Image, data: bytes) -> int:
     """Pixels decoded, times the passes over them: what deciding where to decode weighs."""
-    passes = jpeg_scans(data) if image.format == "JPEG" else 1
+    passes = jpeg_scans(data) if is_jpeg(image) else 1
     return decoded_pixels(image) * max(1, passes)
 
 
@@ -310,10 +316,11 @@ class Decoder:
                 f"all {self._concurrency} decoding threads stayed busy for {self.wait_s:g} s; "
                 "try again shortly"
             ) from None
-        try:
-            return await asyncio.to_thread(work)
-        finally:
-            self._slots.release()
+        # The thread runs on if the caller is cancelled (a client gone, a deadline passed): its slot
+        # is given back when the work ends, not before, so cancelled calls cannot pile work up.
+        running = asyncio.ensure_future(asyncio.to_thread(work))
+        running.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.shield(running)
 
 
 def naming_the_file(error: ServiceError, uploads: list[Upload], index: int) -> ServiceError:

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -213,8 +214,9 @@ def client_of(request: Request) -> str:
 
 def client_of_peer(peer: str) -> str:
     """A gRPC client's address, from gRPC's peer string: `ipv4:10.0.0.7:5123` -> `10.0.0.7`,
-    `ipv6:[::1]:5123` -> `::1`; anything else (a Unix socket) as it is."""
-    kind, _, rest = peer.partition(":")
+    `ipv6:[::1]:5123` (or percent-encoded, `ipv6:%5B::1%5D:5123`) -> `::1`; anything else (a
+    Unix socket) as it is."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     if kind == "ipv6":

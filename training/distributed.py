@@ -181,3 +181,13 @@ def report_to_launcher(message: str, lost_peer: bool = False) -> None:
         return
     with contextlib.suppress(OSError), open(path, "w") as file:
         json.dump({"message": message, "timestamp": int(time.time()), LOST_PEER: lost_peer}, file)
+
+
+def loss_everywhere(loss: float, world: World, device: torch.device) -> float:
+    """The sum of every rank's loss (just `loss` in one process): NaN on one rank is NaN on all, so
+    that all ranks stop together when training diverges."""
+    if not world.distributed:
+        return loss
+    shared = torch.tensor([loss], dtype=torch.float64, device=device)
+    dist.all_reduce(shared)
+    return float(shared.item())

@@ -30,6 +30,7 @@ from training.distributed import (
     DEFAULT_RDZV_TIMEOUT_S,
     ONE_PROCESS,
     World,
+    loss_everywhere,
     process_group,
     rank_device,
     shard,
@@ -304,9 +305,9 @@ def run(
             train_loss = train_epoch(
                 trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
             )
-            if not math.isfinite(train_loss):
+            if not math.isfinite(summed := loss_everywhere(train_loss, world, device)):
                 raise TrainingDiverged(
-                    f"training diverged in epoch {epoch}: the training loss is {train_loss} "
+                    f"training diverged in epoch {epoch}: the training loss is {summed} "
                     f"(lr {lr:g}, momentum {config.momentum:g}, batch size {config.batch_size}); "
                     "no checkpoint was written: try a lower learning rate or momentum"
                 )

@@ -120,7 +120,7 @@ def rpc(
         except ServiceError as error:
             code, detail = STATUS_CODES.get(error.status_code, grpc.StatusCode.INTERNAL), error.detail
             if error.status_code >= 500:
-                refusals.warning("gRPC %s -> %s: %s", name, code.name, detail)
+                refusals.warning(code.name, "gRPC %s -> %s: %s", name, code.name, detail)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
             raise

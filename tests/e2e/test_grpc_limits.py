@@ -13,6 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.server import DualStackServer
+from tests.tools import polled
 from tests.v2_client import call_grpc, one_digit_request
 
 TIMEOUT_S = 2.0
@@ -66,6 +67,15 @@ class Stalled:
         self.channel.close()
 
 
+def grpc_outcome(url: str) -> grpc.RpcError | None:
+    """A one-digit ModelInfer call: its error, or None when it was answered."""
+    try:
+        call_grpc(url, "ModelInfer", one_digit_request())
+    except grpc.RpcError as error:
+        return error
+    return None
+
+
 def test_a_call_whose_message_never_comes_ends_at_the_body_timeout(server: DualStackServer) -> None:
     stalled = Stalled(server.grpc_ipv4, 1)
     try:
@@ -82,11 +92,12 @@ def test_a_client_keeps_only_its_share_of_calls_waiting_while_others_are_served(
 ) -> None:
     stalled = Stalled(server.grpc_ipv4, 4)
     try:
-        time.sleep(0.5)  # the four are waiting for their messages
-        with pytest.raises(grpc.RpcError) as refused:  # the same client's fifth: refused at once
-            call_grpc(server.grpc_ipv4, "ModelInfer", one_digit_request())
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert refused.value.details() == (
+        # The same client's next call: refused at once, once the four hold their room.
+        refused = polled(
+            lambda: grpc_outcome(server.grpc_ipv4), lambda error: error is not None, 10, 0.1, "a refusal"
+        )
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.details() == (
             "this client is sending 16777216 bytes of uploads at once already, its share of this server; "
             "send the next when one is answered"
         )

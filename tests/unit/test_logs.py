@@ -13,15 +13,17 @@ def test_a_storm_of_one_kind_of_warning_costs_a_line_an_interval(caplog: pytest.
     caplog.set_level(logging.WARNING, logger="app.test")
     for n in range(9_700):
         now[0] = 100.0 + n * 0.001  # 9.7 s of refusals
-        throttled.warning("gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", f"busy {n}")
-    throttled.warning("another kind: %s", "x")  # its own first line
+        throttled.warning("UNAVAILABLE", "gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", f"busy {n}")
+    throttled.warning("INTERNAL", "gRPC %s -> %s: %s", "ModelInfer", "INTERNAL", "a fault")  # never hidden
+    throttled.warning("x", "another template: %s", "x")  # its own first line
     now[0] = 110.0
-    throttled.warning("gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", "busy again")
+    throttled.warning("UNAVAILABLE", "gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", "busy again")
     assert caplog.messages == [
         "gRPC ModelInfer -> UNAVAILABLE: busy 0",
-        "another kind: x",
+        "gRPC ModelInfer -> INTERNAL: a fault",
+        "another template: x",
         "gRPC ModelInfer -> UNAVAILABLE: busy again (and 9699 more like it in the last 10 s)",
     ]
     now[0] = 120.0  # an interval later with nothing left out: a plain line
-    throttled.warning("gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", "quiet")
+    throttled.warning("UNAVAILABLE", "gRPC %s -> %s: %s", "ModelInfer", "UNAVAILABLE", "quiet")
     assert caplog.messages[-1] == "gRPC ModelInfer -> UNAVAILABLE: quiet"

@@ -281,6 +281,18 @@ def test_a_jpeg_with_more_scans_than_the_limit_is_refused_before_decoding(digits
     assert open_image(progressive(digits[0]), 784, max_scans=6).size == (28, 28)
 
 
+def test_a_jpeg_opened_as_mpo_has_its_scans_counted_too(digits: torch.Tensor) -> None:
+    """An APP2 "MPF" block makes Pillow open a JPEG as MPO, whatever formats it was asked for; its
+    first frame is still libjpeg's to decode, every scan of it."""
+    frames = [Image.fromarray(digits[n].numpy()) for n in range(2)]
+    mpo = saved(frames[0], "MPO", save_all=True, append_images=frames[1:], progressive=True)
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    scans = mpo.count(b"\xff\xda")
+    with pytest.raises(ImageTooLarge, match=f"holds {scans} scans"):
+        open_image(mpo, 784, max_scans=scans - 1)
+    assert open_image(mpo, 784, max_scans=scans).size == (28, 28)
+
+
 def samples_tiff(values: np.ndarray) -> bytes:
     """A one-channel TIFF of 32-bit samples: mode F for floats, I for integers."""
     return saved(Image.fromarray(values), "TIFF")
@@ -508,3 +520,30 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
             assert str(busy.value) == "all 1 decoding threads stayed busy for 0.2 s; try again shortly"
     async with asyncio.timeout(5):  # the thread is free again: decoded there
         await decoder.decode([Upload("file", "d", scan_bomb(progressive(digits[0]), 7))], Invert.AUTO)
+
+
+async def test_a_cancelled_request_keeps_its_thread_slot_until_its_work_ends() -> None:
+    """A client that goes away cannot free a slot its decode still uses: cancelled callers would
+    otherwise pile work up on threads past MNIST_DECODE_THREADS."""
+    decoder = Decoder(DecodeLimits(), concurrency=1, wait_s=0.2)
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        release.wait(10)
+
+    caller = asyncio.create_task(decoder.off_loop(work))
+    assert await asyncio.to_thread(started.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    with pytest.raises(DecodersBusy):  # the work goes on: its slot is still taken
+        await decoder.off_loop(lambda: None)
+    release.set()
+    async with asyncio.timeout(5):
+        while True:  # given back when the work ends
+            try:
+                await decoder.off_loop(lambda: None)
+                break
+            except DecodersBusy:
+                await asyncio.sleep(0.01)

@@ -182,3 +182,20 @@ def test_a_gpu_rank_under_torchrun_trains_over_nccl(tmp_path: Path, mnist_dir: P
     meta = load_checkpoint(tmp_path / "nccl.pt").metadata
     assert meta["distributed"]["backend"] == "nccl" and meta["distributed"]["world_size"] == 1
     assert meta["device"] == "cuda:0" and meta["test_accuracy"] > 80
+
+
+@pytest.mark.slow  # torchrun and its ranks, as real processes
+def test_a_run_that_diverges_stops_every_rank_saying_why(tmp_path: Path, mnist_dir: Path) -> None:
+    """The ranks add up their losses before judging: all stop together, with the reason."""
+    diverging = ["--lr", "10", "--momentum", "0.99", "--batch-size", "1", "--limit-train", "400"]
+    launcher = start(
+        training("--nproc-per-node", "2", "--device", "cpu", "--epochs", "1", *diverging, "--out", "m.pt"),
+        mnist_dir,
+        tmp_path,
+    )
+    code, stderr = finish(launcher, timeout_s=120)
+    assert code == 1
+    assert re.search(r"training diverged in epoch 1: the training loss is (nan|inf)", last_line(stderr)), (
+        stderr
+    )
+    assert not (tmp_path / "m.pt").exists()

@@ -210,6 +210,7 @@ async def test_a_body_that_stops_arriving_is_cut_off_after_the_idle_gap_not_the_
     [
         ("ipv4:10.0.0.7:5123", "10.0.0.7"),
         ("ipv6:[::1]:5123", "::1"),
+        ("ipv6:%5B::1%5D:5123", "::1"),  # as gRPC core writes it
         ("ipv6:[::ffff:127.0.0.1]:40000", "::ffff:127.0.0.1"),
         ("unix:/run/mnist.sock", "unix:/run/mnist.sock"),
     ],
