@@ -58,6 +58,7 @@ $("clear").addEventListener("click", () => { clearPad(); showNothing(); });
 $("predict").addEventListener("click", () => predictCanvas());
 
 function showNothing() {
+  newestRequest += 1;  // an answer still on its way is for what was cleared
   $("digit").textContent = "–";
   $("confidence").textContent = "–";
   $("bars").replaceChildren();
@@ -89,18 +90,25 @@ function showPrediction(result) {
   $("bars").replaceChildren(...bars);
 }
 
+// Only the newest request's answer is shown: an older one that arrives late (a drawing's, say,
+// after a file was chosen) must not overwrite it.
+let newestRequest = 0;
+
 async function predictBlob(blob, name) {
   const form = new FormData();
   form.append("file", blob, name);
+  const request = ++newestRequest;
   try {
     const response = await fetch("/predict?return_input=true", { method: "POST", body: form });
+    const shown = response.ok ? await response.json() : await detailOf(response);
+    if (request !== newestRequest) return;
     if (!response.ok) {
-      $("error").textContent = `Could not predict: ${await detailOf(response)}`;
+      $("error").textContent = `Could not predict: ${shown}`;
       return;
     }
-    showPrediction(await response.json());
+    showPrediction(shown);
   } catch (error) {
-    $("error").textContent = `Could not reach the server: ${error.message}`;
+    if (request === newestRequest) $("error").textContent = `Could not reach the server: ${error.message}`;
   }
 }
 

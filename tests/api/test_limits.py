@@ -273,7 +273,20 @@ async def test_v2_errors_quote_what_the_client_sent_cut_short(api: httpx.AsyncCl
         ({"inputs": [{**digit, "name": long}]}, "unknown input 'xxxx"),
         ({"inputs": [{**digit, "datatype": long}]}, "must be UINT8, got 'xxxx"),
         ({"inputs": [digit], "outputs": [{"name": long}]}, "unknown output 'xxxx"),
-        ({"inputs": [{**digit, "name": long, "data": None}]}, "has neither data nor"),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": ["aGk="],
+                        "parameters": {"invert": long},
+                    }
+                ]
+            },
+            "must be auto, true or false, got 'xxxx",
+        ),
         ({"inputs": [{**digit, "shape": [1] * 100_000}]}, "(100000 dimensions)"),
     ]
     for body, said in cases:
