@@ -82,12 +82,12 @@ class Settings(BaseSettings):
         0.25,
         gt=0,
         le=1,
-        description="share of the upload budget and of gRPC calls one client address may hold at once",
+        description="share of the upload budget (HTTP bodies, gRPC messages) one client address may hold",
     )
     grpc_max_message_bytes: int = Field(
         4 * 1024 * 1024,
         ge=64 * 1024,
-        description="largest gRPC request message; calls at once are capped so that they fit the budget",
+        description="largest gRPC request message; each call holds room for one in the upload budget",
     )
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
     low_confidence: float = Field(

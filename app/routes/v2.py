@@ -148,7 +148,7 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
                 most_values=protocol.most_values(services.engine),
             )
 
-        parsed = await services.decoder.off_loop(parse) if len(body) > protocol.OFF_LOOP_BYTES else parse()
+        parsed = await protocol.parsed(len(body), parse, services.decoder)
         result = await protocol.infer(
             parsed, model_name, model_version, services.engine, services.decoder, settings.max_upload_bytes
         )

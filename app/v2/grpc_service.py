@@ -62,10 +62,10 @@ REQUESTS: dict[str, type[Message]] = {
 }
 
 
-def calls_per_client(settings: Settings) -> int:
+def calls_per_client(bodies: Bodies, settings: Settings) -> int:
     """How many calls one client's share of the budget holds room for (see `rpc`): also one
     connection's stream cap, since a connection has one client."""
-    return max(1, int(settings.max_buffered_bytes * settings.client_share) // settings.grpc_max_message_bytes)
+    return max(1, bodies.client_budget // settings.grpc_max_message_bytes)
 
 
 async def received(requests: AsyncIterator[bytes], timeout_s: float) -> bytes:
@@ -110,10 +110,7 @@ def rpc(
                 raw = await received(requests, service.settings.body_timeout_s)
                 size = len(raw)
                 held.resize(size)
-                if len(raw) > protocol.OFF_LOOP_BYTES:
-                    request = await service.decoder.off_loop(lambda: parse(kind, raw))
-                else:
-                    request = parse(kind, raw)
+                request = await protocol.parsed(size, lambda: parse(kind, raw), service.decoder)
                 raw = b""  # the parsed message holds its own copy
                 response: Message = await method(request, context)
                 return response
@@ -194,10 +191,7 @@ class InferenceService:
         protocol.check_declared(
             declared_request_of(request), request.model_name, request.model_version or None, self.engine
         )
-        if request.ByteSize() > protocol.OFF_LOOP_BYTES:
-            parsed = await self.decoder.off_loop(lambda: infer_request_of(request))
-        else:
-            parsed = infer_request_of(request)
+        parsed = await protocol.parsed(request.ByteSize(), lambda: infer_request_of(request), self.decoder)
         result = await protocol.infer(
             parsed,
             request.model_name,
@@ -303,7 +297,7 @@ async def start_grpc_server(
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-            ("grpc.max_concurrent_streams", calls_per_client(settings)),
+            ("grpc.max_concurrent_streams", calls_per_client(bodies, settings)),
             # Each stream's window stays at its first 64 KiB until its handler asks for the message:
             # BDP probing would widen every window, and gRPC would read whole messages unasked.
             ("grpc.http2.bdp_probe", 0),

@@ -7,7 +7,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ BATCHES_PER_REQUEST = 16
 BYTES_PREFIX = struct.Struct("<I")  # a BYTES element's length, before its bytes
 # Requests larger than this are parsed on a thread: the event loop never stalls on one.
 OFF_LOOP_BYTES = 256 * 1024
+T = TypeVar("T")
 # Normalised grey levels lie in [-0.42, 2.82]; far past that a client sent something else.
 MAX_NORMALISED = 1000.0
 
@@ -335,6 +336,12 @@ def invert_of(parameters: dict[str, Any]) -> Invert:
         return Invert(text)
     except ValueError:
         raise BadRequest(f"parameter 'invert' must be auto, true or false, got {shown(value)}") from None
+
+
+async def parsed(size: int, parse: Callable[[], T], decoder: Decoder) -> T:
+    """`parse()` of a request of `size` bytes: on a decoding thread past OFF_LOOP_BYTES, here below
+    it (a hand-off to a thread costs more than a small parse)."""
+    return await decoder.off_loop(parse) if size > OFF_LOOP_BYTES else parse()
 
 
 def check_declared(
