@@ -19,6 +19,7 @@ MNIST_KEEP_ALIVE_S.
 """
 
 import asyncio
+from collections.abc import Callable
 from typing import ClassVar
 
 from app.config import Settings
@@ -52,18 +53,18 @@ try:
                     settings.header_timeout_s,
                     settings.body_timeout_s,
                 )
-            self._head_timer: asyncio.TimerHandle | None = None
-            self._rest_timer: asyncio.TimerHandle | None = None
+            # One deadline at a time: the head's (from the connection, or the next request's first
+            # byte), then the rest of the request's (from its head), none between requests.
+            self._deadline: asyncio.TimerHandle | None = None
             self._head_bytes = 0
             self._unparsed = 0  # bytes received since the parser last got somewhere
             self._refused = False
             self._in_head = True  # between a request's first byte (or the connection's) and its body
             super().connection_made(transport)
-            self._time_head()  # a connection that never sends a byte is closed too
+            self._time(self.header_timeout_s, self._head_too_slow)  # a connection that says nothing too
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timing()
-            self._stop_timing_rest()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -77,8 +78,8 @@ try:
 
         def on_message_begin(self) -> None:
             self._parsed()
-            if self._head_timer is None:  # the next request on a kept-alive connection
-                self._time_head()
+            if self._deadline is None:  # the next request on a kept-alive connection
+                self._time(self.header_timeout_s, self._head_too_slow)
             self._head_bytes = 0
             self._in_head = True
             super().on_message_begin()
@@ -94,9 +95,8 @@ try:
 
         def on_headers_complete(self) -> None:
             self._parsed()
-            self._stop_timing()
             self._in_head = False
-            self._time_rest()
+            self._time(self.body_timeout_s, self._rest_too_slow)
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -111,7 +111,7 @@ try:
 
         def on_message_complete(self) -> None:
             self._parsed()
-            self._stop_timing_rest()
+            self._stop_timing()
             super().on_message_complete()
             # Answered before its body was read (a refusal): the body's arrival cancelled uvicorn's
             # keep-alive timer, which nothing would start again; idle from now on, so time it.
@@ -135,20 +135,20 @@ try:
         def _parsed(self) -> None:
             self._unparsed = 0
 
-        def _time_rest(self) -> None:
-            self._stop_timing_rest()
-            self._rest_timer = self.loop.call_later(self.body_timeout_s, self._rest_too_slow)
+        def _time(self, delay_s: float, too_slow: Callable[[], None]) -> None:
+            self._stop_timing()
+            self._deadline = self.loop.call_later(delay_s, too_slow)
 
-        def _stop_timing_rest(self) -> None:
-            if self._rest_timer is not None:
-                self._rest_timer.cancel()
-                self._rest_timer = None
+        def _stop_timing(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
 
         def _rest_too_slow(self) -> None:
             """The request's body or trailers did not arrive whole in time. A request the app
             has answered is closed; one it has not is answered first (a route reading the body
             says 408 on its own, at about this time), then closed."""
-            self._rest_timer = None
+            self._deadline = None
             if self.transport.is_closing():
                 return
             if self.cycle is None or self.cycle.response_complete:
@@ -156,22 +156,13 @@ try:
             else:
                 self.cycle.keep_alive = False
 
-        def _time_head(self) -> None:
-            self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
-
-        def _stop_timing(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
         def _head_too_slow(self) -> None:
-            self._head_timer = None
+            self._deadline = None
             if not self.transport.is_closing():
                 self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s")
 
         def _refuse(self, status: int, message: str) -> None:
             self._stop_timing()
-            self._stop_timing_rest()
             self._refused = True
             body = message.encode()
             if self._in_head:  # past its head, a request may be mid-answer: close only
