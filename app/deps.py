@@ -10,15 +10,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.batching import BatchingEngine
 from app.config import Settings
 from app.errors import Unauthorized
-from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
+from app.predict.batching import BatchingEngine
+from app.records.follower import ModelFollower
+from app.records.versions import ModelVersions
 from app.services import Services
-from app.versions import ModelVersions
 
 
 def services_of(request: Request) -> Services:

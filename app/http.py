@@ -10,7 +10,7 @@ that arrive without the parser getting anywhere are counted too: past MNIST_MAX_
 connection is refused while the line is still arriving. After its head, the rest of a request (its
 body, chunked or not, and its trailers) must arrive within MNIST_BODY_TIMEOUT_S, whether the app
 reads it or not; a request answered before its body came is then closed. What the app reads of a
-body is bounded in app/uploads.py; idle keep-alive connections are closed by uvicorn after
+body is bounded in app/predict/uploads.py; idle keep-alive connections are closed by uvicorn after
 MNIST_KEEP_ALIVE_S.
 
 `python -m app` runs uvicorn with `http=PROTOCOL`. Without httptools (uvicorn without its

@@ -14,9 +14,10 @@ from app import __version__
 from app.config import LOG_FORMAT, Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import health, model, page, predict, train, v2
+from app.routes import health, model, page, predict, train
 from app.schemas import TrainRequest
 from app.services import running_services
+from app.v2 import routes as v2
 
 log = logging.getLogger("app")
 

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
-from app.batching import BatchingEngine
 from app.config import SHUTDOWN_GRACE_S, Settings
-from app.db import Database, database_url
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
-from app.follower import ModelFollower
 from app.jobs.runner import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
-from app.model_store import S3ModelStore, open_model_store
-from app.preprocess import DecodeLimits, Decoder
-from app.uploads import Bodies
-from app.versions import Adopt, ModelVersions
+from app.predict.batching import BatchingEngine
+from app.predict.preprocess import DecodeLimits, Decoder
+from app.predict.uploads import Bodies
+from app.records.database import Database, database_url
+from app.records.follower import ModelFollower
+from app.records.model_store import S3ModelStore, open_model_store
+from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
 

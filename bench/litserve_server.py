@@ -12,8 +12,8 @@ import torch
 from fastapi import Request
 
 from app.config import LOW_CONFIDENCE
-from app.predictions import prediction
-from app.preprocess import preprocess
+from app.predict.answers import prediction
+from app.predict.preprocess import preprocess
 from models.checkpoint import load_checkpoint
 
 

@@ -13,8 +13,8 @@ import torch
 from fastapi import FastAPI, File, UploadFile
 
 from app.config import LOW_CONFIDENCE
-from app.predictions import prediction
-from app.preprocess import preprocess
+from app.predict.answers import prediction
+from app.predict.preprocess import preprocess
 from models.checkpoint import load_checkpoint
 
 device = torch.device("cuda" if os.environ.get("MNIST_DEVICE") == "cuda" else "cpu")

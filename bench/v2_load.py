@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from app.batching import for_serving
 from app.config import available_cores, default_workers
+from app.predict.batching import for_serving
 from bench.model_speed import images_per_second
 from bench.serve_load import Server, prepared, running, wrk
 from models.checkpoint import load_checkpoint

@@ -14,12 +14,12 @@ What happens when a job succeeds, step by step:
 3. A process that trains (MNIST_ROLE all or trainer; this one is woken at once, others poll) claims
    it in `_claim_jobs` -> `JobStore.claim`: the job is now `running`, owned by that process.
 4. `_run_child` starts `python -m training` (training/__main__.py -> `run` in training/loop.py) with
-   one flag per hyperparameter given (`cli_flag`), `--out` in `<state>/incoming/` (app/versions.py)
+   one flag per hyperparameter given (`cli_flag`), `--out` in `<state>/incoming/` (app/records/versions.py)
    and `--events - --quiet`, and keeps the job's heartbeat while the child lives.
 5. `_read_events` folds each JSON line on the child's stdout into the record's `progress`; stderr
    lines are kept only to explain a crash.
 6. The child saves the checkpoint atomically (`save_checkpoint`, models/checkpoint.py) and exits 0.
-7. `_finish` -> `_judge`: `ModelVersions.keep` puts the weights in the model store (app/model_store.py)
+7. `_finish` -> `_judge`: `ModelVersions.keep` puts the weights in the model store
    and records the version, whatever comes next. The rule (app/jobs/promotion.py) then compares it
    with the active version on the same test data (the active one measured first by a child,
    `python -m training.evaluate`, when its record has no figures on that data): below
@@ -27,7 +27,7 @@ What happens when a job succeeds, step by step:
    else `ModelVersions.promote` makes it active, unless another version was activated meanwhile
    (then it is judged again against that one). Retried while the database or store is out.
 8. The record ends `succeeded` with the new `model_version`, its `test_accuracy` and how it was
-   judged (`promotion`); `promoted` (`ModelFollower.check`, app/follower.py) swaps it in here at
+   judged (`promotion`); `promoted` (`ModelFollower.check`, app/records/follower.py) swaps it in here at
    once, and the followers of every other process and replica do the same within
    MNIST_MODEL_POLL_S (`BatchingEngine.swap`).
 """
@@ -46,11 +46,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from app.db import now_iso
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.jobs.promotion import CannotCompare, Outcome, PromoteRule, Standing, Verdict, difference, judge
 from app.jobs.store import Beat, Job, JobStatus, JobStore
-from app.versions import ModelVersions
+from app.records.database import now_iso
+from app.records.versions import ModelVersions
 from models.checkpoint import CheckpointError
 from models.events import TrainingEvent
 from models.hyperparameters import cli_flag, hyperparameter_fields
@@ -272,7 +272,7 @@ class JobManager:
                         break
                     self._start(job)
             except RecordsUnavailable:
-                pass  # logged by app.db; all of it resumes with the database
+                pass  # logged by app.records.database; all of it resumes with the database
             except Exception:
                 log.exception("tending training jobs failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -382,7 +382,7 @@ class JobManager:
                 if beat is not Beat.ALIVE:  # the training child, or the measuring one after it
                     await self._terminate(self._children.get(job_id, child))
             except RecordsUnavailable:
-                pass  # the child trains on; beats resume with the database (logged by app.db)
+                pass  # the child trains on; beats resume with the database (logged by app.records.database)
             await asyncio.sleep(self.heartbeat_s)
 
     async def _read_events(

@@ -1,4 +1,4 @@
-"""Job records in the database (app/db.py), shared by every server process and replica, and the
+"""Job records in the database (app/records/database.py), shared by every server process and replica, and the
 trainers that run them.
 
 The rules live here, in serialised write transactions, not in a variable of one process: every
@@ -40,8 +40,8 @@ from sqlalchemy import (
     update,
 )
 
-from app.db import Database, now_iso
 from app.errors import JobConflict, JobNotFound, NoTrainer
+from app.records.database import Database, now_iso
 
 
 class JobStatus(StrEnum):
@@ -63,7 +63,7 @@ class JobStatus(StrEnum):
 ACTIVE = [status.value for status in JobStatus if status.active]
 JOB_ID = re.compile(r"[0-9a-f]{12}")
 
-# The jobs table as the migrations leave it (app/migrations/versions).
+# The jobs table as the migrations leave it (app/records/migrations/versions).
 jobs = Table(
     "jobs",
     MetaData(),

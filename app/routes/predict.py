@@ -7,10 +7,10 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import services_of
 from app.errors import FileTooLarge, MissingField, TooManyFiles
-from app.predictions import prediction
-from app.preprocess import Invert
+from app.predict.answers import prediction
+from app.predict.preprocess import Invert
+from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
-from app.uploads import Upload
 
 router = APIRouter(tags=["predict"])
 

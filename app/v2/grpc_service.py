@@ -15,14 +15,14 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
-from app.batching import BatchingEngine
 from app.config import Settings
 from app.errors import BadRequest, NoModel, RequestTimeout, ServiceError
 from app.logs import Throttled
 from app.memory import Trimmer
 from app.metrics import Metrics
-from app.preprocess import Decoder
-from app.uploads import Bodies, client_of_peer
+from app.predict.batching import BatchingEngine
+from app.predict.preprocess import Decoder
+from app.predict.uploads import Bodies, client_of_peer
 from app.v2 import grpc_predict_v2_pb2 as pb
 from app.v2 import protocol
 from app.v2.protocol import InferRequest, InferResult, InputTensor, RequestedOutput

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from app import __version__
-from app.batching import BatchingEngine
 from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
-from app.preprocess import Decoder, Invert, normalise
-from app.uploads import Upload
+from app.predict.batching import BatchingEngine
+from app.predict.preprocess import Decoder, Invert, normalise
+from app.predict.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 
 MODEL_NAME = "mnist"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from app import preprocess
-from app.preprocess import Invert
+from app.predict import preprocess
+from app.predict.preprocess import Invert
 from tests.asgi import Serve
 from tests.images import encode, saved, scan_bomb, tile_bomb
 from tests.uploads import image_file

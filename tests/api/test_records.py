@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.db import Database, database_url
 from app.jobs.store import JobStore
+from app.records.database import Database, database_url
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer

@@ -11,9 +11,9 @@ import boto3
 import httpx
 import pytest
 
-from app.db import Database, database_url
-from app.model_store import S3ModelStore
-from app.versions import ModelVersions
+from app.records.database import Database, database_url
+from app.records.model_store import S3ModelStore
+from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.postgres import PostgresServer

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.batching import BatchingEngine, EngineObservers, Pending, collect_batch
 from app.errors import InferenceFailed, InferenceTimeout, NoModel, QueueFull, ShuttingDown
+from app.predict.batching import BatchingEngine, EngineObservers, Pending, collect_batch
 from models.checkpoint import LoadedCheckpoint
 from models.cnn import Net
 from tests.tolerances import assert_log_probs_close

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.db import database_url
+from app.records.database import database_url
 
 
 @pytest.mark.parametrize(

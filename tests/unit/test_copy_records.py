@@ -1,4 +1,4 @@
-"""Carrying one machine's history to shared records: `python -m app.copy_records` copies jobs,
+"""Carrying one machine's history to shared records: `python -m app.records.copy` copies jobs,
 versions (with their weights, into a real S3 store) and the active version from the state folder's
 SQLite into a real PostgreSQL, and copies nothing twice."""
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.copy_records import copy_records
-from app.db import Database, database_url
 from app.jobs.store import JobStore
-from app.model_store import LocalModelStore, S3ModelStore
-from app.versions import ModelVersions
+from app.records.copy import copy_records
+from app.records.database import Database, database_url
+from app.records.model_store import LocalModelStore, S3ModelStore
+from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
@@ -73,7 +73,7 @@ def test_the_command_says_what_it_copied_and_copies_nothing_twice(
     command = [
         sys.executable,
         "-m",
-        "app.copy_records",
+        "app.records.copy",
         "--state-dir",
         str(state),
         "--to",

@@ -17,9 +17,9 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, literal, select, update
 
-from app.db import Clock, Database, alembic_config, database_url
 from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
 from app.jobs.store import Beat, Job, JobStatus, JobStore, jobs
+from app.records.database import Clock, Database, alembic_config, database_url
 from tests.postgres import PostgresServer
 
 # The stale window of the tests that judge heartbeats (the service's default is 15 s).

@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable
-from app.model_store import LocalModelStore, S3ModelStore
+from app.records.model_store import LocalModelStore, S3ModelStore
 from models.checkpoint import load_checkpoint
 from tests.s3 import S3Server
 from tests.unit.test_versions import flipped

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage
-from app.preprocess import (
+from app.predict.preprocess import (
     MIN_CONTRAST,
     DecodeLimits,
     Decoder,
@@ -29,7 +29,7 @@ from app.preprocess import (
     to_gray,
     to_tensor,
 )
-from app.uploads import Upload
+from app.predict.uploads import Upload
 from tests.images import (
     black_on_white,
     encode,

@@ -16,7 +16,7 @@ from app.errors import (
     UnsupportedMediaType,
     UploadsBusy,
 )
-from app.uploads import Bodies, Upload, boundary_of, client_of_peer, parse_multipart
+from app.predict.uploads import Bodies, Upload, boundary_of, client_of_peer, parse_multipart
 
 
 def part(disposition: bytes | None, data: bytes) -> bytes:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.db import Database, database_url
 from app.errors import ModelObjectCorrupt, VersionNotFound
-from app.model_store import LocalModelStore
-from app.versions import Adopt, ModelVersions
+from app.records.database import Database, database_url
+from app.records.model_store import LocalModelStore
+from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import load_checkpoint, metadata_path, save_checkpoint
 
 

@@ -20,7 +20,7 @@ import torch
 from app.errors import InferenceFailed, InferenceTimeout, NoModel, QueueFull, ShuttingDown
 from models.checkpoint import LoadedCheckpoint
 
-log = logging.getLogger("app.batching")
+log = logging.getLogger("app.predict.batching")
 
 
 def for_serving(checkpoint: LoadedCheckpoint) -> LoadedCheckpoint:

@@ -1,8 +1,8 @@
 """Model versions: every promoted checkpoint's weights are kept in the model store
-(app/model_store.py), its metadata recorded in the database (app/db.py), and one version is the
-active one there, with when and by whom it was activated.
+(app/records/model_store.py), its metadata recorded in the database (app/records/database.py), and
+one version is the active one there, with when and by whom it was activated.
 
-The active version is a database fact: every server process follows it (app/follower.py). Activating
+The active version is a database fact: every server process follows it (app/records/follower.py). Activating
 (a promotion or a rollback) checks the weights are sound, records it, and also copies them onto
 MNIST_MODEL_PATH, so that file keeps holding the active model on one machine. A checkpoint found
 at MNIST_MODEL_PATH that the database does not know (the tutorial's file, or one written by hand with
@@ -32,9 +32,9 @@ from sqlalchemy import (
     select,
 )
 
-from app.db import Database, Threads, now_iso
 from app.errors import ModelObjectCorrupt, VersionNotFound
-from app.model_store import LocalModelStore, ModelStore
+from app.records.database import Database, Threads, now_iso
+from app.records.model_store import LocalModelStore, ModelStore
 from models.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -44,7 +44,7 @@ from models.checkpoint import (
     sha256_bytes,
 )
 
-log = logging.getLogger("app.versions")
+log = logging.getLogger("app.records.versions")
 
 tables = MetaData()
 model_versions = Table(

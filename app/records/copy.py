@@ -1,4 +1,4 @@
-"""`python -m app.copy_records --to postgresql://...`: carry one machine's history to shared records.
+"""`python -m app.records.copy --to postgresql://...`: carry one machine's history to shared records.
 
 Moving from the single-machine default (SQLite in MNIST_STATE_DIR, weights in `<state>/models/`)
 to PostgreSQL and an S3 store starts with empty records; this copies the jobs, the model versions
@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import Table, select
 
 from app.config import LOG_FORMAT, Settings
-from app.db import Database, database_url
 from app.jobs.store import jobs
-from app.model_store import LocalModelStore, S3ModelStore, open_model_store
-from app.versions import active_model, model_versions
+from app.records.database import Database, database_url
+from app.records.model_store import LocalModelStore, S3ModelStore, open_model_store
+from app.records.versions import active_model, model_versions
 
-log = logging.getLogger("app.copy_records")
+log = logging.getLogger("app.records.copy")
 
 
 def missing_rows(source: Database, target: Database, table: Table, key: str) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ MNIST_MODEL_STORE is `s3://bucket/prefix` (several machines). Content-addressed 
 Every read is verified: a server only loads weights whose sha256 is the one recorded for their
 version, so a corrupted or tampered object is refused and the model being served stays. S3 objects
 are downloaded once into a local cache (`<state>/cache/models/`) and served from there.
-The metadata of a version lives in the database (app/versions.py); a local copy gets it beside the
+The metadata of a version lives in the database (app/records/versions.py); a local copy gets it beside the
 weights (`<version>.json`, the checkpoint format), so `load_checkpoint` reads both as usual.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable
 from models.checkpoint import VERSION_LENGTH, atomic_write_bytes, metadata_path, sha256_bytes
 
-log = logging.getLogger("app.model_store")
+log = logging.getLogger("app.records.model_store")
 
 
 def metadata_bytes(metadata: dict[str, Any]) -> bytes:

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from app.batching import BatchingEngine
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.metrics import Metrics
-from app.versions import Adopt, ModelVersions, metadata_agrees
+from app.predict.batching import BatchingEngine
+from app.records.versions import Adopt, ModelVersions, metadata_agrees
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, metadata_path
 
-log = logging.getLogger("app.follower")
+log = logging.getLogger("app.records.follower")
 
 Fingerprint = tuple[tuple[int, int, int], ...]
 # Longest wait before a failed swap is tried again.
@@ -91,7 +91,7 @@ class ModelFollower:
             try:
                 active = await self.records(self.versions.active_metadata)
             except RecordsUnavailable:
-                return  # logged by app.db; keep serving what we serve
+                return  # logged by app.records.database; keep serving what we serve
             if active is not None:
                 await self._follow(active)
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.preprocess import png_data_url
+from app.predict.preprocess import png_data_url
 
 
 def prediction(

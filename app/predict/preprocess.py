@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
 from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
-from app.uploads import Upload
+from app.predict.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
 
 T = TypeVar("T")

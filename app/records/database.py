@@ -4,7 +4,7 @@ MNIST_DATABASE_URL names one (several machines). One code path serves both, thro
 Writes that must see a consistent table (the one-job rule, claiming, reaping) run in `write()`:
 on SQLite an immediate transaction (one writer at a time across processes), on PostgreSQL a
 transaction holding an advisory lock, so the rule is enforced by the database, not by a process.
-The schema is versioned with Alembic (app/migrations) and brought up to date before the first
+The schema is versioned with Alembic (app/records/migrations) and brought up to date before the first
 transaction that needs it: at startup when the database answers, else when it first does (the
 server serves predictions meanwhile), and on SQLite again if the state folder is deleted under a
 running server.
@@ -32,7 +32,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import RecordsUnavailable
 
-log = logging.getLogger("app.db")
+log = logging.getLogger("app.records.database")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: the key of the advisory lock that serialises job-table writes on PostgreSQL.
@@ -41,7 +41,7 @@ WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
 FIRST_REVISION = "0001"
 # Threads for record calls: their own pool, so a database that hangs cannot take the threads that
 # decode uploads (asyncio's default pool) away from /predict. Model-store calls (slow downloads,
-# uploads) have a pool of their own too (app/versions.py), so they cannot delay heartbeats.
+# uploads) have a pool of their own too (app/records/versions.py), so they cannot delay heartbeats.
 RECORD_THREADS = 4
 
 P = ParamSpec("P")
