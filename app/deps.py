@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.errors import Unauthorized
-from app.jobs.runner import JobManager
+from app.jobs.scheduler import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.jobs.promotion import PromoteRule
 from app.jobs.store import JobStatus
+from models.comparison import Standing
 from models.hyperparameters import bounds_of, hyperparameter_fields, value_type
 
 
@@ -135,12 +136,6 @@ class JobProgress(BaseModel):
     )
 
 
-class Standing(BaseModel):
-    model_version: str
-    test_accuracy: float | None
-    test_loss: float | None
-
-
 class Promotion(BaseModel):
     """How a finished job's model was judged against the active one."""
 
@@ -189,9 +184,12 @@ class CardComparison(BaseModel):
 
     a: dict[str, Any]
     b: dict[str, Any]
-    difference: dict[str, Any] = Field(
-        description="test_accuracy, test_loss, per_class_accuracy and confusion_matrix of b minus a; "
-        "null where a card lacks the figure"
+    not_comparable: str | None = Field(
+        description="why the two cannot be compared (not measured on the same test data); null when they can"
+    )
+    difference: dict[str, Any] | None = Field(
+        description="test_accuracy, test_loss, per_class_accuracy and confusion_matrix of b minus a, "
+        "each null where a card lacks the figure; null when the two cannot be compared"
     )
 
 

@@ -14,7 +14,7 @@ import torch
 
 from app.config import SHUTDOWN_GRACE_S, Settings
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
-from app.jobs.runner import JobManager
+from app.jobs.scheduler import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
@@ -78,7 +78,7 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
         # Serving needs none of the records: a database that is out (or a full state disk) is
         # logged, and the schema is made when it first answers.
         with contextlib.suppress(RecordsUnavailable):
-            await database.run(database.ensure_schema)
+            await database.aensure_schema()
         store = JobStore(database, stale_after_s=settings.job_stale_after_s)
         model_store = open_model_store(settings.model_store, settings.state_dir)
         if isinstance(model_store, S3ModelStore):
@@ -87,7 +87,7 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
         versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
         try:
             try:
-                await versions.run(versions.record_kept_files)  # a state folder from before version records
+                await versions.arecord_kept_files()  # a state folder from before version records
             except (RecordsUnavailable, OSError) as exc:
                 log.warning("kept model files not recorded at startup: %s", exc)
             yield store, versions
@@ -128,9 +128,7 @@ async def serving(
         # records: the active version wins; the file is the first version only when there is none.
         when = Adopt.ALWAYS if store.database.sqlite else Adopt.FIRST
         try:
-            await versions.run(
-                versions.adopt, settings.model_path, f"{settings.model_path.name} at startup", when
-            )
+            await versions.aadopt(settings.model_path, f"{settings.model_path.name} at startup", when)
         except (ModelStoreUnavailable, ModelObjectCorrupt, RecordsUnavailable, OSError) as exc:
             log.warning("serving %s without recording it as a version: %s", settings.model_path, exc)
     metrics.set_model(checkpoint.version if checkpoint else None, checkpoint.arch if checkpoint else None)
@@ -158,21 +156,7 @@ async def serving(
             settings.role,
             settings.public(),
         )
-        jobs = JobManager(
-            store,
-            versions,
-            follower.check if serves else nothing_to_swap,
-            trains=settings.role != "api",
-            trainer=settings.trainer_name or "",
-            slots=settings.train_slots,
-            queue=settings.train_queue,
-            device=settings.device,
-            threads=settings.train_threads,
-            max_procs=settings.train_max_procs,
-            data_dir=settings.data_dir,
-            priority=settings.train_priority,
-            heartbeat_s=settings.job_heartbeat_s,
-        )
+        jobs = JobManager(store, versions, follower.check if serves else nothing_to_swap, settings)
         await jobs.start()
         decoder = decoder_for(settings)
         bodies = Bodies(

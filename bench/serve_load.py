@@ -6,6 +6,7 @@ MNIST digit as a multipart PNG upload. The load comes from `wrk` (C, one thread)
 installed, else from `bench/loadgen.py` (Python, several processes); `--client` chooses.
 
     MNIST_DATA_DIR=../shared/mnist python -m bench.serve_load [--duration 10] [--repeats 3] [--json F]
+        [--baseline DIR]   # also serve another checkout's code, side by side in the same rounds
 
 LitServe is measured when it is installed (`pip install -e .[bench]`). Without --model it trains a
 quick model into a temporary folder.
@@ -64,6 +65,7 @@ class Server:
     port: int
     ready_path: str
     batch_metric: bool = False
+    code: Path | None = None  # another checkout's code, served instead of this one (--baseline)
 
 
 # (port, concurrency, seconds) -> one measurement of POST /predict
@@ -180,9 +182,11 @@ def prepared(tmp: Path, model: str | None, client_kind: str) -> tuple[Path, str,
 def running(server: Server, client: LoadClient) -> Iterator[None]:
     """The server started in its own process group, ready; on exit the whole group is gone."""
     output = tempfile.TemporaryFile()  # noqa: SIM115 - a file, so a chatty server never blocks
+    code = {"PYTHONPATH": str(server.code)} if server.code is not None else {}
     process = subprocess.Popen(
         server.command,
-        env={**os.environ, **server.env},
+        env={**os.environ, **server.env, **code},
+        cwd=server.code,
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -275,7 +279,18 @@ def main() -> None:
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto", help="load generator")
     parser.add_argument("--no-training-row", action="store_true", help="skip the 'during training' row")
     parser.add_argument("--json", help="also write the table to this file as JSON")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of other code (git worktree add DIR REV) served as the 'baseline' server, "
+        "beside 'ours' in the same rounds: a change measured against the code before it",
+    )
     args = parser.parse_args()
+    names = args.servers.split(",")
+    if args.baseline is not None and "baseline" not in names:
+        names.insert(names.index("ours") + 1 if "ours" in names else 0, "baseline")
+    if "baseline" in names and args.baseline is None:
+        parser.error("the baseline server needs --baseline DIR")
 
     # A SIGTERM (a stage timeout) says where it found us, then unwinds normally, so every server's
     # process group is stopped.
@@ -302,6 +317,15 @@ def main() -> None:
 
         servers = {
             "ours": ours("ours (python -m app)", 8011),
+            "baseline": Server(
+                f"baseline: python -m app of {args.baseline}",
+                [python, "-m", "app"],
+                {**env, "MNIST_PORT": "8016"},
+                8016,
+                "/readyz",
+                batch_metric=True,
+                code=args.baseline.resolve() if args.baseline else None,
+            ),
             "ours-cpu": ours("ours (python -m app) on the CPU", 8015, MNIST_DEVICE="cpu"),
             "ours-1proc": ours("ours, 1 process", 8012, MNIST_WORKERS="1"),
             "naive": Server(
@@ -320,7 +344,7 @@ def main() -> None:
             ),
         }
         training_rows: list[tuple[Result, Result]] = []
-        chosen = [name for name in args.servers.split(",") if name != "litserve" or litserve_installed()]
+        chosen = [name for name in names if name != "litserve" or litserve_installed()]
         runs: dict[str, dict[int, list[Result]]] = {name: {c: [] for c in levels} for name in chosen}
         for _ in range(args.repeats):  # rounds, so drift in machine load hits every server alike
             for name in chosen:

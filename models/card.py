@@ -73,30 +73,3 @@ def card_of(metadata: dict[str, Any]) -> dict[str, Any]:
     """A version's card from its recorded metadata (None where it was never measured: a
     tutorial-made file adopted as it is)."""
     return {name: metadata.get(name) for name in CARD_FIELDS}
-
-
-def compare_cards(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """b minus a, for every figure both cards have: accuracy and loss, each digit's accuracy, each
-    cell of the confusion matrix (positive: b puts more digits there)."""
-
-    def minus(x: Any, y: Any) -> Any:
-        """y - x, element by element; None where either lacks it or they do not match in shape."""
-        if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
-            differences = [minus(p, q) for p, q in zip(x, y, strict=True)]
-            return None if None in differences else differences
-        numbers = (int, float)
-        if (
-            isinstance(x, numbers)
-            and isinstance(y, numbers)
-            and not isinstance(x, bool)
-            and not isinstance(y, bool)
-        ):
-            return round(y - x, 6)
-        return None
-
-    return {
-        "test_accuracy": minus(a.get("test_accuracy"), b.get("test_accuracy")),
-        "test_loss": minus(a.get("test_loss"), b.get("test_loss")),
-        "per_class_accuracy": minus(a.get("per_class_accuracy"), b.get("per_class_accuracy")),
-        "confusion_matrix": minus(a.get("confusion_matrix"), b.get("confusion_matrix")),
-    }

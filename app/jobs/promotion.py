@@ -2,14 +2,16 @@
 
 The rule is a registry's (MLflow's champion alias, SageMaker's approval status): the active model
 keeps serving until a new one proves itself on the same held-out data, by test accuracy and then,
-at equal accuracy, by test loss. Figures measured on other data are never compared: the runner has
-the active model measured first (training/evaluate.py). A model that is not promoted is kept all
+at equal accuracy, by test loss. Figures measured on other data are never compared (models/comparison.py):
+the active model is measured first (app/jobs/judging.py). A model that is not promoted is kept all
 the same, so a person can still activate it.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
+
+from models.comparison import Standing, difference
 
 
 class PromoteRule(StrEnum):
@@ -20,41 +22,6 @@ class PromoteRule(StrEnum):
     NEVER = "never"  # keep it as a version; a person activates it, or not
 
 
-@dataclass(frozen=True)
-class Standing:
-    """A model's figures on a test set, and which test set (its data's sha256)."""
-
-    version: str
-    test_accuracy: float | None
-    test_loss: float | None
-    test_sha256: str | None
-
-    @classmethod
-    def of(cls, metadata: dict[str, Any]) -> "Standing":
-        data = metadata.get("data")
-        return cls(
-            version=str(metadata["version"]),
-            test_accuracy=metadata.get("test_accuracy"),
-            test_loss=metadata.get("test_loss"),
-            test_sha256=data.get("test_sha256") if isinstance(data, dict) else None,
-        )
-
-    def comparable_with(self, other: "Standing") -> bool:
-        """Both measured, on the very same test data."""
-        return (
-            None not in (self.test_accuracy, self.test_loss, other.test_accuracy, other.test_loss)
-            and self.test_sha256 is not None
-            and self.test_sha256 == other.test_sha256
-        )
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "model_version": self.version,
-            "test_accuracy": self.test_accuracy,
-            "test_loss": self.test_loss,
-        }
-
-
 class CannotCompare(Exception):
     """The active model could not be measured on the new model's test data: nothing is promoted."""
 
@@ -63,6 +30,7 @@ class Outcome(StrEnum):
     PROMOTE = "promote"  # the job succeeds and its model serves
     KEEP = "keep"  # the job succeeds; its model is kept, not activated (promote: never)
     REJECT = "reject"  # the job ends rejected; its model is kept, not activated
+    MEASURE = "measure"  # first measure the active model on the new model's test data
 
 
 @dataclass(frozen=True)
@@ -80,8 +48,8 @@ def points(value: float) -> str:
 def judge(
     rule: PromoteRule, min_accuracy: float | None, challenger: Standing, champion: Standing | None
 ) -> Verdict:
-    """The rule, given the champion's figures on the challenger's test data (None: nothing is
-    active, or, for `always` and `never`, not comparable and not needed)."""
+    """The rule, given the active model's figures (None: nothing is active). MEASURE when the rule
+    must compare the two and the active model's figures are not on the challenger's test data."""
     accuracy = challenger.test_accuracy
     if min_accuracy is not None and (accuracy is None or accuracy < min_accuracy):
         return Verdict(Outcome.REJECT, f"test accuracy {accuracy}% is below min_accuracy {min_accuracy}%")
@@ -89,10 +57,11 @@ def judge(
         return Verdict(Outcome.KEEP, "promote is never: kept without activating it")
     if rule is PromoteRule.ALWAYS or champion is None:
         return Verdict(Outcome.PROMOTE)
-    assert challenger.comparable_with(champion)  # the caller measured the champion if need be
+    if not challenger.comparable_with(champion):
+        return Verdict(Outcome.MEASURE)
     assert accuracy is not None and challenger.test_loss is not None
     assert champion.test_accuracy is not None and champion.test_loss is not None
-    theirs = f"the active model's ({champion.version})"
+    theirs = f"the active model's ({champion.model_version})"
     if accuracy < champion.test_accuracy:
         short = champion.test_accuracy - accuracy
         return Verdict(
@@ -108,13 +77,23 @@ def judge(
     return Verdict(Outcome.PROMOTE)
 
 
-def difference(challenger: Standing, champion: Standing | None) -> dict[str, float] | None:
-    """The challenger's figures minus the champion's, where they are comparable."""
-    if champion is None or not challenger.comparable_with(champion):
-        return None
-    assert challenger.test_accuracy is not None and champion.test_accuracy is not None
-    assert challenger.test_loss is not None and champion.test_loss is not None
+def record(
+    rule: PromoteRule, verdict: Verdict, challenger: dict[str, Any], champion: dict[str, Any] | None
+) -> dict[str, Any]:
+    """How the job's model was judged, as its record keeps it (from the two models' metadata; the
+    champion only where it was comparable)."""
+    mine = Standing.of(challenger)
+    theirs = Standing.of(champion) if champion is not None else None
+    compared = theirs is not None and mine.comparable_with(theirs)
     return {
-        "test_accuracy": round(challenger.test_accuracy - champion.test_accuracy, 2),
-        "test_loss": round(challenger.test_loss - champion.test_loss, 6),
+        "rule": rule.value,
+        "promoted": verdict.outcome is Outcome.PROMOTE,
+        "reason": verdict.reason,
+        "challenger": asdict(mine),
+        "champion": asdict(theirs) if compared and theirs is not None else None,
+        "difference": difference(challenger, champion, FIGURES) if compared and champion else None,
     }
+
+
+# What a promotion record compares.
+FIGURES = ("test_accuracy", "test_loss")

@@ -42,6 +42,7 @@ from sqlalchemy import (
 
 from app.errors import JobConflict, JobNotFound, NoTrainer
 from app.records.database import Database, now_iso
+from app.records.pools import on_records
 
 
 class JobStatus(StrEnum):
@@ -152,7 +153,7 @@ class JobStore:
     """All job and trainer state, in the service's database."""
 
     def __init__(self, database: Database, *, stale_after_s: float) -> None:
-        self.database = database
+        self.database, self.records = database, database.records
         self.stale_after_s = stale_after_s
 
     def _stale(self) -> ColumnElement[Any]:
@@ -317,8 +318,9 @@ class JobStore:
         with self.database.write() as db:
             self._reap(db)
 
-    def update(self, job_id: str, owner: str, **values: Any) -> bool:
-        """Set columns of a job `owner` runs; False when it is no longer running as theirs."""
+    def update(self, job_id: str, owner: str, /, **values: Any) -> bool:
+        """Set columns of a job `owner` runs; False when it is no longer running as theirs. (The two
+        come by position only, so that `values` may name any column.)"""
         with self.database.write() as db:
             changed = db.execute(
                 update(jobs)
@@ -357,3 +359,16 @@ class JobStore:
                 db.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
                 self._reap(db)  # an owner that went silent cannot stop it: cancelled now
         return self.get(job_id)
+
+    # The event loop's way in: each call on the records' own threads.
+    acreate = on_records(create)
+    aclaim = on_records(claim)
+    arelease = on_records(release)
+    acheck_in = on_records(check_in)
+    acheck_out = on_records(check_out)
+    aget = on_records(get)
+    arecent = on_records(recent)
+    areap = on_records(reap)
+    aupdate = on_records(update)
+    abeat = on_records(beat)
+    arequest_cancel = on_records(request_cancel)

@@ -10,18 +10,15 @@ server serves predictions meanwhile), and on SQLite again if the state folder is
 running server.
 """
 
-import asyncio
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,6 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import RecordsUnavailable
+from app.records.pools import Threads, on_records
 
 log = logging.getLogger("app.records.database")
 
@@ -39,27 +37,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE_LOCK_KEY = 0x6D6E697374  # "mnist"
 # Today's first schema: a store made before migrations existed holds exactly this.
 FIRST_REVISION = "0001"
-# Threads for record calls: their own pool, so a database that hangs cannot take the threads that
-# decode uploads (asyncio's default pool) away from /predict. Model-store calls (slow downloads,
-# uploads) have a pool of their own too (app/records/versions.py), so they cannot delay heartbeats.
+# Threads for record calls (app/records/pools.py says why they have their own).
 RECORD_THREADS = 4
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-class Threads:
-    """A small thread pool of its own for blocking calls of one kind, awaited from the event loop."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(size, thread_name_prefix=name)
-
-    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def now_iso() -> str:
@@ -123,8 +102,7 @@ class Database:
                 pool_timeout=10,
                 connect_args={"connect_timeout": 5, "options": "-c statement_timeout=15000"},
             )
-        self._threads = Threads(RECORD_THREADS, "records")
-        self.run = self._threads.run  # `await database.run(call, *args)`: a record call off the loop
+        self.records = Threads(RECORD_THREADS, "records")
         # When this process last got the database back after losing it, or started: a process
         # that starts as the database returns has not seen the outage, but owners still need
         # a stale window to beat again.
@@ -261,6 +239,9 @@ class Database:
         with self.read() as connection:
             connection.execute(select(literal(1)))
 
+    aensure_schema = on_records(ensure_schema)
+    aping = on_records(ping)
+
     def dispose(self) -> None:
-        self._threads.shutdown()
+        self.records.shutdown()
         self.engine.dispose()

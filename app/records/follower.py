@@ -21,7 +21,7 @@ import torch
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
-from app.records.versions import Adopt, ModelVersions, metadata_agrees
+from app.records.versions import Adopt, ModelVersions, described_sha256
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, metadata_path
 
 log = logging.getLogger("app.records.follower")
@@ -59,10 +59,9 @@ class ModelFollower:
         engine: BatchingEngine,
         device: torch.device,
         metrics: Metrics,
-        interval_s: float = 1.0,
+        interval_s: float,
     ) -> None:
         self.versions, self.engine, self.device, self.metrics = versions, engine, device, metrics
-        self.records = versions.database.run
         self.path = versions.model_path
         self.interval_s = interval_s
         self.seen = fingerprint(self.path)
@@ -89,7 +88,7 @@ class ModelFollower:
         async with self._lock:
             await self._adopt_changed_file()
             try:
-                active = await self.records(self.versions.active_metadata)
+                active = await self.versions.aactive_metadata()
             except RecordsUnavailable:
                 return  # logged by app.records.database; keep serving what we serve
             if active is not None:
@@ -99,12 +98,21 @@ class ModelFollower:
         current = fingerprint(self.path)
         if current == self.seen:
             return
-        if current != self._settling and not await asyncio.to_thread(metadata_agrees, self.path):
-            self._settling = current  # weights and metadata disagree: maybe mid-write; look again
-            return
+        if current != self._settling:
+            agrees, sha256 = await asyncio.to_thread(described_sha256, self.path)
+            if not agrees:
+                self._settling = current  # weights and metadata disagree: maybe mid-write; look again
+                return
+            try:  # an activation's own copy of the active version: nothing to adopt
+                active = await self.versions.aactive_metadata()
+            except RecordsUnavailable:
+                return  # looked at again on the next poll
+            if sha256 is not None and active is not None and active["sha256"] == sha256:
+                self.seen = current
+                return
         try:
-            # A new model written there by hand is served; a known one is our own activation's copy.
-            await self.versions.run(self.versions.adopt, self.path, f"{self.path.name} changed", self.adopt)
+            # A new model written there by hand is served; a known one is a stale copy.
+            await self.versions.aadopt(self.path, f"{self.path.name} changed", self.adopt)
         except CheckpointError as exc:
             self.engine.unavailable(str(exc))
             log.warning("not adopting %s: %s", self.path, exc)
@@ -126,7 +134,7 @@ class ModelFollower:
         if self._failed and self._failed[0] == sha256 and loop.time() < self._failed[1]:
             return
         try:
-            weights = await self.versions.run(self.versions.local_copy, active)
+            weights = await self.versions.alocal_copy(active)
             checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
         except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError) as exc:
             detail = getattr(exc, "detail", None) or getattr(exc, "strerror", None) or str(exc)
@@ -150,7 +158,7 @@ class ModelFollower:
         the newest kept version that loads, saying so in the log and /model, until the active one
         can be served again (retried with backoff). The active record itself is left alone."""
         try:
-            kept = await self.records(self.versions.list)
+            kept = await self.versions.alist()
         except RecordsUnavailable:
             return
         serving = self.engine.checkpoint
@@ -161,7 +169,7 @@ class ModelFollower:
                 self.fallback = fallback_reason(active, why, serving.version)  # no reload
                 return
             try:
-                weights = await self.versions.run(self.versions.local_copy, metadata)
+                weights = await self.versions.alocal_copy(metadata)
                 checkpoint = await asyncio.to_thread(load_checkpoint, weights, self.device)
             except (ModelObjectCorrupt, ModelStoreUnavailable, CheckpointError, OSError):
                 continue

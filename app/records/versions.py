@@ -33,8 +33,9 @@ from sqlalchemy import (
 )
 
 from app.errors import ModelObjectCorrupt, VersionNotFound
-from app.records.database import Database, Threads, now_iso
+from app.records.database import Database, now_iso
 from app.records.model_store import LocalModelStore, ModelStore
+from app.records.pools import Threads, on_records, on_transfers
 from models.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -75,13 +76,25 @@ def is_recorded(db: Connection, version: str) -> bool:
     )
 
 
-def metadata_agrees(weights: Path) -> bool:
-    """No metadata beside the weights (the tutorial's file), or metadata of these very weights."""
+def recorded_metadata(db: Connection, version: str) -> dict[str, Any]:
+    """A version's recorded metadata, or VersionNotFound."""
+    row = db.execute(select(model_versions.c.metadata).where(model_versions.c.version == version)).first()
+    if row is None:
+        raise VersionNotFound(f"no model version {version}")
+    return dict(row.metadata)
+
+
+def described_sha256(weights: Path) -> tuple[bool, str | None]:
+    """Whether the metadata beside `weights` describes them (True where there is none: nothing
+    disagrees), and their sha256 where it does (a hash of the file)."""
     metadata = read_metadata(weights)
+    if metadata is None:
+        return True, None
     try:
-        return metadata is None or metadata.get("sha256") == sha256_bytes(weights.read_bytes())
+        sha256 = sha256_bytes(weights.read_bytes())
     except OSError:
-        return False
+        return False, None
+    return (True, sha256) if metadata.get("sha256") == sha256 else (False, None)
 
 
 def verified_metadata(weights: Path) -> dict[str, Any]:
@@ -114,10 +127,8 @@ class ModelVersions:
 
     def __init__(self, database: Database, store: ModelStore, state_dir: Path, model_path: Path) -> None:
         self.database, self.store = database, store
-        # Store calls (downloads, uploads) on threads of their own: a slow store cannot delay the
-        # heartbeats and check-ins that run on the database's threads.
-        self._threads = Threads(4, "models")
-        self.run = self._threads.run
+        self.records = database.records
+        self.transfers = Threads(4, "models")  # store calls: downloads, uploads, hashing weights
         self.incoming = state_dir / "incoming"  # made by the first checkpoint saved there
         self.model_path = model_path
         self._changing_lock = state_dir / ".active-version.lock"
@@ -212,12 +223,7 @@ class ModelVersions:
         """Add a kept version's test figures and model card, measured after the fact
         (training/evaluate.py), to its record, saying when and why; return the new metadata."""
         with self.database.write() as db:
-            row = db.execute(
-                select(model_versions.c.metadata).where(model_versions.c.version == version)
-            ).first()
-            if row is None:
-                raise VersionNotFound(f"no model version {version}")
-            metadata = dict(row.metadata)
+            metadata = recorded_metadata(db, version)
             known = metadata.get("data")
             known_data = known if isinstance(known, dict) else {}
             metadata.update({key: value for key, value in figures.items() if key != "version"})
@@ -235,19 +241,14 @@ class ModelVersions:
         if not re.fullmatch(r"[0-9a-f]{1,64}", version):  # a digest prefix, or not a version at all
             raise VersionNotFound(f"no model version {version[:64]!r}")
         with self.database.read() as db:
-            row = db.execute(
-                select(model_versions.c.metadata).where(model_versions.c.version == version)
-            ).first()
-        if row is None:
-            raise VersionNotFound(f"no model version {version}")
-        return dict(row.metadata)
+            return recorded_metadata(db, version)
 
     def local_copy(self, metadata: dict[str, Any]) -> Path:
         """A verified local checkpoint of a recorded version (fetched from the store if need be)."""
         return self.store.local_copy(metadata)
 
     def close(self) -> None:
-        self._threads.shutdown()
+        self.transfers.shutdown()
 
     def discard(self, weights: Path) -> None:
         weights.unlink(missing_ok=True)
@@ -314,3 +315,15 @@ class ModelVersions:
             else:
                 db.execute(active_model.update().values(**values))
         return True
+
+    # The event loop's way in: store work on the transfers' threads, record work on the records'.
+    akeep = on_transfers(keep)
+    arecord_kept_files = on_transfers(record_kept_files)
+    aadopt = on_transfers(adopt)
+    aactivate = on_transfers(activate)
+    apromote = on_transfers(promote)
+    alocal_copy = on_transfers(local_copy)
+    arecord_evaluation = on_records(record_evaluation)
+    ametadata_of = on_records(metadata_of)
+    aactive_metadata = on_records(active_metadata)
+    alist = on_records(list)

@@ -19,7 +19,7 @@ async def read_readiness(engine: EngineDep, settings: SettingsDep, jobs: JobsDep
     """Ready to predict: a model is loaded and the batching engine runs; 503 saying why otherwise.
     A trainer (MNIST_ROLE=trainer) is ready when it can reach the database it takes jobs from."""
     if settings.role == "trainer":
-        await jobs.records(jobs.store.database.ping)
+        await jobs.store.database.aping()
         return Status(status="ready")
     return Status(status="ready", model_version=engine.ready().version)
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 
 from app.deps import EngineDep, FollowerDep, SettingsDep, TokenDep, VersionsDep
 from app.schemas import VALIDATION, CardComparison, ErrorBody, ModelInfo, VersionList
-from models.card import card_of, compare_cards
+from models.card import card_of
+from models.comparison import Standing, difference
 
 router = APIRouter(tags=["model"], responses=VALIDATION)
 
@@ -27,7 +28,7 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
     """Every model version kept (each promoted checkpoint), newest first, the active one with when
     and by whom it was activated, and which one this server serves."""
     served = engine.checkpoint.version if engine.checkpoint else None
-    return {"versions": await versions.database.run(versions.list), "active": served}
+    return {"versions": await versions.alist(), "active": served}
 
 
 @router.get(
@@ -36,10 +37,16 @@ async def read_model_versions(engine: EngineDep, versions: VersionsDep) -> dict[
     responses={404: {"model": ErrorBody, "description": "no such version"}},
 )
 async def compare_model_versions(a: str, b: str, versions: VersionsDep) -> dict[str, Any]:
-    """Two kept versions' model cards side by side, and b minus a for each figure both have."""
-    first = card_of({**await versions.database.run(versions.metadata_of, a), "model_version": a})
-    second = card_of({**await versions.database.run(versions.metadata_of, b), "model_version": b})
-    return {"a": first, "b": second, "difference": compare_cards(first, second)}
+    """Two kept versions' model cards side by side, and b minus a for each figure both have; no
+    difference where the two were not measured on the same test data, saying why."""
+    first = card_of({**await versions.ametadata_of(a), "model_version": a})
+    second = card_of({**await versions.ametadata_of(b), "model_version": b})
+    return {
+        "a": first,
+        "b": second,
+        "not_comparable": Standing.of(second).not_comparable_with(Standing.of(first)),
+        "difference": difference(second, first),
+    }
 
 
 @router.post(
@@ -58,6 +65,6 @@ async def activate_model_version(
 ) -> dict[str, Any]:
     """Serve an earlier (or later) kept version: a rollback. Every replica follows within seconds."""
     client = request.client.host if request.client else "unknown"
-    await versions.run(versions.activate, version, f"POST /model/versions/{version}/activate from {client}")
+    await versions.aactivate(version, f"POST /model/versions/{version}/activate from {client}")
     await follower.check()  # serves it here at once; never raises (what fails is logged)
     return await read_model_versions(engine, versions)

@@ -88,7 +88,7 @@ async def read_training_jobs(
     store: StoreDep, settings: SettingsDep, limit: int = Query(20, ge=1, le=500)
 ) -> JobList:
     """Training jobs, newest first, and how many processes a new one may ask for."""
-    found = await store.database.run(store.recent, limit)
+    found = await store.arecent(limit)
     return JobList(
         jobs=[JobPublic.model_validate(job) for job in found], max_nproc_per_node=settings.train_max_procs
     )
@@ -97,7 +97,7 @@ async def read_training_jobs(
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 async def read_training_job(job_id: str, store: StoreDep) -> JobPublic:
     """One job: status, hyperparameters, progress, times, error, and the new model's version."""
-    job = await store.database.run(store.get, job_id)
+    job = await store.aget(job_id)
     return JobPublic.model_validate(job)
 
 

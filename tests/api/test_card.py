@@ -1,14 +1,16 @@
 """The model card as the API shows it, and the low-confidence flag against what the card states:
 all 10,000 MNIST test digits as PNG uploads through /predict/batch, in process."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from app.config import LOW_CONFIDENCE
-from models.card import compare_cards
-from models.checkpoint import read_metadata
+from models.checkpoint import metadata_path, read_metadata
+from models.comparison import difference
 from tests.asgi import Serve
 from tests.images import encode
 from training.data import Mnist
@@ -58,13 +60,35 @@ async def test_the_threshold_is_the_setting(serve: Serve, small_checkpoint: Path
             assert {answer["low_confidence"] for answer in answers} == {expected}
 
 
-async def test_cards_of_different_shapes_compare_to_nulls() -> None:
-    a = {"test_accuracy": 98.0, "per_class_accuracy": [90.0] * 10, "confusion_matrix": None}
-    b = {"test_accuracy": "n/a", "per_class_accuracy": [91.0] * 9, "confusion_matrix": [[1] * 10] * 10}
-    assert compare_cards(a, b) == {
-        "test_accuracy": None,
-        "test_loss": None,
+def test_cards_of_different_shapes_compare_to_nulls() -> None:
+    data = {"test_sha256": "c3" * 32}
+    a = {"test_accuracy": 98.0, "test_loss": 0.1, "per_class_accuracy": [90.0] * 10, "data": data}
+    b = {"test_accuracy": 97.5, "test_loss": 0.2, "per_class_accuracy": [91.0] * 9, "data": data}
+    b["confusion_matrix"] = [[1] * 10] * 10
+    assert difference(b, a) == {
+        "test_accuracy": -0.5,
+        "test_loss": 0.1,
         "per_class_accuracy": None,
         "confusion_matrix": None,
     }
-    assert compare_cards(a, {**a, "test_accuracy": 98.5})["test_accuracy"] == 0.5
+
+
+async def test_versions_measured_on_other_test_data_are_not_subtracted(
+    serve: Serve, small_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere" / "mnist_cnn.pt"  # a model measured on some other test set
+    elsewhere.parent.mkdir()
+    shutil.copy(other_checkpoint, elsewhere)
+    metadata = json.loads(metadata_path(other_checkpoint).read_text())
+    metadata["data"] = {**metadata["data"], "test_sha256": "ff" * 32}
+    metadata_path(elsewhere).write_text(json.dumps(metadata))
+    async with serve(small_checkpoint) as client:  # the same state folder for both: two versions
+        a = (await client.get("/model")).json()["model_version"]
+    async with serve(elsewhere) as client:
+        b = (await client.get("/model")).json()["model_version"]
+        compared = (await client.get(f"/model/versions/{a}/compare/{b}")).json()
+        assert compared["difference"] is None
+        assert compared["not_comparable"] == f"models {b} and {a} were measured on different test data"
+        assert compared["a"]["test_accuracy"] != compared["b"]["test_accuracy"]  # figures, shown apart
+        itself = (await client.get(f"/model/versions/{a}/compare/{a}")).json()
+        assert itself["not_comparable"] is None and itself["difference"]["test_accuracy"] == 0

@@ -84,3 +84,19 @@ async def test_versions_say_which_is_active_and_who_activated_it(
     again = (await api.post(f"/model/versions/{version}/activate")).json()["versions"][0]
     assert again["activated_by"] == f"POST /model/versions/{version}/activate from 127.0.0.1"
     assert again["activated_at"] > entry["activated_at"]
+
+
+async def test_an_activations_own_copy_is_not_adopted_again(
+    serve: Serve, small_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
+) -> None:
+    async with serve(small_checkpoint) as client:  # the same state folder for both: two versions
+        first = (await client.get("/model")).json()["model_version"]
+    async with serve(other_checkpoint) as client:
+        kept = tmp_path / "state" / "models" / f"{first}.json"
+        before = kept.stat().st_ino
+        activated = await client.post(f"/model/versions/{first}/activate")
+        # It copied the weights onto MNIST_MODEL_PATH and served them; the follower, which looked
+        # at that file before answering, found the active version's bytes there: nothing stored.
+        assert activated.status_code == 200 and activated.json()["active"] == first
+        assert kept.stat().st_ino == before
+        assert load_checkpoint(tmp_path / "models" / "mnist_cnn.pt").version == first

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.jobs.runner import training_command
+from app.jobs.children import Commands
 from app.schemas import TrainRequest
 from models.hyperparameters import RECIPES, Hyperparameters, hyperparameter_fields
 from training.__main__ import parse_args
@@ -36,7 +36,7 @@ def test_every_hyperparameter_has_a_chosen_value_unlike_the_tutorials() -> None:
 def test_a_request_reaches_the_recorded_hyperparameters_unchanged(tmp_path: Path) -> None:
     request = {**CHOSEN, "min_accuracy": 90, "nproc_per_node": 2}
     body = TrainRequest.model_validate(request).model_dump(exclude_none=True)
-    command = training_command(body, tmp_path / "new.pt", "cpu", None)
+    command = Commands.of_python("cpu", None).training(body, tmp_path / "new.pt")
     assert command[1:3] == ["-m", "training"]
     args = parse_args(command[3:])
     assert args.nproc_per_node == 2  # the child launches two ranks

@@ -5,8 +5,9 @@ import itertools
 
 import pytest
 
-from app.jobs.promotion import Outcome, PromoteRule, Standing, difference, judge
-from app.jobs.runner import MAX_CURVE_POINTS, LossCurve
+from app.jobs.progress import MAX_CURVE_POINTS, LossCurve
+from app.jobs.promotion import Outcome, PromoteRule, Verdict, judge, record
+from models.comparison import Standing, difference
 
 DATA = "c3" * 32
 
@@ -64,16 +65,53 @@ def test_always_never_and_no_champion() -> None:
     assert judge(PromoteRule.IF_BETTER, None, worse, None).outcome is Outcome.PROMOTE  # nothing active
 
 
+def metadata(version: str, accuracy: float | None, loss: float | None, data: str | None = DATA) -> dict:
+    return {"version": version, "test_accuracy": accuracy, "test_loss": loss, "data": {"test_sha256": data}}
+
+
 def test_figures_on_other_data_are_not_comparable() -> None:
     challenger = standing("challenger01", 99.0, 0.03)
     assert challenger.comparable_with(CHAMPION)
-    assert not challenger.comparable_with(standing("champion0001", 98.63, 0.0421, data="ff" * 32))
+    other_data = standing("champion0001", 98.63, 0.0421, data="ff" * 32)
+    assert challenger.not_comparable_with(other_data) == (
+        "models challenger01 and champion0001 were measured on different test data"
+    )
     assert not challenger.comparable_with(standing("champion0001", 98.63, 0.0421, data=None))
     assert not challenger.comparable_with(standing("champion0001", None, None))
     assert not standing("c", 99.0, 0.03, data=None).comparable_with(standing("d", 99.0, 0.03, data=None))
-    assert difference(challenger, CHAMPION) == {"test_accuracy": 0.37, "test_loss": -0.0121}
-    assert difference(challenger, standing("x", None, None)) is None
-    assert difference(challenger, None) is None
+    # Not comparable, and the rule compares: the active model is measured on this data first.
+    assert judge(PromoteRule.IF_BETTER, None, challenger, other_data).outcome is Outcome.MEASURE
+    assert judge(PromoteRule.ALWAYS, None, challenger, other_data).outcome is Outcome.PROMOTE
+    assert judge(PromoteRule.NEVER, None, challenger, other_data).outcome is Outcome.KEEP
+    assert judge(PromoteRule.IF_BETTER, 99.5, challenger, other_data).outcome is Outcome.REJECT
+    new, old = metadata("challenger01", 99.0, 0.03), metadata("champion0001", 98.63, 0.0421)
+    figures = ("test_accuracy", "test_loss")
+    assert difference(new, old, figures) == {"test_accuracy": 0.37, "test_loss": -0.0121}
+    assert difference(new, metadata("x", None, None), figures) is None
+    assert difference(new, metadata("x", 98.0, 0.04, data="ff" * 32), figures) is None
+
+
+def test_the_record_shows_the_champion_only_where_compared() -> None:
+    new, old = metadata("challenger01", 99.0, 0.03), metadata("champion0001", 98.63, 0.0421)
+    kept = record(PromoteRule.ALWAYS, Verdict(Outcome.PROMOTE), new, old)
+    assert kept["champion"]["model_version"] == "champion0001" and kept["promoted"]
+    assert kept["difference"] == {"test_accuracy": 0.37, "test_loss": -0.0121}
+    elsewhere = record(PromoteRule.ALWAYS, Verdict(Outcome.PROMOTE), new, {**old, "data": None})
+    assert elsewhere["champion"] is None and elsewhere["difference"] is None
+    alone = record(PromoteRule.NEVER, Verdict(Outcome.KEEP, "why"), new, None)
+    assert alone == {
+        "rule": "never",
+        "promoted": False,
+        "reason": "why",
+        "challenger": {
+            "model_version": "challenger01",
+            "test_accuracy": 99.0,
+            "test_loss": 0.03,
+            "test_sha256": DATA,
+        },
+        "champion": None,
+        "difference": None,
+    }
 
 
 def test_standing_of_recorded_metadata() -> None:
