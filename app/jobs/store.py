@@ -19,18 +19,10 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
     ColumnElement,
     Connection,
-    Float,
-    Integer,
-    MetaData,
     Row,
     Select,
-    Table,
-    Text,
     and_,
     delete,
     exists,
@@ -43,6 +35,7 @@ from sqlalchemy import (
 from app.errors import JobConflict, JobNotFound, NoTrainer
 from app.records.database import Database, now_iso
 from app.records.pools import on_records
+from app.records.tables import jobs, trainers
 
 
 class JobStatus(StrEnum):
@@ -63,36 +56,6 @@ class JobStatus(StrEnum):
 
 ACTIVE = [status.value for status in JobStatus if status.active]
 JOB_ID = re.compile(r"[0-9a-f]{12}")
-
-# The jobs table as the migrations leave it (app/records/migrations/versions).
-jobs = Table(
-    "jobs",
-    MetaData(),
-    Column("id", Text, primary_key=True),
-    Column("status", Text, nullable=False),
-    Column("params", JSON, nullable=False),
-    Column("progress", JSON, nullable=False),
-    Column("created_at", Text, nullable=False),
-    Column("started_at", Text),
-    Column("finished_at", Text),
-    Column("error", Text),
-    Column("model_version", Text),
-    Column("test_accuracy", Float),
-    Column("owner", Text, nullable=False),
-    Column("heartbeat", Float, nullable=False),
-    Column("pid", Integer),
-    Column("cancel_requested", Boolean, nullable=False),
-    Column("trainer", Text),
-    Column("promotion", JSON),
-)
-trainers = Table(
-    "trainers",
-    MetaData(),
-    Column("name", Text, primary_key=True),
-    Column("slots", Integer, nullable=False),
-    Column("heartbeat", Float, nullable=False),
-    Column("started_at", Text, nullable=False),
-)
 
 
 @dataclass

@@ -16,10 +16,9 @@ from typing import Any
 from sqlalchemy import Table, select
 
 from app.config import LOG_FORMAT, Settings
-from app.jobs.store import jobs
 from app.records.database import Database, database_url
 from app.records.model_store import LocalModelStore, S3ModelStore, open_model_store
-from app.records.versions import active_model, model_versions
+from app.records.tables import active_model, jobs, model_versions
 
 log = logging.getLogger("app.records.copy")
 

@@ -18,24 +18,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    CheckConstraint,
-    Column,
-    Connection,
-    Float,
-    ForeignKey,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    select,
-)
+from sqlalchemy import Connection, select
 
 from app.errors import ModelObjectCorrupt, VersionNotFound
 from app.records.database import Database, now_iso
 from app.records.model_store import LocalModelStore, ModelStore
 from app.records.pools import Threads, on_records, on_transfers
+from app.records.tables import active_model, model_versions
 from models.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -46,27 +35,6 @@ from models.checkpoint import (
 )
 
 log = logging.getLogger("app.records.versions")
-
-tables = MetaData()
-model_versions = Table(
-    "model_versions",
-    tables,
-    Column("version", Text, primary_key=True),
-    Column("sha256", Text, nullable=False),
-    Column("arch", Text, nullable=False),
-    Column("test_accuracy", Float),
-    Column("metadata", JSON, nullable=False),
-    Column("kept_at", Text, nullable=False),
-)
-active_model = Table(
-    "active_model",
-    tables,
-    Column("id", Integer, primary_key=True),
-    Column("version", Text, ForeignKey("model_versions.version"), nullable=False),
-    Column("activated_at", Text, nullable=False),
-    Column("activated_by", Text, nullable=False),
-    CheckConstraint("id = 1", name="one_active_model"),
-)
 
 
 def is_recorded(db: Connection, version: str) -> bool:

@@ -18,8 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, literal, select, update
 
 from app.errors import JobConflict, JobNotFound, NoTrainer, RecordsUnavailable
-from app.jobs.store import Beat, Job, JobStatus, JobStore, jobs
+from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.records.database import Clock, Database, alembic_config, database_url
+from app.records.tables import jobs
 from tests.postgres import PostgresServer
 
 # The stale window of the tests that judge heartbeats (the service's default is 15 s).
