@@ -139,7 +139,8 @@ async def test_a_model_that_trains_is_kept_judged_and_promoted(
     assert job.progress["history"] == [{"epoch": 1, "test_loss": 0.9, "test_accuracy": 72.6}]
     assert job.progress["losses"] == [[0.25, 0.8], [0.5, 0.7]]
     assert trainer.promoted == [None]  # the server swaps it in
-    assert not trainer.versions.incoming_path(job.id).exists()  # the child's file is cleaned up
+    incoming = trainer.versions.incoming_path(job.id)  # the child's file, cleaned up once recorded
+    await polled_async(incoming.exists, lambda exists: not exists, what="the incoming file removed")
 
 
 @pytest.mark.parametrize(
