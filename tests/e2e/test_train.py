@@ -106,11 +106,13 @@ def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
             "model_version": job["model_version"],
             "test_accuracy": job["test_accuracy"],
             "test_loss": pytest.approx(job["progress"]["test_loss"], abs=1e-6),
+            "test_sha256": champion["data"]["test_sha256"],  # both measured on the same test data
         },
         "champion": {
             "model_version": old,
             "test_accuracy": champion["test_accuracy"],
             "test_loss": champion["test_loss"],
+            "test_sha256": champion["data"]["test_sha256"],
         },
         "difference": {
             "test_accuracy": pytest.approx(job["test_accuracy"] - champion["test_accuracy"], abs=0.005),
@@ -287,6 +289,7 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
             "model_version": recorded["version"],
             "test_accuracy": recorded["test_accuracy"],
             "test_loss": pytest.approx(recorded["test_loss"], abs=1e-5),
+            "test_sha256": recorded["data"]["test_sha256"],  # measured on the job's test data
         }
         entry = next(v for v in client.get("/model/versions").json()["versions"] if v["active"])
         assert entry["confusion_matrix"] == recorded["confusion_matrix"]
