@@ -11,6 +11,7 @@ from app.predict.answers import prediction
 from app.predict.preprocess import Invert
 from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
+from models.signature import SIGNATURE
 
 router = APIRouter(tags=["predict"])
 
@@ -28,7 +29,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorBody, "description": "inference did not finish within MNIST_REQUEST_TIMEOUT_S"},
 }
 RETURN_INPUT = Query(
-    False, description="also return the preprocessed 28x28 image (`input_image`, a PNG data URL)"
+    False,
+    description=f"also return the preprocessed {SIGNATURE.input.size_text} image "
+    "(`input_image`, a PNG data URL)",
 )
 INVERT = Query(
     Invert.AUTO,
