@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
+from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS, Settings
 from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
 from app.predict.uploads import Upload
 from models.signature import SIGNATURE
@@ -44,12 +44,22 @@ PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
 class DecodeLimits:
     """What one request may make the server decode. Cost follows pixels decoded, not upload bytes
     nor the size a header declares: a 724-byte WebP can hold 16 million pixels, a tiny TIFF can be
-    stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan."""
+    stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan.
+    The values (and their defaults) are the settings'."""
 
-    image_pixels: int = DEFAULT_MAX_PIXELS  # one image
-    request_pixels: int = 4 * DEFAULT_MAX_PIXELS  # all images of one request together
-    inline_pixels: int = 64 * 1024  # decoded on the event loop up to this many (x scans) in all
-    jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS  # scans of one progressive JPEG
+    image_pixels: int  # one image
+    request_pixels: int  # all images of one request together
+    inline_pixels: int  # decoded on the event loop up to this many (x scans) in all
+    jpeg_scans: int  # scans of one progressive JPEG
+
+    @classmethod
+    def of(cls, settings: Settings) -> "DecodeLimits":
+        return cls(
+            image_pixels=settings.max_image_pixels,
+            request_pixels=settings.max_request_pixels,
+            inline_pixels=settings.inline_decode_pixels,
+            jpeg_scans=settings.max_jpeg_scans,
+        )
 
 
 class Invert(StrEnum):
