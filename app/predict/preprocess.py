@@ -20,7 +20,15 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS, Settings
-from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
+from app.errors import (
+    BlankImage,
+    DecodersBusy,
+    FileTooLarge,
+    ImageTooLarge,
+    InvalidImage,
+    NotAnImage,
+    ServiceError,
+)
 from app.predict.uploads import Upload
 from models.signature import SIGNATURE
 
@@ -47,6 +55,7 @@ class DecodeLimits:
     stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan.
     The values (and their defaults) are the settings'."""
 
+    file_bytes: int  # one encoded file
     image_pixels: int  # one image
     request_pixels: int  # all images of one request together
     inline_pixels: int  # decoded on the event loop up to this many (x scans) in all
@@ -55,6 +64,7 @@ class DecodeLimits:
     @classmethod
     def of(cls, settings: Settings) -> "DecodeLimits":
         return cls(
+            file_bytes=settings.max_upload_bytes,
             image_pixels=settings.max_image_pixels,
             request_pixels=settings.max_request_pixels,
             inline_pixels=settings.inline_decode_pixels,
@@ -271,32 +281,40 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 class Decoder:
-    """Turns a request's uploads into the model's input, within DecodeLimits: sizes are checked from
-    the headers first; a few small images are decoded on the event loop (less than a thread hand-off
-    would cost), anything larger on a thread, at most `concurrency` requests at a time per process,
-    so big images can neither multiply memory nor stall the loop. A request waits for a thread at
-    most `wait_s`, then gets a 503: slow decodes ahead of it cannot hold it for their whole time."""
+    """Turns a request's encoded images into the model's input, within DecodeLimits: sizes are
+    checked first (the files' bytes, then the pixels their headers declare); a few small images are
+    decoded on the event loop (less than a thread hand-off would cost), anything larger on a thread,
+    at most `concurrency` requests at a time per process, so big images can neither multiply memory
+    nor stall the loop. A request waits for a thread at most `wait_s`, then gets a 503: slow decodes
+    ahead of it cannot hold it for their whole time."""
 
     def __init__(self, limits: DecodeLimits, concurrency: int, wait_s: float) -> None:
         self.limits, self.wait_s = limits, wait_s
         self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def decode(
-        self, uploads: list[Upload], invert: Invert, label: Callable[[int], str] | None = None
+    async def decode(self, uploads: list[Upload], invert: Invert) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The model's input stack and each image as the model sees it, in upload order; a bad file
+        fails the request and, in a batch, is named by its index and filename."""
+        return await self.decode_bytes(
+            [upload.data for upload in uploads],
+            invert,
+            lambda error, index: naming_the_file(error, uploads, index),
+        )
+
+    async def decode_bytes(
+        self, files: list[bytes], invert: Invert, naming: Callable[[ServiceError, int], ServiceError]
     ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """The model's input stack and each image as the model sees it, in upload order; a bad file fails the
-        request and, in a batch, is named (as `label(index)` says, else by index and filename)."""
-
-        def naming(error: ServiceError, index: int) -> ServiceError:
-            if label is not None:
-                return error.about(label(index))
-            return naming_the_file(error, uploads, index)
-
+        """The same for encoded files as bytes: an error about file `index` is answered as
+        `naming(error, index)` says."""
+        for index, data in enumerate(files):
+            if len(data) > self.limits.file_bytes:
+                too_large = FileTooLarge(f"file is larger than the limit of {self.limits.file_bytes} bytes")
+                raise naming(too_large, index)
         opened = []
-        for index, upload in enumerate(uploads):
+        for index, data in enumerate(files):
             try:
-                opened.append(open_image(upload.data, self.limits.image_pixels, self.limits.jpeg_scans))
+                opened.append(open_image(data, self.limits.image_pixels, self.limits.jpeg_scans))
             except ServiceError as error:
                 raise naming(error, index) from None
         total = sum(decoded_pixels(image) for image in opened)
@@ -305,7 +323,7 @@ class Decoder:
                 f"the images hold {total} pixels together; the limit per request is "
                 f"{self.limits.request_pixels}"
             )
-        cost = sum(decode_cost(image, upload.data) for image, upload in zip(opened, uploads, strict=True))
+        cost = sum(decode_cost(image, data) for image, data in zip(opened, files, strict=True))
 
         def run() -> tuple[torch.Tensor, list[np.ndarray]]:
             images = []

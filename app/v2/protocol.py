@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from app import __version__
-from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
+from app.errors import BadRequest, ServiceError, TooManyFiles, VersionNotFound
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder, Invert, model_input
-from app.predict.uploads import Upload
 from models.signature import SIGNATURE
 
 MODEL_NAME = "mnist"
@@ -313,16 +312,15 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-async def engine_input(tensor: InputTensor, rows: int, decoder: Decoder, max_file_bytes: int) -> torch.Tensor:
+async def engine_input(tensor: InputTensor, rows: int, decoder: Decoder) -> torch.Tensor:
     """The batching engine's input (rows of the model's input shape, normalised as in training)."""
     values = elements(tensor, rows)
     if isinstance(values, list):  # encoded images: today's preprocessing, within its limits
-        for index, data in enumerate(values):
-            if len(data) > max_file_bytes:
-                raise FileTooLarge(f"{tensor.name}[{index}]: larger than the limit of {max_file_bytes} bytes")
-        invert = invert_of(tensor.parameters)
-        uploads = [Upload(tensor.name, None, data) for data in values]
-        inputs, _ = await decoder.decode(uploads, invert, label=lambda index: f"{tensor.name}[{index}]")
+        inputs, _ = await decoder.decode_bytes(
+            values,
+            invert_of(tensor.parameters),
+            lambda error, index: error.about(f"{tensor.name}[{index}]"),
+        )
         return inputs
     if tensor.datatype == "UINT8":
         return model_input(values, rows)
@@ -369,12 +367,11 @@ async def infer(
     version: str | None,
     engine: BatchingEngine,
     decoder: Decoder,
-    max_file_bytes: int,
 ) -> InferResult:
     """Check, run through the batching engine (split into engine batches and reassembled in order)
     and compute the outputs asked for."""
     tensor, rows, wanted = check_declared(request, model, version, engine)
-    x = await engine_input(tensor, rows, decoder, max_file_bytes)
+    x = await engine_input(tensor, rows, decoder)
     log_probs, served = await engine.infer(x)
     if version and served != version:  # the active version changed while this request waited
         raise VersionNotFound(

@@ -154,8 +154,6 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
             )
 
         parsed = await protocol.parsed(len(body), parse, services.decoder)
-        result = await protocol.infer(
-            parsed, model_name, model_version, services.engine, services.decoder, settings.max_upload_bytes
-        )
+        result = await protocol.infer(parsed, model_name, model_version, services.engine, services.decoder)
     content, headers, media_type = rest.encode_response(parsed, result)
     return Response(content, headers=headers, media_type=media_type)

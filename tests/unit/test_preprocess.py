@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from app.config import Settings
-from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage
+from app.errors import BlankImage, DecodersBusy, FileTooLarge, ImageTooLarge, InvalidImage, NotAnImage
 from app.predict.preprocess import (
     MIN_CONTRAST,
     DecodeLimits,
@@ -474,8 +474,31 @@ async def test_a_batch_decodes_as_a_single_upload_would_and_names_a_bad_file(dig
             assert np.array_equal(image, mnist_pixels(upload.data, invert))
     uploads[1] = Upload("files", "1.png", b"")
     with pytest.raises(InvalidImage) as named:
-        await decoder.decode(uploads, Invert.AUTO, label=lambda index: f"input {index}")
+        await decoder.decode(uploads, Invert.AUTO)
+    assert str(named.value) == "files[1] (1.png): the file is empty"
+    files = [upload.data for upload in uploads]
+    with pytest.raises(InvalidImage) as named:
+        await decoder.decode_bytes(files, Invert.AUTO, lambda error, index: error.about(f"input {index}"))
     assert str(named.value) == "input 1: the file is empty"
+    inputs, images = await decoder.decode_bytes(files[:1], Invert.AUTO, lambda error, index: error)
+    assert torch.equal(inputs[0], preprocess(files[0])) and np.array_equal(images[0], mnist_pixels(files[0]))
+
+
+async def test_each_file_is_held_to_the_byte_limit_before_any_file_is_opened(digits: torch.Tensor) -> None:
+    """MNIST_MAX_UPLOAD_BYTES per file: at the limit a file is decoded (a PNG's trailing bytes are
+    ignored), one byte past it is a 413, also when an earlier file of the batch is no image at all."""
+    png = encode(digits[0])
+    at_limit = png + bytes(1024 - len(png))
+    decoder = decoder_of(max_upload_bytes=1024)
+    _, images = await decoder.decode([Upload("file", "a.png", at_limit)], Invert.AUTO)
+    assert np.array_equal(images[0], digits[0].numpy())
+    with pytest.raises(FileTooLarge) as refused:
+        await decoder.decode([Upload("file", "a.png", at_limit + b"\0")], Invert.AUTO)
+    assert str(refused.value) == "file is larger than the limit of 1024 bytes"
+    batch = [Upload("files", "text.txt", b"not an image"), Upload("files", "big.png", at_limit + b"\0")]
+    with pytest.raises(FileTooLarge) as refused:
+        await decoder.decode(batch, Invert.AUTO)
+    assert str(refused.value) == "files[1] (big.png): file is larger than the limit of 1024 bytes"
 
 
 async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thread(
