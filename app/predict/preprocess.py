@@ -139,9 +139,9 @@ def tile_size(image: Image.Image) -> tuple[int, int] | None:
 def decoded_pixels(image: Image.Image) -> int:
     """The pixels a decoder produces for `image`, which its size alone does not bound: libtiff
     decodes a tiled TIFF a whole tile at a time, and tiles (up to 2**32 a side) may be far larger
-    than the image they hold; a 1 MB, 28x28 file can inflate 1 GiB. Strips need no such care
-    (libtiff cuts a strip's rows at the image's height), nor do the other formats (each decodes
-    into a buffer of the size its header declares)."""
+    than the image they hold; a 1 MB file of a digit-sized image can inflate 1 GiB. Strips need no
+    such care (libtiff cuts a strip's rows at the image's height), nor do the other formats (each
+    decodes into a buffer of the size its header declares)."""
     width, height = image.size
     tiles = tile_size(image)
     if tiles is None:
