@@ -2,11 +2,9 @@
 and the version routes, never a prediction (docs: one machine and many), so no module under
 app/predict imports them, not even through another module."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.tools import python_json
 
 REPO = Path(__file__).resolve().parents[2]
 APART_FROM = ("app.records", "app.jobs")
@@ -31,17 +29,7 @@ def predict_path() -> list[str]:
 
 
 def imported_by_each(modules: list[str]) -> dict[str, list[str]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_EACH, ",".join(APART_FROM), *modules],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    brought: dict[str, list[str]] = json.loads(done.stdout.splitlines()[-1])
+    brought: dict[str, list[str]] = python_json(IMPORT_EACH, ",".join(APART_FROM), *modules)
     return brought
 
 

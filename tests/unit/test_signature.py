@@ -1,17 +1,14 @@
 """The served model's signature: MNIST's input and classes, and the one normalisation that training
 and serving both apply."""
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from models.signature import SIGNATURE
+from tests.tools import python_json
 from training.data import Mnist
 
 INPUT, OUTPUT = SIGNATURE.input, SIGNATURE.output
@@ -160,17 +157,7 @@ def test_another_signature_reaches_every_place_that_reads_it(tmp_path: Path) -> 
     """The seam: describe another model, and the API's schemas, v2's tensors and text, the
     settings' bounds, preprocessing, training's normalisation, the networks' outputs and the model
     card follow it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-c", ANOTHER_MODEL, str(tmp_path / "mnist_cnn.pt")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = python_json(ANOTHER_MODEL, str(tmp_path / "mnist_cnn.pt"))
     assert seen["log_probs"] == seen["probs"] == [3, 3] and seen["digit_maximum"] == 2
     assert seen["log_probs_text"] == "log-softmax output, digits a-c"
     assert "preprocessed 32x32 image" in seen["input_image_text"]
