@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from models.signature import SIGNATURE
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Room for multipart boundaries and part headers on top of the file bytes themselves.
 MULTIPART_OVERHEAD = 16 * 1024
@@ -50,16 +52,21 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, ge=1, description="most files in one /predict/batch")
     max_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest /predict/batch body")
     max_image_pixels: int = Field(
-        DEFAULT_MAX_PIXELS, ge=784, description="most pixels in one image, read from its header (bombs)"
+        DEFAULT_MAX_PIXELS,
+        ge=SIGNATURE.input.pixels,
+        description="most pixels in one image, read from its header (bombs)",
     )
     max_request_pixels: int = Field(
-        4 * DEFAULT_MAX_PIXELS, ge=784, description="most pixels in all images of one request"
+        4 * DEFAULT_MAX_PIXELS,
+        ge=SIGNATURE.input.pixels,
+        description="most pixels in all images of one request",
     )
     max_jpeg_scans: int = Field(
         DEFAULT_MAX_JPEG_SCANS, ge=1, description="most scans in one JPEG (each decodes every pixel again)"
     )
     # Images up to this many pixels in all (times each JPEG's scans) are decoded on the event loop: 64
-    # digits of 28x28 decode in about a millisecond, less than a hand-off to a thread would cost.
+    # digits of the model's input size decode in about a millisecond, less than a hand-off to a
+    # thread would cost.
     inline_decode_pixels: int = Field(64 * 1024, ge=0)
     decode_threads: int = Field(
         2, ge=1, le=64, description="requests decoding on threads at once, per process"

@@ -9,22 +9,33 @@ from app.jobs.promotion import PromoteRule
 from app.jobs.store import JobStatus
 from models.comparison import Standing
 from models.hyperparameters import bounds_of, hyperparameter_fields, value_type
+from models.signature import SIGNATURE
+
+CLASSES = SIGNATURE.output.classes
 
 
 class Prediction(BaseModel):
     """What the model says about one image."""
 
-    digit: int = Field(ge=0, le=9, description="the most probable digit")
+    digit: int = Field(ge=0, le=CLASSES - 1, description="the most probable digit")
     confidence: float = Field(ge=0, le=1, description="its probability")
     low_confidence: bool = Field(
         description="confidence below MNIST_LOW_CONFIDENCE: worth a person's look (the model card's "
         "`low_confidence` table says what share of errors that catches)"
     )
-    log_probs: list[float] = Field(min_length=10, max_length=10, description="log-softmax output, digits 0-9")
-    probs: list[float] = Field(min_length=10, max_length=10, description="exp(log_probs), summing to 1")
+    log_probs: list[float] = Field(
+        min_length=CLASSES,
+        max_length=CLASSES,
+        description=f"log-softmax output, digits {SIGNATURE.output.labels_text}",
+    )
+    probs: list[float] = Field(
+        min_length=CLASSES, max_length=CLASSES, description="exp(log_probs), summing to 1"
+    )
     model_version: str = Field(description="first 12 hex digits of the weights' sha256")
     input_image: str | None = Field(
-        None, description="with return_input=true: the preprocessed 28x28 image as a PNG data URL"
+        None,
+        description=f"with return_input=true: the preprocessed {SIGNATURE.input.size_text} image "
+        "as a PNG data URL",
     )
 
 

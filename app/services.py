@@ -56,13 +56,7 @@ def try_load(settings: Settings, device: torch.device) -> tuple[LoadedCheckpoint
 
 
 def decoder_for(settings: Settings) -> Decoder:
-    limits = DecodeLimits(
-        settings.max_image_pixels,
-        settings.max_request_pixels,
-        settings.inline_decode_pixels,
-        settings.max_jpeg_scans,
-    )
-    return Decoder(limits, settings.decode_threads, settings.request_timeout_s)
+    return Decoder(DecodeLimits.of(settings), settings.decode_threads, settings.request_timeout_s)
 
 
 async def nothing_to_swap() -> None:

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from models.cnn import Net
-from models.constants import MNIST_MEAN, MNIST_STD
 from models.device import resolve_device
 from models.events import TrainingEvent
+from models.signature import SIGNATURE
 from training.cuda_graph import GraphedStep
 from training.data import FILES, _find_file, load_mnist
 from training.loop import TrainConfig, evaluate, to_model_input, train_epoch
@@ -53,7 +53,8 @@ def torchvision_root(source: Path, into: Path) -> Path:
 
 
 def tutorial_loader(root: Path, train: bool, batch_size: int, device: torch.device) -> DataLoader:
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    normalize = transforms.Normalize((SIGNATURE.input.mean,), (SIGNATURE.input.std,))
+    transform = transforms.Compose([transforms.ToTensor(), normalize])
     extra = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     dataset = datasets.MNIST(str(root), train=train, download=False, transform=transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, **extra)

@@ -7,14 +7,16 @@ from typing import Any
 
 import torch
 
-DIGITS = 10
+from models.signature import SIGNATURE
+
 # Confidence levels below which a prediction could be flagged for a person to check.
 CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """10x10 counts: row the true digit, column the predicted one."""
-    counts = torch.zeros(DIGITS, DIGITS, dtype=torch.int64)
+    """Counts, classes x classes: row the true digit, column the predicted one."""
+    classes = SIGNATURE.output.classes
+    counts = torch.zeros(classes, classes, dtype=torch.int64)
     counts.index_put_(
         (labels.cpu(), predicted.cpu()), torch.ones(len(labels), dtype=torch.int64), accumulate=True
     )

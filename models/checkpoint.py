@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from models.cnn import ARCHITECTURES, build_model
-from models.constants import MNIST_MEAN, MNIST_STD
+from models.signature import SIGNATURE
 
 VERSION_LENGTH = 12
 
@@ -124,7 +124,7 @@ def save_checkpoint(
         "arch": arch,
         "version": digest[:VERSION_LENGTH],
         "sha256": digest,
-        "normalize": {"mean": MNIST_MEAN, "std": MNIST_STD},
+        "normalize": SIGNATURE.input.normalization(),
         "torch_version": torch.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),

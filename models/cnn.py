@@ -4,19 +4,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.signature import SIGNATURE
+
 
 class Net(nn.Module):
-    """conv 1->20 5x5, pool, conv 20->50 5x5, pool, fc 800->500, fc 500->10, log_softmax.
+    """conv 1->20 5x5, pool, conv 20->50 5x5, pool, fc 800->500, fc 500->classes, log_softmax.
 
     Parameter names match the tutorial's, so state_dicts load both ways.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5, 1)
+        self.conv1 = nn.Conv2d(SIGNATURE.input.channels, 20, 5, 1)
         self.conv2 = nn.Conv2d(20, 50, 5, 1)
         self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.fc2 = nn.Linear(500, 10)
+        self.fc2 = nn.Linear(500, SIGNATURE.output.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x))
@@ -30,15 +32,15 @@ class Net(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """conv 1->6 5x5, pool, conv 6->16 5x5, pool, fc 256->120->84->10, log_softmax."""
+    """conv 1->6 5x5, pool, conv 6->16 5x5, pool, fc 256->120->84->classes, log_softmax."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv1 = nn.Conv2d(SIGNATURE.input.channels, 6, 5)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(16 * 4 * 4, 120)
         self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
+        self.fc3 = nn.Linear(84, SIGNATURE.output.classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)

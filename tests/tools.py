@@ -1,10 +1,11 @@
 """Programs the tests start (PostgreSQL, SeaweedFS, kubectl, mount): where they are, and what a test
 does without one: skipped, saying why, except in CI, which installs them (a silent skip there would
-hide a broken setup). And a full disk in miniature, the processes a run left, and polling to a
-deadline."""
+hide a broken setup). And a full disk in miniature, the processes a run left, polling to a
+deadline, and a script run in a Python process of its own."""
 
 import asyncio
 import inspect
+import json
 import os
 import shutil
 import socket
@@ -14,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def installed(name: str) -> str | None:
@@ -157,3 +159,18 @@ def read_until_closed(sock: socket.socket) -> bytes:
     except OSError:
         pass
     return answer
+
+
+def python_json(script: str, *args: str) -> Any:
+    """Run `script` in a Python process of its own, on this checkout, with `args` as its sys.argv[1:]
+    (nothing imported before it, no state of this process): the JSON its last line prints."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])

@@ -12,7 +12,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from models.constants import MNIST_MEAN, MNIST_STD
+from models.signature import SIGNATURE
 from tests.images import encode
 
 OUTPUTS = ("log_probs", "probs", "digit")
@@ -23,7 +23,8 @@ def as_inputs(kind: str, images: torch.Tensor) -> tuple[str, np.ndarray]:
     pixels = images.numpy()
     if kind == "input":  # normalised by the client, as training does
         grey = pixels.astype(np.float32).reshape(-1, 1, 28, 28)
-        return "FP32", ((grey / np.float32(255.0) - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD))
+        mean, std = np.float32(SIGNATURE.input.mean), np.float32(SIGNATURE.input.std)
+        return "FP32", ((grey / np.float32(255.0) - mean) / std)
     if kind == "pixels":
         return "UINT8", pixels
     return "BYTES", np.array([encode(image) for image in pixels], dtype=np.object_)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from models.constants import IMAGE_SIZE
+from models.signature import SIGNATURE
 
 DATA_DIR_ENV = "MNIST_DATA_DIR"
 DEFAULT_DATA_DIR = Path("data")
@@ -119,8 +119,10 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, download: bool = 
         array = read_idx(path, ndim=3 if is_images else 1)
         if array.shape[0] != count:
             raise DataError(f"{path}: {array.shape[0]} items, expected {count}")
-        if is_images and tuple(array.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{path}: images are {tuple(array.shape[1:])}, expected 28x28")
+        if is_images and tuple(array.shape[1:]) != SIGNATURE.input.size:
+            raise DataError(
+                f"{path}: images are {tuple(array.shape[1:])}, expected {SIGNATURE.input.size_text}"
+            )
         if not is_images and int(array.max()) > 9:
             raise DataError(f"{path}: label {int(array.max())} is not a digit")
         arrays[key] = array

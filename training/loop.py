@@ -21,9 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from models.card import model_card
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
-from models.constants import MNIST_MEAN, MNIST_STD
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
+from models.signature import SIGNATURE
 from training import cuda_graph
 from training.data import Mnist, load_mnist
 from training.distributed import (
@@ -37,6 +37,8 @@ from training.distributed import (
 )
 
 EventCallback = Callable[[TrainingEvent], None]
+# Grey level 0, normalised: what augmentation fills the space a moved digit leaves with.
+BACKGROUND = SIGNATURE.input.normalized(0.0)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ def effective_lr(config: TrainConfig, world: World) -> float:
 
 
 def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 N x 28 x 28 -> normalised float N x 1 x 28 x 28, channels-last, on `device`."""
-    x = images.to(device).unsqueeze(1).float().div_(255.0)
-    x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    """uint8 N x height x width -> the model's input, normalised (in place: the float copy is the
+    only one), channels-last, on `device`."""
+    x = SIGNATURE.input.normalize(images.to(device).unsqueeze(1).float())
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -87,8 +89,7 @@ def augment(batch: torch.Tensor, recipe: Recipe, generator: torch.Generator) -> 
         [torch.stack([cos, -sin, uniform(shift)], 1), torch.stack([sin, cos, uniform(shift)], 1)], 1
     )
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    background = -MNIST_MEAN / MNIST_STD
-    moved = F.grid_sample(batch - background, grid, align_corners=False) + background
+    moved = F.grid_sample(batch - BACKGROUND, grid, align_corners=False) + BACKGROUND
     return moved.contiguous(memory_format=torch.channels_last)
 
 

@@ -12,9 +12,9 @@ from app.predict.preprocess import png_data_url
 def prediction(
     log_probs: torch.Tensor, version: str, unsure_below: float, image: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """One row of log-softmax output as the API's prediction (plain floats: ten torch ops on a
-    10-element tensor would cost more than the list arithmetic); `low_confidence` when its
-    probability is below `unsure_below` (MNIST_LOW_CONFIDENCE)."""
+    """One row of log-softmax output (a value per class; a class's index is its digit) as the API's
+    prediction (plain floats: torch ops on a row this short would cost more than the list
+    arithmetic); `low_confidence` when its probability is below `unsure_below` (MNIST_LOW_CONFIDENCE)."""
     logs: list[float] = log_probs.tolist()
     probs = [math.exp(value) for value in logs]
     digit = max(range(len(probs)), key=probs.__getitem__)

@@ -19,6 +19,7 @@ import torch
 
 from app.errors import InferenceFailed, InferenceTimeout, NoModel, QueueFull, ShuttingDown
 from models.checkpoint import LoadedCheckpoint
+from models.signature import SIGNATURE
 
 log = logging.getLogger("app.predict.batching")
 
@@ -41,7 +42,7 @@ def no_model_detail(reason: str) -> str:
 class Pending:
     """Some preprocessed rows waiting for inference, and where their answer goes."""
 
-    inputs: torch.Tensor  # k x 1 x 28 x 28
+    inputs: torch.Tensor  # k images, each of the signature's input shape
     future: "asyncio.Future[tuple[torch.Tensor, str]]"
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -177,7 +178,7 @@ class BatchingEngine:
         self._executor.shutdown(wait=True)
 
     async def infer(self, inputs: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Log-probabilities (k x 10, on the CPU) for k preprocessed images, and the model version."""
+        """Log-probabilities (k x classes, on the CPU) for k preprocessed images, and the model version."""
         self.serving()  # NoModel when there is none
         if self._closing:
             raise shutting_down()
@@ -266,5 +267,5 @@ class BatchingEngine:
         """Copy the batch into a reused page-locked buffer, so the host-to-GPU copy is asynchronous."""
         rows = sum(len(part) for part in parts)
         if self._pinned is None:
-            self._pinned = torch.empty((self.max_batch_size, 1, 28, 28)).pin_memory()
+            self._pinned = torch.empty(SIGNATURE.input.shape(self.max_batch_size)).pin_memory()
         return torch.cat(parts, out=self._pinned[:rows])

@@ -1,8 +1,10 @@
-"""Uploaded image bytes -> the normalised 1x28x28 tensor the network was trained on.
+"""Uploaded image bytes -> the normalised tensor the network was trained on (its input, as
+models/signature.py describes it).
 
-MNIST digits are light strokes on a dark background, 20x20 px inside a 28x28 frame, centred by
-their centre of mass. A 28x28 upload is taken as already in that form (no crop, no rescale); any
-other size is brought into it the way MNIST itself was made. Dark-on-light images are inverted.
+MNIST digits are light strokes on a dark background, 20x20 px inside the input's frame, centred by
+their centre of mass. An upload of the frame's size is taken as already in that form (no crop, no
+rescale); any other size is brought into it the way MNIST itself was made. Dark-on-light images are
+inverted.
 """
 
 import asyncio
@@ -17,10 +19,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS
-from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage, ServiceError
+from app.config import DEFAULT_MAX_JPEG_SCANS, DEFAULT_MAX_PIXELS, Settings
+from app.errors import (
+    BlankImage,
+    DecodersBusy,
+    FileTooLarge,
+    ImageTooLarge,
+    InvalidImage,
+    NotAnImage,
+    ServiceError,
+)
 from app.predict.uploads import Upload
-from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD
+from models.signature import SIGNATURE
+
+INPUT = SIGNATURE.input
 
 T = TypeVar("T")
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -39,13 +51,25 @@ PngImagePlugin.MAX_TEXT_MEMORY = 256 * 1024
 @dataclass(frozen=True)
 class DecodeLimits:
     """What one request may make the server decode. Cost follows pixels decoded, not upload bytes
-    nor the size a header declares: a 724-byte WebP can hold 16 million pixels, a 28x28 TIFF can be
-    stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan."""
+    nor the size a header declares: a 724-byte WebP can hold 16 million pixels, a tiny TIFF can be
+    stored in tiles of a billion, and a progressive JPEG passes over all of its pixels once per scan.
+    The values (and their defaults) are the settings'."""
 
-    image_pixels: int = DEFAULT_MAX_PIXELS  # one image
-    request_pixels: int = 4 * DEFAULT_MAX_PIXELS  # all images of one request together
-    inline_pixels: int = 64 * 1024  # decoded on the event loop up to this many (x scans) in all
-    jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS  # scans of one progressive JPEG
+    file_bytes: int  # one encoded file
+    image_pixels: int  # one image
+    request_pixels: int  # all images of one request together
+    inline_pixels: int  # decoded on the event loop up to this many (x scans) in all
+    jpeg_scans: int  # scans of one progressive JPEG
+
+    @classmethod
+    def of(cls, settings: Settings) -> "DecodeLimits":
+        return cls(
+            file_bytes=settings.max_upload_bytes,
+            image_pixels=settings.max_image_pixels,
+            request_pixels=settings.max_request_pixels,
+            inline_pixels=settings.inline_decode_pixels,
+            jpeg_scans=settings.max_jpeg_scans,
+        )
 
 
 class Invert(StrEnum):
@@ -115,9 +139,9 @@ def tile_size(image: Image.Image) -> tuple[int, int] | None:
 def decoded_pixels(image: Image.Image) -> int:
     """The pixels a decoder produces for `image`, which its size alone does not bound: libtiff
     decodes a tiled TIFF a whole tile at a time, and tiles (up to 2**32 a side) may be far larger
-    than the image they hold; a 1 MB, 28x28 file can inflate 1 GiB. Strips need no such care
-    (libtiff cuts a strip's rows at the image's height), nor do the other formats (each decodes
-    into a buffer of the size its header declares)."""
+    than the image they hold; a 1 MB file of a digit-sized image can inflate 1 GiB. Strips need no
+    such care (libtiff cuts a strip's rows at the image's height), nor do the other formats (each
+    decodes into a buffer of the size its header declares)."""
     width, height = image.size
     tiles = tile_size(image)
     if tiles is None:
@@ -199,7 +223,7 @@ def light_background(gray: np.ndarray) -> bool:
 
 
 def to_mnist_frame(digit: np.ndarray) -> np.ndarray:
-    """Crop to the ink, scale the longer side to 20 px, centre by centre of mass in 28x28."""
+    """Crop to the ink, scale the longer side to 20 px, centre by centre of mass in the input's frame."""
     rows, cols = np.nonzero(digit > 0.25 * float(digit.max()))
     crop = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = crop.shape
@@ -210,9 +234,9 @@ def to_mnist_frame(digit: np.ndarray) -> np.ndarray:
     mass = small.sum()
     ys, xs = np.indices(small.shape)
     centre_y, centre_x = (ys * small).sum() / mass, (xs * small).sum() / mass
-    top = int(np.clip(round(IMAGE_SIZE / 2 - centre_y), 0, IMAGE_SIZE - small.shape[0]))
-    left = int(np.clip(round(IMAGE_SIZE / 2 - centre_x), 0, IMAGE_SIZE - small.shape[1]))
-    frame = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    top = int(np.clip(round(INPUT.height / 2 - centre_y), 0, INPUT.height - small.shape[0]))
+    left = int(np.clip(round(INPUT.width / 2 - centre_x), 0, INPUT.width - small.shape[1]))
+    frame = np.zeros(INPUT.size, dtype=np.float32)
     frame[top : top + small.shape[0], left : left + small.shape[1]] = small
     return frame
 
@@ -220,69 +244,77 @@ def to_mnist_frame(digit: np.ndarray) -> np.ndarray:
 def mnist_pixels(
     data: bytes | Image.Image, invert: Invert = Invert.AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """The 28x28 float32 grey levels (light digit on dark, 0-255) the model will see."""
+    """The float32 grey levels (light digit on dark, 0-255) the model will see, of the input's size."""
     gray = decode(data if isinstance(data, Image.Image) else open_image(data, max_pixels))
     if float(gray.max() - gray.min()) < MIN_CONTRAST:
         raise BlankImage("the image is blank: no digit found on it")
     if invert is Invert.TRUE or (invert is Invert.AUTO and light_background(gray)):
         gray = 255.0 - gray
-    if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
+    if gray.shape != INPUT.size:
         gray = to_mnist_frame(gray - gray.min())
     return gray
 
 
+def model_input(levels: np.ndarray, rows: int) -> torch.Tensor:
+    """`rows` images of grey levels 0-255 (any numeric dtype, flat or shaped) as the network's input:
+    rows x channels x height x width float32, normalised as in training. `levels` is left as it is."""
+    return INPUT.normalize(torch.from_numpy(levels.reshape(INPUT.shape(rows)).astype(np.float32)))
+
+
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """ToTensor's scaling and the training Normalize: 1 x 28 x 28 float32."""
-    return normalise(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0))
-
-
-def normalise(grey: torch.Tensor) -> torch.Tensor:
-    """Grey levels 0-255 (float32, any shape) as the network was trained on them: ToTensor's scaling,
-    then Normalize. A new tensor: div, not div_, leaves `grey` as it is."""
-    return grey.div(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+    """One image's grey levels as the network's input for it: channels x height x width."""
+    return model_input(pixels, 1)[0]
 
 
 def preprocess(
     data: bytes, invert: Invert = Invert.AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
-    """Image bytes -> normalised 1 x 28 x 28 tensor, or a 4xx-mapped error saying what is wrong."""
+    """Image bytes -> the normalised input for one image, or a 4xx-mapped error saying what is wrong."""
     return to_tensor(mnist_pixels(data, invert, max_pixels))
 
 
 def png_data_url(pixels: np.ndarray) -> str:
-    """The 28x28 grey levels as a PNG data URL: what the model saw, for people to look at."""
+    """An image's grey levels as a PNG data URL: what the model saw, for people to look at."""
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8)).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 class Decoder:
-    """Turns a request's uploads into the model's input, within DecodeLimits: sizes are checked from
-    the headers first; a few small images are decoded on the event loop (less than a thread hand-off
-    would cost), anything larger on a thread, at most `concurrency` requests at a time per process,
-    so big images can neither multiply memory nor stall the loop. A request waits for a thread at
-    most `wait_s`, then gets a 503: slow decodes ahead of it cannot hold it for their whole time."""
+    """Turns a request's encoded images into the model's input, within DecodeLimits: sizes are
+    checked first (the files' bytes, then the pixels their headers declare); a few small images are
+    decoded on the event loop (less than a thread hand-off would cost), anything larger on a thread,
+    at most `concurrency` requests at a time per process, so big images can neither multiply memory
+    nor stall the loop. A request waits for a thread at most `wait_s`, then gets a 503: slow decodes
+    ahead of it cannot hold it for their whole time."""
 
     def __init__(self, limits: DecodeLimits, concurrency: int, wait_s: float) -> None:
         self.limits, self.wait_s = limits, wait_s
         self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def decode(
-        self, uploads: list[Upload], invert: Invert, label: Callable[[int], str] | None = None
+    async def decode(self, uploads: list[Upload], invert: Invert) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The model's input stack and each image as the model sees it, in upload order; a bad file
+        fails the request and, in a batch, is named by its index and filename."""
+        return await self.decode_bytes(
+            [upload.data for upload in uploads],
+            invert,
+            lambda error, index: naming_the_file(error, uploads, index),
+        )
+
+    async def decode_bytes(
+        self, files: list[bytes], invert: Invert, naming: Callable[[ServiceError, int], ServiceError]
     ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """The model's input stack and each 28x28 image, in upload order; a bad file fails the
-        request and, in a batch, is named (as `label(index)` says, else by index and filename)."""
-
-        def naming(error: ServiceError, index: int) -> ServiceError:
-            if label is not None:
-                return error.about(label(index))
-            return naming_the_file(error, uploads, index)
-
+        """The same for encoded files as bytes: an error about file `index` is answered as
+        `naming(error, index)` says."""
+        for index, data in enumerate(files):
+            if len(data) > self.limits.file_bytes:
+                too_large = FileTooLarge(f"file is larger than the limit of {self.limits.file_bytes} bytes")
+                raise naming(too_large, index)
         opened = []
-        for index, upload in enumerate(uploads):
+        for index, data in enumerate(files):
             try:
-                opened.append(open_image(upload.data, self.limits.image_pixels, self.limits.jpeg_scans))
+                opened.append(open_image(data, self.limits.image_pixels, self.limits.jpeg_scans))
             except ServiceError as error:
                 raise naming(error, index) from None
         total = sum(decoded_pixels(image) for image in opened)
@@ -291,7 +323,7 @@ class Decoder:
                 f"the images hold {total} pixels together; the limit per request is "
                 f"{self.limits.request_pixels}"
             )
-        cost = sum(decode_cost(image, upload.data) for image, upload in zip(opened, uploads, strict=True))
+        cost = sum(decode_cost(image, data) for image, data in zip(opened, files, strict=True))
 
         def run() -> tuple[torch.Tensor, list[np.ndarray]]:
             images = []
@@ -300,7 +332,7 @@ class Decoder:
                     images.append(mnist_pixels(image, invert))
                 except ServiceError as error:
                     raise naming(error, index) from None
-            return torch.stack([to_tensor(image) for image in images]), images
+            return model_input(np.stack(images), len(images)), images
 
         if cost <= self.limits.inline_pixels:
             return run()

@@ -6,11 +6,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import services_of
-from app.errors import FileTooLarge, MissingField, TooManyFiles
+from app.errors import MissingField, TooManyFiles
 from app.predict.answers import prediction
 from app.predict.preprocess import Invert
 from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
+from models.signature import SIGNATURE
 
 router = APIRouter(tags=["predict"])
 
@@ -28,7 +29,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorBody, "description": "inference did not finish within MNIST_REQUEST_TIMEOUT_S"},
 }
 RETURN_INPUT = Query(
-    False, description="also return the preprocessed 28x28 image (`input_image`, a PNG data URL)"
+    False,
+    description=f"also return the preprocessed {SIGNATURE.input.size_text} image "
+    "(`input_image`, a PNG data URL)",
 )
 INVERT = Query(
     Invert.AUTO,
@@ -59,14 +62,10 @@ def json_response(content: dict[str, Any]) -> Response:
     return Response(json.dumps(content).encode(), media_type="application/json")
 
 
-def files_named(uploads: list[Upload], field: str, limit: int, batch: bool) -> list[Upload]:
+def files_named(uploads: list[Upload], field: str) -> list[Upload]:
     files = [upload for upload in uploads if upload.name == field]
     if not files:
         raise MissingField(f"multipart field {field!r} with an image is required")
-    for index, upload in enumerate(files):
-        if len(upload.data) > limit:
-            error = FileTooLarge(f"file is larger than the limit of {limit} bytes")
-            raise error.in_file(index, upload.filename) if batch else error
     return files
 
 
@@ -85,7 +84,7 @@ async def predict_digit(
     services = services_of(request)
     settings = services.settings
     async with services.bodies.uploads(request, settings.max_upload_bytes, EXTRA_PARTS + 1) as uploads:
-        upload = files_named(uploads, "file", settings.max_upload_bytes, batch=False)[0]
+        upload = files_named(uploads, "file")[0]
         inputs, images = await services.decoder.decode([upload], invert)
         log_probs, version = await services.engine.infer(inputs)
         shown = images[0] if return_input else None
@@ -111,7 +110,7 @@ async def predict_digits(
     # body of a million empty parts costs nothing but a 413.
     max_parts = settings.max_batch_files + EXTRA_PARTS
     async with services.bodies.uploads(request, settings.max_batch_bytes, max_parts) as uploads:
-        files = files_named(uploads, "files", settings.max_upload_bytes, batch=True)
+        files = files_named(uploads, "files")
         if len(files) > settings.max_batch_files:
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
         inputs, images = await services.decoder.decode(files, invert)

@@ -198,7 +198,6 @@ class InferenceService:
             request.model_version or None,
             self.engine,
             self.decoder,
-            self.settings.max_upload_bytes,
         )
         return infer_response_of(result, request.id)
 

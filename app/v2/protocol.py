@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from app import __version__
-from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
+from app.errors import BadRequest, ServiceError, TooManyFiles, VersionNotFound
 from app.predict.batching import BatchingEngine
-from app.predict.preprocess import Decoder, Invert, normalise
-from app.predict.uploads import Upload
-from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
+from app.predict.preprocess import Decoder, Invert, model_input
+from models.signature import SIGNATURE
 
 MODEL_NAME = "mnist"
 SERVER_NAME = "mnist-serve"
@@ -32,6 +31,11 @@ OFF_LOOP_BYTES = 256 * 1024
 T = TypeVar("T")
 # Normalised grey levels lie in [-0.42, 2.82]; far past that a client sent something else.
 MAX_NORMALISED = 1000.0
+INPUT = SIGNATURE.input
+NORMALISATION = (
+    f"(x / {INPUT.brightest:g} - {INPUT.mean}) / {INPUT.std}, "
+    f"about {INPUT.normalized(0.0):.2f} to {INPUT.normalized(INPUT.brightest):.2f}"
+)
 
 
 # A name a client sent (an input's, an output's, a model's) is shown in an error cut to this many
@@ -65,20 +69,25 @@ class TensorSpec:
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
+    def described(self) -> str:
+        """As the API's text names it: datatype, name and shape (N: the number of images)."""
+        dims = ",".join("N" if dim == -1 else str(dim) for dim in self.shape)
+        return f"{self.datatype} `{self.name}` [{dims}]"
+
 
 INPUTS = {
     spec.name: spec
     for spec in (
-        TensorSpec("input", "FP32", (-1, 1, IMAGE_SIZE, IMAGE_SIZE)),  # normalised as in training
-        TensorSpec("pixels", "UINT8", (-1, IMAGE_SIZE, IMAGE_SIZE)),  # 0-255, light digit on dark
+        TensorSpec("input", "FP32", INPUT.shape(-1)),  # normalised as in training
+        TensorSpec("pixels", "UINT8", (-1, *INPUT.size)),  # 0-255, light digit on dark
         TensorSpec("image", "BYTES", (-1,)),  # encoded image files, preprocessed as for /predict
     )
 }
 OUTPUTS = {
     spec.name: spec
     for spec in (
-        TensorSpec("log_probs", "FP32", (-1, NUM_CLASSES)),
-        TensorSpec("probs", "FP32", (-1, NUM_CLASSES)),
+        TensorSpec("log_probs", "FP32", (-1, SIGNATURE.output.classes)),
+        TensorSpec("probs", "FP32", (-1, SIGNATURE.output.classes)),
         TensorSpec("digit", "INT64", (-1,)),
     )
 }
@@ -199,8 +208,8 @@ def max_rows(engine: BatchingEngine) -> int:
 
 
 def most_values(engine: BatchingEngine) -> int:
-    """The most elements any request's input may hold: the most rows, of 28x28 each."""
-    return max_rows(engine) * IMAGE_SIZE * IMAGE_SIZE
+    """The most elements any request's input may hold: the most rows, of one image's values each."""
+    return max_rows(engine) * INPUT.values
 
 
 def the_input(request: InferRequest, most_rows: int) -> tuple[InputTensor, int]:
@@ -303,27 +312,25 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array).tobytes()
 
 
-async def model_input(tensor: InputTensor, rows: int, decoder: Decoder, max_file_bytes: int) -> torch.Tensor:
-    """The batching engine's input (rows x 1 x 28 x 28, normalised as in training)."""
+async def engine_input(tensor: InputTensor, rows: int, decoder: Decoder) -> torch.Tensor:
+    """The batching engine's input (rows of the model's input shape, normalised as in training)."""
     values = elements(tensor, rows)
     if isinstance(values, list):  # encoded images: today's preprocessing, within its limits
-        for index, data in enumerate(values):
-            if len(data) > max_file_bytes:
-                raise FileTooLarge(f"{tensor.name}[{index}]: larger than the limit of {max_file_bytes} bytes")
-        invert = invert_of(tensor.parameters)
-        uploads = [Upload(tensor.name, None, data) for data in values]
-        inputs, _ = await decoder.decode(uploads, invert, label=lambda index: f"{tensor.name}[{index}]")
+        inputs, _ = await decoder.decode_bytes(
+            values,
+            invert_of(tensor.parameters),
+            lambda error, index: error.about(f"{tensor.name}[{index}]"),
+        )
         return inputs
     if tensor.datatype == "UINT8":
-        grey = torch.from_numpy(values.reshape(rows, 1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32))
-        return normalise(grey)
-    x = torch.from_numpy(values.reshape(rows, 1, IMAGE_SIZE, IMAGE_SIZE).copy())
+        return model_input(values, rows)
+    x = torch.from_numpy(values.reshape(INPUT.shape(rows)).copy())
     if not torch.isfinite(x).all():
         raise BadRequest(f"input {tensor.name!r} holds values that are not finite numbers (NaN or infinity)")
     if x.abs().max() > MAX_NORMALISED:  # far outside any image: the logits would overflow to NaN
         raise BadRequest(
             f"input {tensor.name!r} holds values beyond +-{MAX_NORMALISED:g}: it takes grey levels "
-            f"normalised as in training, (x / 255 - {MNIST_MEAN}) / {MNIST_STD}, about -0.42 to 2.82"
+            f"normalised as in training, {NORMALISATION}"
         )
     return x
 
@@ -360,12 +367,11 @@ async def infer(
     version: str | None,
     engine: BatchingEngine,
     decoder: Decoder,
-    max_file_bytes: int,
 ) -> InferResult:
     """Check, run through the batching engine (split into engine batches and reassembled in order)
     and compute the outputs asked for."""
     tensor, rows, wanted = check_declared(request, model, version, engine)
-    x = await model_input(tensor, rows, decoder, max_file_bytes)
+    x = await engine_input(tensor, rows, decoder)
     log_probs, served = await engine.infer(x)
     if version and served != version:  # the active version changed while this request waited
         raise VersionNotFound(

@@ -38,6 +38,11 @@ INFER_BODY = {
     }
 }
 DOCUMENTED = (InferRequestBody,)
+INFER_DESCRIPTION = (
+    f"Digits for a tensor of images: {protocol.INPUTS['input'].described()} normalised, "
+    f"{protocol.INPUTS['pixels'].described()} or {protocol.INPUTS['image'].described()} files; "
+    "JSON or binary both ways."
+)
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
@@ -110,10 +115,10 @@ async def read_model_version_ready(model_name: str, model_version: str, engine: 
     responses=INFER_ERRORS,
     openapi_extra=INFER_BODY,
     summary="Run inference",
+    description=INFER_DESCRIPTION,
 )
 async def infer_model(model_name: str, request: Request) -> Response:
-    """Digits for a tensor of images: FP32 `input` [N,1,28,28] normalised, UINT8 `pixels` [N,28,28]
-    or BYTES `image` [N] files; JSON or binary both ways."""
+    """Digits for a tensor of images, each input of the shape the model's signature gives."""
     return await answer(request, model_name, None)
 
 
@@ -149,8 +154,6 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
             )
 
         parsed = await protocol.parsed(len(body), parse, services.decoder)
-        result = await protocol.infer(
-            parsed, model_name, model_version, services.engine, services.decoder, settings.max_upload_bytes
-        )
+        result = await protocol.infer(parsed, model_name, model_version, services.engine, services.decoder)
     content, headers, media_type = rest.encode_response(parsed, result)
     return Response(content, headers=headers, media_type=media_type)

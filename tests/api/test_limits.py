@@ -72,6 +72,31 @@ async def test_decode_bombs_are_refused_from_their_headers_on_every_route(
     assert (await api.post("/predict", files=image_file(digit))).status_code == 200
 
 
+async def test_a_file_past_the_upload_limit_is_refused_on_every_route(
+    api: httpx.AsyncClient, digit: bytes
+) -> None:
+    """One byte past MNIST_MAX_UPLOAD_BYTES (1 MiB here), in a body with room for it: 413 on
+    /predict, in a batch and as the v2 protocol's image input (naming the file in both), which share
+    the decoder's check; a file of exactly the limit is decoded (a PNG's trailing bytes are ignored)."""
+    limit = 1024 * 1024
+    at_limit = digit + bytes(limit - len(digit))
+    over = at_limit + b"\0"
+    assert (await api.post("/predict", files=image_file(at_limit))).status_code == 200
+    single = await api.post("/predict", files=image_file(over))
+    assert single.status_code == 413
+    assert single.json()["detail"] == f"file is larger than the limit of {limit} bytes"
+    batch = await api.post("/predict/batch", files=batch_of([digit, over]))
+    assert batch.status_code == 413
+    assert batch.json()["detail"] == f"files[1] (1.png): file is larger than the limit of {limit} bytes"
+    images = [base64.b64encode(data).decode() for data in (digit, over)]
+    v2 = await api.post(
+        "/v2/models/mnist/infer",
+        json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": images}]},
+    )
+    assert v2.status_code == 413
+    assert v2.json()["error"] == f"image[1]: file is larger than the limit of {limit} bytes"
+
+
 async def test_big_decodes_leave_the_event_loop_free(api: httpx.AsyncClient) -> None:
     """Small in bytes (3 x 21 KB), large in pixels (3 x 2048x2048): decoded on a thread, so the
     loop keeps its rhythm. Inline, each of these requests would hold it for about 0.6 s."""

@@ -7,13 +7,15 @@ import threading
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from app.errors import BlankImage, DecodersBusy, ImageTooLarge, InvalidImage, NotAnImage
+from app.config import Settings
+from app.errors import BlankImage, DecodersBusy, FileTooLarge, ImageTooLarge, InvalidImage, NotAnImage
 from app.predict.preprocess import (
     MIN_CONTRAST,
     DecodeLimits,
@@ -450,34 +452,60 @@ def wide(digit: torch.Tensor) -> bytes:
     return encode(canvas)
 
 
+def decoder_of(wait_s: float = 10, **settings: Any) -> Decoder:
+    """A decoder of one thread, within the limits of Settings(**settings): the defaults but those given."""
+    return Decoder(DecodeLimits.of(Settings(**settings)), concurrency=1, wait_s=wait_s)
+
+
 async def test_a_request_may_hold_exactly_its_pixel_limit_in_all(digits: torch.Tensor) -> None:
     uploads = [Upload("files", f"{n}.png", wide(digits[n])) for n in range(2)]  # 2,000 pixels
-    await Decoder(DecodeLimits(request_pixels=2000), concurrency=1, wait_s=10).decode(uploads, Invert.AUTO)
+    await decoder_of(max_request_pixels=2000).decode(uploads, Invert.AUTO)
     with pytest.raises(ImageTooLarge) as refused:
-        await Decoder(DecodeLimits(request_pixels=1999), concurrency=1, wait_s=10).decode(
-            uploads, Invert.AUTO
-        )
+        await decoder_of(max_request_pixels=1999).decode(uploads, Invert.AUTO)
     assert str(refused.value) == "the images hold 2000 pixels together; the limit per request is 1999"
 
 
 async def test_a_batch_decodes_as_a_single_upload_would_and_names_a_bad_file(digits: torch.Tensor) -> None:
     uploads = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(3)]
-    decoder = Decoder(DecodeLimits(), concurrency=1, wait_s=10)
+    decoder = decoder_of()
     for invert in Invert:
         _, images = await decoder.decode(uploads, invert)
         for upload, image in zip(uploads, images, strict=True):
             assert np.array_equal(image, mnist_pixels(upload.data, invert))
     uploads[1] = Upload("files", "1.png", b"")
     with pytest.raises(InvalidImage) as named:
-        await decoder.decode(uploads, Invert.AUTO, label=lambda index: f"input {index}")
+        await decoder.decode(uploads, Invert.AUTO)
+    assert str(named.value) == "files[1] (1.png): the file is empty"
+    files = [upload.data for upload in uploads]
+    with pytest.raises(InvalidImage) as named:
+        await decoder.decode_bytes(files, Invert.AUTO, lambda error, index: error.about(f"input {index}"))
     assert str(named.value) == "input 1: the file is empty"
+    inputs, images = await decoder.decode_bytes(files[:1], Invert.AUTO, lambda error, index: error)
+    assert torch.equal(inputs[0], preprocess(files[0])) and np.array_equal(images[0], mnist_pixels(files[0]))
+
+
+async def test_each_file_is_held_to_the_byte_limit_before_any_file_is_opened(digits: torch.Tensor) -> None:
+    """MNIST_MAX_UPLOAD_BYTES per file: at the limit a file is decoded (a PNG's trailing bytes are
+    ignored), one byte past it is a 413, also when an earlier file of the batch is no image at all."""
+    png = encode(digits[0])
+    at_limit = png + bytes(1024 - len(png))
+    decoder = decoder_of(max_upload_bytes=1024)
+    _, images = await decoder.decode([Upload("file", "a.png", at_limit)], Invert.AUTO)
+    assert np.array_equal(images[0], digits[0].numpy())
+    with pytest.raises(FileTooLarge) as refused:
+        await decoder.decode([Upload("file", "a.png", at_limit + b"\0")], Invert.AUTO)
+    assert str(refused.value) == "file is larger than the limit of 1024 bytes"
+    batch = [Upload("files", "text.txt", b"not an image"), Upload("files", "big.png", at_limit + b"\0")]
+    with pytest.raises(FileTooLarge) as refused:
+        await decoder.decode(batch, Invert.AUTO)
+    assert str(refused.value) == "files[1] (big.png): file is larger than the limit of 1024 bytes"
 
 
 async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thread(
     digits: torch.Tensor,
 ) -> None:
     """Up to `inline_pixels` in all, a request never queues behind big decodes holding the threads."""
-    decoder = Decoder(DecodeLimits(inline_pixels=2 * 28 * 28), concurrency=1, wait_s=10)
+    decoder = decoder_of(inline_decode_pixels=2 * 28 * 28)
     async with the_one_thread_held(decoder):
         two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
         async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
@@ -508,7 +536,7 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
     """Pixels decoded times passes over them: a 28x28 progressive JPEG of 6 scans costs 4,704, one of
     7 scans 5,488; a 28x28 TIFF in 32x32 tiles 1,024. Past the inline limit a request waits for a
     thread, and for no longer than the decoder's wait."""
-    decoder = Decoder(DecodeLimits(inline_pixels=6 * 28 * 28), concurrency=1, wait_s=0.2)
+    decoder = decoder_of(wait_s=0.2, inline_decode_pixels=6 * 28 * 28)
     async with the_one_thread_held(decoder):
         inline = [progressive(digits[0]), tiled_tiff(digits[0].numpy(), 32), encode(digits[0])]
         for data in inline:
@@ -525,7 +553,7 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
 async def test_a_cancelled_request_keeps_its_thread_slot_until_its_work_ends() -> None:
     """A client that goes away cannot free a slot its decode still uses: cancelled callers would
     otherwise pile work up on threads past MNIST_DECODE_THREADS."""
-    decoder = Decoder(DecodeLimits(), concurrency=1, wait_s=0.2)
+    decoder = decoder_of(wait_s=0.2)
     started, release = threading.Event(), threading.Event()
 
     def work() -> None:
