@@ -22,7 +22,7 @@ from app.predict.preprocess import DecodeLimits, Decoder
 from app.predict.uploads import Bodies
 from app.records.database import Database, database_url
 from app.records.follower import ModelFollower
-from app.records.model_store import S3ModelStore, open_model_store
+from app.records.model_store import open_model_store
 from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from models.device import resolve_device
@@ -75,11 +75,10 @@ async def open_records(settings: Settings) -> AsyncIterator[tuple[JobStore, Mode
             await database.aensure_schema()
         store = JobStore(database, stale_after_s=settings.job_stale_after_s)
         model_store = open_model_store(settings.model_store, settings.state_dir)
-        if isinstance(model_store, S3ModelStore):
-            with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it
-                await asyncio.to_thread(model_store.create_bucket)
         versions = ModelVersions(database, model_store, settings.state_dir, settings.model_path)
         try:
+            with contextlib.suppress(ModelStoreUnavailable):  # logged; serving starts without it
+                await versions.aopen_store()
             try:
                 await versions.arecord_kept_files()  # a state folder from before version records
             except (RecordsUnavailable, OSError) as exc:

@@ -53,8 +53,8 @@ def is_figure(value: Any) -> bool:
 
 
 def minus(old: Any, new: Any) -> Any:
-    """new - old, element by element, rounded to float32's digits; None where either lacks a figure
-    or their shapes differ."""
+    """new - old, element by element, rounded to six decimals (no float noise such as 0.37000000000000455);
+    None where either lacks a figure or their shapes differ."""
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         differences = [minus(o, n) for o, n in zip(old, new, strict=True)]
         return None if None in differences else differences

@@ -137,12 +137,14 @@ class Children:
         try:
             yield child
         finally:
-            await self.terminate(child)
-            remaining = [other for other in self._of_job.get(job_id, []) if other is not child]
-            if remaining:
-                self._of_job[job_id] = remaining
-            else:
-                self._of_job.pop(job_id, None)
+            try:
+                await self.terminate(child)
+            finally:  # unregistered even when stopping it is cut short
+                remaining = [other for other in self._of_job.get(job_id, []) if other is not child]
+                if remaining:
+                    self._of_job[job_id] = remaining
+                else:
+                    self._of_job.pop(job_id, None)
 
     async def stop(self, job_id: str) -> None:
         """Stop every child of `job_id` (none: nothing to do)."""

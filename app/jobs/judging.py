@@ -53,24 +53,25 @@ class Judge:
         except OSError as exc:  # the state disk is full, or its folder was deleted
             return not_stored(exc.strerror or str(exc))
         challenger = await self.versions.ametadata_of(version)
+        mine = Standing.of(challenger)
         rule = PromoteRule(job.params.get("promote", PromoteRule.IF_BETTER))
         kept = {"model_version": version, "test_accuracy": challenger.get("test_accuracy")}
         minimum = job.params.get("min_accuracy")
         while True:  # judged again if another model was activated meanwhile
             champion = await self.versions.aactive_metadata()
-            verdict = judge(rule, minimum, Standing.of(challenger), standing_of(champion))
+            verdict = judge(rule, minimum, mine, Standing.of(champion) if champion is not None else None)
             if verdict.outcome is Outcome.MEASURE:
                 assert champion is not None
                 if stop := await self.stop_asked(job):
                     return {**kept, **stop}
                 try:  # like with like: the active model measured on this job's test data
-                    champion = await self.measure(job, champion, challenger)
+                    champion = await self.measure(job, champion, mine)
                 except CannotCompare as exc:
                     if stop := await self.stop_asked(job):  # its measuring was stopped
                         return {**kept, **stop}
                     verdict = Verdict(Outcome.REJECT, str(exc))
                     break
-                verdict = judge(rule, minimum, Standing.of(challenger), Standing.of(champion))
+                verdict = judge(rule, minimum, mine, Standing.of(champion))
             if verdict.outcome is not Outcome.PROMOTE:
                 break
             if stop := await self.stop_asked(job):
@@ -98,7 +99,7 @@ class Judge:
             )
         return end
 
-    async def measure(self, job: Job, active: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+    async def measure(self, job: Job, active: dict[str, Any], challenger: Standing) -> dict[str, Any]:
         """The active model's metadata with its figures on this trainer's test data, measured by a
         child process and added to its version's record (CannotCompare if that fails)."""
         version = str(active["version"])
@@ -120,12 +121,6 @@ class Judge:
         log.info("measured the active model %s on the test set: %s%%", version, figures.get("test_accuracy"))
         by = f"measured to compare with training job {job.id}"
         measured = await self.versions.arecord_evaluation(version, figures, by)
-        if not Standing.of(challenger).comparable_with(Standing.of(measured)):
-            raise CannotCompare(
-                f"the new model's test data is not this trainer's: {Standing.of(challenger).test_sha256}"
-            )
+        if not challenger.comparable_with(Standing.of(measured)):
+            raise CannotCompare(f"the new model's test data is not this trainer's: {challenger.test_sha256}")
         return measured
-
-
-def standing_of(metadata: dict[str, Any] | None) -> Standing | None:
-    return Standing.of(metadata) if metadata is not None else None

@@ -77,6 +77,10 @@ def judge(
     return Verdict(Outcome.PROMOTE)
 
 
+# What a promotion record compares.
+FIGURES = ("test_accuracy", "test_loss")
+
+
 def record(
     rule: PromoteRule, verdict: Verdict, challenger: dict[str, Any], champion: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -93,7 +97,3 @@ def record(
         "champion": asdict(theirs) if compared and theirs is not None else None,
         "difference": difference(challenger, champion, FIGURES) if compared and champion else None,
     }
-
-
-# What a promotion record compares.
-FIGURES = ("test_accuracy", "test_loss")

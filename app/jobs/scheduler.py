@@ -18,7 +18,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import ModelStoreUnavailable, RecordsUnavailable
 from app.jobs.children import Children, Commands, procs_of
-from app.jobs.judging import Judge, stopped
+from app.jobs.judging import Judge
 from app.jobs.progress import fold_events, last_lines
 from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.records.database import now_iso
@@ -259,9 +259,8 @@ class JobManager:
         """How the job ends. A failure's reason is the child's own error event; its raw stderr
         only when it crashed without one."""
         end: dict[str, Any] = {"finished_at": now_iso()}
-        current = await self.store.aget(job.id)
-        if current.cancel_requested:
-            end.update(stopped(current))
+        if stop := await self.judge.stop_asked(job):
+            end.update(stop)
         elif returncode != 0:
             if reported is not None:
                 error = reported

@@ -293,13 +293,15 @@ class Decoder:
         self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def decode(self, uploads: list[Upload], invert: Invert) -> tuple[torch.Tensor, list[np.ndarray]]:
+    async def decode(
+        self, uploads: list[Upload], invert: Invert, *, batch: bool
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """The model's input stack and each image as the model sees it, in upload order; a bad file
-        fails the request and, in a batch, is named by its index and filename."""
+        fails the request and, in a batch (even of one), is named by its index and filename."""
         return await self.decode_bytes(
             [upload.data for upload in uploads],
             invert,
-            lambda error, index: naming_the_file(error, uploads, index),
+            lambda error, index: error.in_file(index, uploads[index].filename) if batch else error,
         )
 
     async def decode_bytes(
@@ -353,8 +355,3 @@ class Decoder:
         running = asyncio.ensure_future(asyncio.to_thread(work))
         running.add_done_callback(lambda _: self._slots.release())
         return await asyncio.shield(running)
-
-
-def naming_the_file(error: ServiceError, uploads: list[Upload], index: int) -> ServiceError:
-    """In a batch, say which file an error is about; a single upload needs no name."""
-    return error if len(uploads) == 1 else error.in_file(index, uploads[index].filename)

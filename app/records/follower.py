@@ -21,7 +21,7 @@ import torch
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable, RecordsUnavailable
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
-from app.records.versions import Adopt, ModelVersions, described_sha256
+from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, metadata_path
 
 log = logging.getLogger("app.records.follower")
@@ -99,7 +99,7 @@ class ModelFollower:
         if current == self.seen:
             return
         if current != self._settling:
-            agrees, sha256 = await asyncio.to_thread(described_sha256, self.path)
+            agrees, sha256 = await self.versions.amodel_file()
             if not agrees:
                 self._settling = current  # weights and metadata disagree: maybe mid-write; look again
                 return

@@ -21,7 +21,7 @@ class Threads:
     def __init__(self, size: int, name: str) -> None:
         self._pool = ThreadPoolExecutor(size, thread_name_prefix=name)
 
-    async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 

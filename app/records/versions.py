@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 
 from app.errors import ModelObjectCorrupt, VersionNotFound
 from app.records.database import Database, now_iso
-from app.records.model_store import LocalModelStore, ModelStore
+from app.records.model_store import LocalModelStore, ModelStore, S3ModelStore
 from app.records.pools import Threads, on_records, on_transfers
 from app.records.tables import active_model, model_versions
 from models.checkpoint import (
@@ -100,6 +100,16 @@ class ModelVersions:
         self.incoming = state_dir / "incoming"  # made by the first checkpoint saved there
         self.model_path = model_path
         self._changing_lock = state_dir / ".active-version.lock"
+
+    def open_store(self) -> None:
+        """Create the store's bucket where it has one (S3) and none exists yet: no setup step."""
+        if isinstance(self.store, S3ModelStore):
+            self.store.create_bucket()
+
+    def model_file(self) -> tuple[bool, str | None]:
+        """MNIST_MODEL_PATH's `described_sha256`: whether its metadata describes its weights, and
+        their sha256 where it does."""
+        return described_sha256(self.model_path)
 
     def incoming_path(self, job_id: str) -> Path:
         """Where a job's child process writes its checkpoint before it is judged."""
@@ -285,6 +295,8 @@ class ModelVersions:
         return True
 
     # The event loop's way in: store work on the transfers' threads, record work on the records'.
+    aopen_store = on_transfers(open_store)
+    amodel_file = on_transfers(model_file)
     akeep = on_transfers(keep)
     arecord_kept_files = on_transfers(record_kept_files)
     aadopt = on_transfers(adopt)

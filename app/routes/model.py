@@ -41,11 +41,12 @@ async def compare_model_versions(a: str, b: str, versions: VersionsDep) -> dict[
     difference where the two were not measured on the same test data, saying why."""
     first = card_of({**await versions.ametadata_of(a), "model_version": a})
     second = card_of({**await versions.ametadata_of(b), "model_version": b})
+    why_not = Standing.of(first).not_comparable_with(Standing.of(second))
     return {
         "a": first,
         "b": second,
-        "not_comparable": Standing.of(second).not_comparable_with(Standing.of(first)),
-        "difference": difference(second, first),
+        "not_comparable": why_not,
+        "difference": None if why_not else difference(second, first),
     }
 
 

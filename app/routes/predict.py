@@ -85,7 +85,7 @@ async def predict_digit(
     settings = services.settings
     async with services.bodies.uploads(request, settings.max_upload_bytes, EXTRA_PARTS + 1) as uploads:
         upload = files_named(uploads, "file")[0]
-        inputs, images = await services.decoder.decode([upload], invert)
+        inputs, images = await services.decoder.decode([upload], invert, batch=False)
         log_probs, version = await services.engine.infer(inputs)
         shown = images[0] if return_input else None
         return json_response(prediction(log_probs[0], version, settings.low_confidence, shown))
@@ -113,7 +113,7 @@ async def predict_digits(
         files = files_named(uploads, "files")
         if len(files) > settings.max_batch_files:
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
-        inputs, images = await services.decoder.decode(files, invert)
+        inputs, images = await services.decoder.decode(files, invert, batch=True)
         log_probs, version = await services.engine.infer(inputs)
     predictions = [
         prediction(row, version, settings.low_confidence, image if return_input else None)

@@ -88,7 +88,7 @@ async def test_versions_measured_on_other_test_data_are_not_subtracted(
         b = (await client.get("/model")).json()["model_version"]
         compared = (await client.get(f"/model/versions/{a}/compare/{b}")).json()
         assert compared["difference"] is None
-        assert compared["not_comparable"] == f"models {b} and {a} were measured on different test data"
+        assert compared["not_comparable"] == f"models {a} and {b} were measured on different test data"
         assert compared["a"]["test_accuracy"] != compared["b"]["test_accuracy"]  # figures, shown apart
         itself = (await client.get(f"/model/versions/{a}/compare/{a}")).json()
         assert itself["not_comparable"] is None and itself["difference"]["test_accuracy"] == 0

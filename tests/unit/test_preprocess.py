@@ -459,9 +459,9 @@ def decoder_of(wait_s: float = 10, **settings: Any) -> Decoder:
 
 async def test_a_request_may_hold_exactly_its_pixel_limit_in_all(digits: torch.Tensor) -> None:
     uploads = [Upload("files", f"{n}.png", wide(digits[n])) for n in range(2)]  # 2,000 pixels
-    await decoder_of(max_request_pixels=2000).decode(uploads, Invert.AUTO)
+    await decoder_of(max_request_pixels=2000).decode(uploads, Invert.AUTO, batch=True)
     with pytest.raises(ImageTooLarge) as refused:
-        await decoder_of(max_request_pixels=1999).decode(uploads, Invert.AUTO)
+        await decoder_of(max_request_pixels=1999).decode(uploads, Invert.AUTO, batch=True)
     assert str(refused.value) == "the images hold 2000 pixels together; the limit per request is 1999"
 
 
@@ -469,12 +469,12 @@ async def test_a_batch_decodes_as_a_single_upload_would_and_names_a_bad_file(dig
     uploads = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(3)]
     decoder = decoder_of()
     for invert in Invert:
-        _, images = await decoder.decode(uploads, invert)
+        _, images = await decoder.decode(uploads, invert, batch=True)
         for upload, image in zip(uploads, images, strict=True):
             assert np.array_equal(image, mnist_pixels(upload.data, invert))
     uploads[1] = Upload("files", "1.png", b"")
     with pytest.raises(InvalidImage) as named:
-        await decoder.decode(uploads, Invert.AUTO)
+        await decoder.decode(uploads, Invert.AUTO, batch=True)
     assert str(named.value) == "files[1] (1.png): the file is empty"
     files = [upload.data for upload in uploads]
     with pytest.raises(InvalidImage) as named:
@@ -490,15 +490,18 @@ async def test_each_file_is_held_to_the_byte_limit_before_any_file_is_opened(dig
     png = encode(digits[0])
     at_limit = png + bytes(1024 - len(png))
     decoder = decoder_of(max_upload_bytes=1024)
-    _, images = await decoder.decode([Upload("file", "a.png", at_limit)], Invert.AUTO)
+    _, images = await decoder.decode([Upload("file", "a.png", at_limit)], Invert.AUTO, batch=False)
     assert np.array_equal(images[0], digits[0].numpy())
     with pytest.raises(FileTooLarge) as refused:
-        await decoder.decode([Upload("file", "a.png", at_limit + b"\0")], Invert.AUTO)
+        await decoder.decode([Upload("file", "a.png", at_limit + b"\0")], Invert.AUTO, batch=False)
     assert str(refused.value) == "file is larger than the limit of 1024 bytes"
     batch = [Upload("files", "text.txt", b"not an image"), Upload("files", "big.png", at_limit + b"\0")]
     with pytest.raises(FileTooLarge) as refused:
-        await decoder.decode(batch, Invert.AUTO)
+        await decoder.decode(batch, Invert.AUTO, batch=True)
     assert str(refused.value) == "files[1] (big.png): file is larger than the limit of 1024 bytes"
+    with pytest.raises(FileTooLarge) as refused:  # a batch of one names its file too
+        await decoder.decode(batch[1:], Invert.AUTO, batch=True)
+    assert str(refused.value) == "files[0] (big.png): file is larger than the limit of 1024 bytes"
 
 
 async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thread(
@@ -509,7 +512,7 @@ async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thr
     async with the_one_thread_held(decoder):
         two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
         async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
-            await decoder.decode(two, Invert.AUTO)
+            await decoder.decode(two, Invert.AUTO, batch=True)
 
 
 @asynccontextmanager
@@ -541,13 +544,15 @@ async def test_what_decoding_costs_decides_where_it_runs_and_a_busy_decoder_answ
         inline = [progressive(digits[0]), tiled_tiff(digits[0].numpy(), 32), encode(digits[0])]
         for data in inline:
             async with asyncio.timeout(5):
-                await decoder.decode([Upload("file", "d", data)], Invert.AUTO)
+                await decoder.decode([Upload("file", "d", data)], Invert.AUTO, batch=False)
         for data in (scan_bomb(progressive(digits[0]), 7), tiled_tiff(digits[0].numpy(), 96)):
             with pytest.raises(DecodersBusy) as busy:
-                await decoder.decode([Upload("file", "d", data)], Invert.AUTO)
+                await decoder.decode([Upload("file", "d", data)], Invert.AUTO, batch=False)
             assert str(busy.value) == "all 1 decoding threads stayed busy for 0.2 s; try again shortly"
     async with asyncio.timeout(5):  # the thread is free again: decoded there
-        await decoder.decode([Upload("file", "d", scan_bomb(progressive(digits[0]), 7))], Invert.AUTO)
+        await decoder.decode(
+            [Upload("file", "d", scan_bomb(progressive(digits[0]), 7))], Invert.AUTO, batch=False
+        )
 
 
 async def test_a_cancelled_request_keeps_its_thread_slot_until_its_work_ends() -> None:

@@ -30,6 +30,9 @@ program, how, source, target = sys.argv[1:5]
 def event(**fields):
     print(json.dumps(fields), flush=True)
 if how == "hang":
+    if program == "evaluate":  # says the child runs, and which process it is
+        with open(source, "w") as started:
+            started.write(str(os.getpid()))
     time.sleep(120)
 elif program == "training":
     event(event="progress", epoch=1, epochs=1, fraction=0.25, loss=0.8)
@@ -60,7 +63,7 @@ class Programs:
 
     training: str = "succeed"
     evaluation: str = "measure"
-    figures: Path | None = None  # what the evaluation prints
+    figures: Path | None = None  # what the evaluation prints, or where a hanging one writes its pid
 
     def commands(self, checkpoint: Path) -> Commands:
         def training(params: dict[str, Any], out: Path) -> list[str]:
@@ -196,17 +199,45 @@ async def test_a_cancel_while_the_active_model_is_measured_promotes_nothing(
     trainer: Trainer, other_checkpoint: Path, tmp_path: Path
 ) -> None:
     active = active_elsewhere(trainer, other_checkpoint, tmp_path / "active")
-    trainer.programs.evaluation = "hang"
+    trainer.programs.evaluation, trainer.programs.figures = "hang", tmp_path / "measuring.pid"
     job = await trainer.manager.submit({"epochs": 1})
-    # Measuring has begun once the job's model is kept while the job still runs.
-    await polled_async(
-        trainer.versions.list, lambda kept: len(kept) == 2, timeout_s=30, what="the model kept"
+    pid = int(
+        await polled_async(measuring_pid(tmp_path / "measuring.pid"), bool, timeout_s=30, what="measuring")
     )
     cancelled = await trainer.manager.cancel(job.id)
     assert cancelled.status is JobStatus.CANCELLED, cancelled.error
     assert cancelled.model_version is not None  # kept all the same, not activated
     assert trainer.versions.active() == active and trainer.promoted == []
-    assert trainer.manager.children.jobs() == []  # the measuring child is gone
+    await polled_async(lambda: alive(pid), lambda running: not running, what="the measuring child stopped")
+    await polled_async(trainer.manager.children.jobs, lambda jobs: jobs == [], what="no children left")
+
+
+async def test_a_shutdown_while_the_active_model_is_measured_stops_that_child(
+    trainer: Trainer, other_checkpoint: Path, tmp_path: Path
+) -> None:
+    active_elsewhere(trainer, other_checkpoint, tmp_path / "active")
+    trainer.programs.evaluation, trainer.programs.figures = "hang", tmp_path / "measuring.pid"
+    job = await trainer.manager.submit({"epochs": 1})
+    pid = int(
+        await polled_async(measuring_pid(tmp_path / "measuring.pid"), bool, timeout_s=30, what="measuring")
+    )
+    await trainer.manager.stop()
+    assert not alive(pid) and trainer.manager.children.jobs() == []
+    ended = trainer.store.get(job.id)
+    assert (ended.status, ended.error) == (JobStatus.FAILED, "interrupted: the server shut down")
+
+
+def measuring_pid(path: Path) -> Callable[[], str]:
+    """The pid a hanging stand-in wrote, once it has ('' before)."""
+    return lambda: path.read_text() if path.exists() else ""
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, stopped but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 async def test_a_shutdown_stops_the_child_and_fails_its_job(trainer: Trainer) -> None:

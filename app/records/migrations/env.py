@@ -13,12 +13,13 @@ from app.records.tables import metadata
 
 
 def plain_default(default: str | None) -> str | None:
-    """A server default's value without the brackets, quotes or PostgreSQL cast around it."""
+    """A server default as SQL text, without PostgreSQL's cast of a literal to its column's own
+    type (`'{}'::json`) or the brackets SQLite may put around an expression. Quotes stay: a text
+    default '0' is not the number 0."""
     if default is None:
         return None
-    default = re.sub(r"::[\w ]+$", "", default)  # PostgreSQL: '{}'::json
-    default = re.sub(r"^\((.*)\)$", r"\1", default)  # SQLite may bracket an expression
-    return re.sub(r"^'(.*)'$", r"\1", default)
+    default = re.sub(r"^('.*')::[\w ]+$", r"\1", default)
+    return re.sub(r"^\((.*)\)$", r"\1", default)
 
 
 def server_default_differs(
@@ -29,9 +30,14 @@ def server_default_differs(
     metadata_default: Any,
     rendered_metadata_default: str | None,
 ) -> bool:
-    """Defaults compared as text, each rendered by the database's own dialect. PostgreSQL's built-in
-    comparison asks the server whether `'{}'::json = '{}'`, which json has no operator to answer."""
-    return plain_default(inspected_default) != plain_default(rendered_metadata_default)
+    """Defaults compared as SQL text, each rendered by the database's own dialect; a text default of
+    the code's tables is the quoted literal the database shows. PostgreSQL's built-in comparison asks
+    the server whether `'{}'::json = '{}'`, which json has no operator to answer."""
+    literal = getattr(metadata_default, "arg", None)
+    expected = (
+        "'" + literal.replace("'", "''") + "'" if isinstance(literal, str) else rendered_metadata_default
+    )
+    return plain_default(inspected_default) != plain_default(expected)
 
 
 connection = context.config.attributes["connection"]
