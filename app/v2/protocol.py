@@ -21,7 +21,6 @@ from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 
 MODEL_NAME = "mnist"
 SERVER_NAME = "mnist-serve"
-SERVER_VERSION = __version__
 PLATFORM = "pytorch"
 EXTENSIONS = ("binary_tensor_data",)
 # A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.
@@ -138,7 +137,7 @@ class InferResult:
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
 
 def check_model(name: str, version: str | None, engine: BatchingEngine) -> None:

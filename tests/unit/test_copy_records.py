@@ -17,9 +17,8 @@ from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
+from tests.server import REPO
 from tests.unit.test_versions import copied, other_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def one_machines_history(tmp_path: Path, small_checkpoint: Path) -> tuple[Path, str, str, str]:

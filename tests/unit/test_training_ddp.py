@@ -16,9 +16,8 @@ import torch
 from models.checkpoint import load_checkpoint, sha256_bytes
 from models.cnn import Net
 from tests.datasets import unreadable_mnist
-from tests.server import free_port
+from tests.server import REPO, free_port
 from tests.tools import gone, installed, processes_with
-from tests.unit.test_training_cli import REPO
 
 SMALL = ["--device", "cpu", "--epochs", "1", "--limit-train", "2000"]
 
