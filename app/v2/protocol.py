@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from app import __version__
+from app import NAME, __version__
 from app.errors import BadRequest, FileTooLarge, ServiceError, TooManyFiles, VersionNotFound
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder, Invert, normalise
@@ -20,7 +20,6 @@ from app.predict.uploads import Upload
 from models.constants import IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES
 
 MODEL_NAME = "mnist"
-SERVER_NAME = "mnist-serve"
 PLATFORM = "pytorch"
 EXTENSIONS = ("binary_tensor_data",)
 # A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.
@@ -137,7 +136,7 @@ class InferResult:
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+    return {"name": NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
 
 def check_model(name: str, version: str | None, engine: BatchingEngine) -> None:
