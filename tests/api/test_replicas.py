@@ -16,10 +16,10 @@ from app.records.model_store import S3ModelStore
 from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
+from tests.checkpoints import another_version, copied, flipped
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.tools import polled_async
-from tests.unit.test_versions import copied, flipped, other_checkpoint
 from tests.uploads import image_file
 
 FOLLOW_WITHIN_S = 2.0
@@ -78,7 +78,7 @@ async def test_replicas_follow_the_database_through_the_store(
         assert await served_version(b, digit) == first  # B had no file: fetched from the store
         trainer = trainer_versions(url, store, tmp_path / "trainer")
         second = await asyncio.to_thread(
-            trainer.keep, other_checkpoint(small_checkpoint, tmp_path / "trainer" / "incoming" / "2.pt")
+            trainer.keep, another_version(small_checkpoint, tmp_path / "trainer" / "incoming" / "2.pt")
         )
 
         activated = await b.post(f"/model/versions/{second}/activate")
@@ -87,7 +87,7 @@ async def test_replicas_follow_the_database_through_the_store(
         assert took < FOLLOW_WITHIN_S
 
         # A version whose object in the store was corrupted: refused, the old model keeps serving.
-        third_file = other_checkpoint(tmp_path / "trainer" / "incoming" / "2.pt", tmp_path / "3.pt")
+        third_file = another_version(tmp_path / "trainer" / "incoming" / "2.pt", tmp_path / "3.pt")
         third = await asyncio.to_thread(trainer.keep, third_file)
         where = S3ModelStore(store, tmp_path / "inspector")
         boto3.client("s3").put_object(
@@ -126,7 +126,7 @@ async def test_on_one_machine_a_known_version_copied_onto_the_file_is_served(
     first = load_checkpoint(small_checkpoint).version
     async with serve() as client:
         model_file = tmp_path / "models" / "mnist_cnn.pt"  # where the `serve` fixture deploys it
-        other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+        another_version(small_checkpoint, tmp_path / "other.pt")
         copied(tmp_path / "other.pt", model_file)  # a new model, by hand
         second = load_checkpoint(model_file).version
         await until_served(client, digit, second)
