@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from models.checkpoint import load_checkpoint
-from tests.e2e.test_train import BETTER, QUICK, PredictLoad, finished, wait_for
+from tests.e2e.test_train import PredictLoad
 from tests.images import encode
+from tests.jobs import BETTER, QUICK, finished, polled_job
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.server import FAST_CLOCKS, ServerProcess, fresh_deployment
@@ -72,9 +73,13 @@ class Cluster:
     def wait_all_serve(self, version: str, body: bytes) -> float:
         """Seconds until every replica serves `version` (fails past FOLLOW_WITHIN_S + 2)."""
         started = time.monotonic()
-        while (seen := self.versions(body)) != {version}:
-            assert time.monotonic() - started < FOLLOW_WITHIN_S + 2, seen
-            time.sleep(0.05)
+        polled(
+            lambda: self.versions(body),
+            lambda seen: seen == {version},
+            timeout_s=FOLLOW_WITHIN_S + 2,
+            every_s=0.05,
+            what=f"not every replica serving {version}",
+        )
         return time.monotonic() - started
 
     def stop(self) -> None:
@@ -128,7 +133,7 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
         assert accepted.status_code == 202, accepted.text
         second_job = b.post("/train", json=QUICK)  # one trainer, one slot, no queue: 409 naming it
         assert second_job.status_code == 409 and accepted.json()["id"] in second_job.json()["detail"]
-        job = wait_for(b, accepted.json()["id"], finished)  # watched through another replica
+        job = polled_job(b, accepted.json()["id"], finished)  # watched through another replica
         assert job["status"] == "succeeded", job
         new = job["model_version"]
         took = cluster.wait_all_serve(new, body)
@@ -158,21 +163,30 @@ def test_a_trainer_killed_mid_job_leaves_it_interrupted(cluster: Cluster) -> Non
     accepted = a.post("/train", json={"epochs": 3})
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["id"]
-    wait_for(c, job_id, lambda job: job["status"] == "running" and bool(job["progress"]["fraction"]))
+    polled_job(c, job_id, lambda job: job["status"] == "running" and bool(job["progress"]["fraction"]))
     assert cluster.trainer.process is not None
     os.killpg(cluster.trainer.process.pid, signal.SIGKILL)  # the whole host goes: server and its child
     cluster.trainer.process.wait()
     killed_at = time.monotonic()
-    job: dict[str, Any] = wait_for(c, job_id, finished, timeout_s=STALE_AFTER_S + 10)
+    job: dict[str, Any] = polled_job(c, job_id, finished, timeout_s=STALE_AFTER_S + 10)
     assert job["status"] == "failed" and job["error"].startswith("interrupted"), job
     assert time.monotonic() - killed_at < STALE_AFTER_S + 3
+
     # No trainer is left: a job now is refused, saying why, rather than left waiting for nobody.
-    deadline = time.monotonic() + STALE_AFTER_S + 5
-    while (refused := a.post("/train", json=QUICK)).status_code != 503:
-        assert refused.status_code in (202, 409) and time.monotonic() < deadline, refused.text
-        if refused.status_code == 202:  # accepted while the dead trainer still looked alive: cancel it
-            a.delete(f"/train/{refused.json()['id']}")
-        time.sleep(0.2)
+    def ask_for_a_job() -> httpx.Response:
+        answer = a.post("/train", json=QUICK)
+        assert answer.status_code in (202, 409, 503), answer.text
+        if answer.status_code == 202:  # accepted while the dead trainer still looked alive: cancel it
+            a.delete(f"/train/{answer.json()['id']}")
+        return answer
+
+    refused = polled(
+        ask_for_a_job,
+        lambda answer: answer.status_code == 503,
+        timeout_s=STALE_AFTER_S + 5,
+        every_s=0.2,
+        what="a job not refused for want of a trainer",
+    )
     assert "no trainer is running" in refused.json()["detail"]
     cluster.trainer = cluster.start_trainer()
     assert a.post("/train", json={"epochs": 1, "limit_train": 500}).status_code == 202
@@ -182,7 +196,7 @@ def test_a_trainer_killed_mid_job_leaves_it_interrupted(cluster: Cluster) -> Non
 def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, body: bytes) -> None:
     b = httpx.Client(base_url=cluster.replicas[1].url, timeout=30)
     if jobs := b.get("/train").json()["jobs"]:  # run alone (make test-reliability), there are none
-        wait_for(b, jobs[0]["id"], finished)  # the previous test's last job
+        polled_job(b, jobs[0]["id"], finished)  # the previous test's last job
     running = [load.__enter__() for load in loads(cluster, body)]
     try:
         time.sleep(0.5)

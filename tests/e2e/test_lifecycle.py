@@ -11,7 +11,7 @@ import pytest
 from models.checkpoint import load_checkpoint
 from tests.images import encode
 from tests.server import ServerProcess, free_port
-from tests.tools import listening_sockets, wait_until
+from tests.tools import listening_sockets, polled
 from tests.v2_client import infer_grpc
 from training.data import Mnist
 
@@ -22,7 +22,12 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
     with ServerProcess(env, production=True, ready_path="/readyz") as server:
         # gRPC in every process: each listens on the port (SO_REUSEPORT), the kernel spreads
         # connections; a fresh connection per call.
-        assert wait_until(lambda: listening_sockets(grpc_port) == 2)
+        polled(
+            lambda: listening_sockets(grpc_port),
+            lambda listening: listening == 2,
+            timeout_s=30,
+            what="gRPC not listening in both processes",
+        )
         results = [infer_grpc(f"127.0.0.1:{grpc_port}", "pixels", mnist.test_images[:5]) for _ in range(8)]
         assert {r.get_response().model_version for r in results} == {
             load_checkpoint(small_checkpoint).version
