@@ -1,11 +1,13 @@
 """Programs the tests start (PostgreSQL, SeaweedFS, kubectl, mount): where they are, and what a test
 does without one: skipped, saying why, except in CI, which installs them (a silent skip there would
-hide a broken setup). And a full disk in miniature, the processes a run left, sockets, and `polled`:
-the one way a test waits for something to happen, to a deadline."""
+hide a broken setup). And a full disk in miniature, the processes a run left (and their memory, and
+a server's workers), open files, sockets, and `polled`: the one way a test waits for something to
+happen, to a deadline."""
 
 import asyncio
 import inspect
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -131,6 +133,36 @@ def gone(marker: str, timeout_s: float = 30, what: str = "") -> None:
         timeout_s,
         what=what or f"processes of {marker} not ended",
     )
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def workers_of(pid: int) -> list[int]:
+    """uvicorn's server processes under `pid` (spawned by multiprocessing; not its resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+                found.append(int(entry))
+    return found
+
+
+def enough_open_files(wanted: int) -> None:
+    """Raise this process's soft limit on open files to `wanted` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def listening_sockets(port: int) -> int:

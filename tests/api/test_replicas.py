@@ -17,6 +17,7 @@ from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
 from tests.checkpoints import another_version, copied, flipped
+from tests.load import predict_load
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.tools import polled_async
@@ -40,28 +41,27 @@ async def served_version(client: httpx.AsyncClient, digit: bytes) -> str:
 async def switch_under_load(replicas: list[httpx.AsyncClient], digit: bytes, version: str) -> float:
     """Seconds until every replica answers with `version`, while clients keep predicting on all
     of them; any failed prediction fails the test."""
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def hammer(client: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            response = await client.post("/predict", files=image_file(digit))
-            if response.status_code != 200:
-                failures.append(response.text)
-
-    load = [asyncio.create_task(hammer(client)) for client in replicas for _ in range(2)]
+    switched = asyncio.Event()
+    loads = [predict_load(client, digit, clients=2, until=switched.is_set) for client in replicas]
+    running = [asyncio.create_task(load) for load in loads]
     started = time.monotonic()
     try:
-        while True:
-            seen = {await served_version(client, digit) for client in replicas}
-            if seen == {version}:
-                return time.monotonic() - started
-            assert time.monotonic() - started < FOLLOW_WITHIN_S + 1, seen
-            await asyncio.sleep(0.05)
+        await polled_async(
+            lambda: served_by_all(replicas, digit),
+            lambda seen: seen == {version},
+            timeout_s=FOLLOW_WITHIN_S + 1,
+            every_s=0.05,
+            what=f"not every replica serving {version}",
+        )
+        return time.monotonic() - started
     finally:
-        stop.set()
-        await asyncio.gather(*load)
-        assert failures == []
+        switched.set()
+        tallies = await asyncio.gather(*running)
+        assert all(tally.failed == 0 for tally in tallies), [tally.statuses for tally in tallies]
+
+
+async def served_by_all(replicas: list[httpx.AsyncClient], digit: bytes) -> set[str]:
+    return {await served_version(client, digit) for client in replicas}
 
 
 async def test_replicas_follow_the_database_through_the_store(

@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ import httpx
 import pytest
 
 from models.checkpoint import load_checkpoint
-from tests.e2e.test_train import PredictLoad
 from tests.images import encode
 from tests.jobs import BETTER, QUICK, finished, polled_job
+from tests.load import Tally, load_meanwhile
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.server import FAST_CLOCKS, ServerProcess, fresh_deployment
@@ -114,8 +115,11 @@ def body(mnist: Mnist) -> bytes:
     return encode(mnist.test_images[0])
 
 
-def loads(cluster: Cluster, body: bytes) -> list[PredictLoad]:
-    return [PredictLoad(replica.url, body) for replica in cluster.replicas]
+@contextmanager
+def under_load(cluster: Cluster, body: bytes) -> Iterator[list[Tally]]:
+    """A client predicting on each replica while the `with` block runs, one tally each."""
+    with ExitStack() as loads:
+        yield [loads.enter_context(load_meanwhile(replica.url, body)) for replica in cluster.replicas]
 
 
 def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
@@ -127,8 +131,7 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
     assert httpx.get(f"{cluster.trainer.url}/readyz").status_code == 200
     assert httpx.post(f"{cluster.trainer.url}/predict").status_code == 404  # a trainer serves no model
 
-    running = [load.__enter__() for load in loads(cluster, body)]
-    try:
+    with under_load(cluster, body) as loads:
         accepted = a.post("/train", json=BETTER)
         assert accepted.status_code == 202, accepted.text
         second_job = b.post("/train", json=QUICK)  # one trainer, one slot, no queue: 409 naming it
@@ -138,24 +141,17 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
         new = job["model_version"]
         took = cluster.wait_all_serve(new, body)
         time.sleep(0.3)
-    finally:
-        for load in running:
-            load.__exit__()
     assert took < FOLLOW_WITHIN_S, took
-    for load in running:
-        assert set(load.statuses) == {200}, f"failed predictions: {sorted(set(load.statuses))}"
+    for load in loads:
+        assert set(load.outcomes) == {200}, f"failed predictions: {load.statuses}"
         assert load.versions[-1] == new
 
     # A rollback through B, followed by all, again under load.
-    running = [load.__enter__() for load in loads(cluster, body)]
-    try:
+    with under_load(cluster, body) as loads:
         assert b.post(f"/model/versions/{first}/activate").status_code == 200
         took = cluster.wait_all_serve(first, body)
-    finally:
-        for load in running:
-            load.__exit__()
     assert took < FOLLOW_WITHIN_S, took
-    assert all(set(load.statuses) == {200} for load in running)
+    assert all(set(load.outcomes) == {200} for load in loads), [load.statuses for load in loads]
 
 
 def test_a_trainer_killed_mid_job_leaves_it_interrupted(cluster: Cluster) -> None:
@@ -197,8 +193,7 @@ def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, b
     b = httpx.Client(base_url=cluster.replicas[1].url, timeout=30)
     if jobs := b.get("/train").json()["jobs"]:  # run alone (make test-reliability), there are none
         polled_job(b, jobs[0]["id"], finished)  # the previous test's last job
-    running = [load.__enter__() for load in loads(cluster, body)]
-    try:
+    with under_load(cluster, body) as loads:
         time.sleep(0.5)
         cluster.postgres.stop()
         down = b.get("/train")
@@ -208,9 +203,6 @@ def test_postgresql_restarted_under_load_fails_no_prediction(cluster: Cluster, b
         cluster.postgres.start()
         polled(lambda: b.get("/train"), lambda answer: answer.status_code == 200, timeout_s=20, every_s=0.2)
         time.sleep(0.5)
-    finally:
-        for load in running:
-            load.__exit__()
-    print(f"PostgreSQL restarted under load: {sum(len(load.statuses) for load in running)} predictions")
-    for load in running:
-        assert len(load.statuses) > 10 and set(load.statuses) == {200}, sorted(set(load.statuses))
+    print(f"PostgreSQL restarted under load: {sum(len(load.outcomes) for load in loads)} predictions")
+    for load in loads:
+        assert len(load.outcomes) > 10 and set(load.outcomes) == {200}, load.statuses

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from models.checkpoint import load_checkpoint, metadata_path
 from tests.datasets import unreadable_mnist
 from tests.images import encode
 from tests.jobs import BETTER, QUICK, finished, polled_job
+from tests.load import load_meanwhile
 from tests.server import ServerProcess, fresh_deployment
 from tests.tools import gone, polled, processes_with
 from training.data import Mnist
@@ -28,39 +28,12 @@ def server(tmp_path: Path, small_checkpoint: Path) -> Iterator[ServerProcess]:
         yield running
 
 
-class PredictLoad:
-    """A client that keeps sending /predict until stopped, recording every answer."""
-
-    def __init__(self, url: str, body: bytes) -> None:
-        self.url, self.body = url, body
-        self.statuses: list[int] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                response = client.post("/predict", files={"file": ("d.png", self.body, "image/png")})
-                self.statuses.append(response.status_code)
-                if response.status_code == 200:
-                    self.versions.append(response.json()["model_version"])
-
-    def __enter__(self) -> "PredictLoad":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
     server: ServerProcess, small_checkpoint: Path, mnist: Mnist
 ) -> None:
     old = load_checkpoint(small_checkpoint).version
     client = httpx.Client(base_url=server.url, timeout=30)
-    with PredictLoad(server.url, encode(mnist.test_images[0])) as load:
+    with load_meanwhile(server.url, encode(mnist.test_images[0])) as load:
         response = client.post("/train", json=BETTER)
         assert response.status_code == 202
         job = response.json()
@@ -110,7 +83,7 @@ def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
     prediction = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]), "image/png")})
     assert prediction.json()["model_version"] == new
     # Not one request failed through the job and the swap; each was answered by a whole model.
-    assert load.statuses and set(load.statuses) == {200}
+    assert set(load.outcomes) == {200}, load.statuses
     assert set(load.versions) <= {old, new} and load.versions[-1] == new
 
     listed = client.get("/train").json()["jobs"]
@@ -209,7 +182,7 @@ def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by
     with ServerProcess(env, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
         body = encode(mnist.test_images[0])
-        with PredictLoad(server.url, body) as load:
+        with load_meanwhile(server.url, body) as load:
             job = client.post("/train", json=PAGE_DEFAULT, headers=token).json()
             job = polled_job(client, job["id"], finished)
         assert job["status"] == "rejected", job
