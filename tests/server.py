@@ -145,8 +145,10 @@ class ServerProcess:
         return self.read_log()
 
     def read_log(self) -> str:
-        self.output.seek(0)
-        return self.output.read().decode(errors="replace")
+        """Everything the server printed so far. Read without moving the file's offset, which the
+        server shares: a seek back would have its next lines written over the first ones."""
+        fd = self.output.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     @property
     def returncode(self) -> int | None:
