@@ -3,6 +3,7 @@ active version is a database fact that every replica follows, fetching verified 
 store; a corrupted object is refused and the old model keeps serving."""
 
 import asyncio
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -64,9 +65,28 @@ async def served_by_all(replicas: list[httpx.AsyncClient], digit: bytes) -> set[
     return {await served_version(client, digit) for client in replicas}
 
 
+async def refused_by_all(caplog: pytest.LogCaptureFixture, version: str, replicas: int) -> None:
+    """Wait until the follower of every replica has fetched `version` from the store and refused
+    it, its weights not matching their sha256: the moment it would have served them. (A follower
+    logs only its first refusal of a version.)"""
+
+    def refusals() -> int:
+        said = [record.getMessage() for record in caplog.records]
+        return sum(f"not serving active version {version}: " in line and "sha256" in line for line in said)
+
+    await polled_async(refusals, lambda count: count >= replicas, what=f"{version} not refused by all")
+
+
 async def test_replicas_follow_the_database_through_the_store(
-    serve: Serve, postgres: PostgresServer, s3: S3Server, tmp_path: Path, small_checkpoint: Path, digit: bytes
+    serve: Serve,
+    postgres: PostgresServer,
+    s3: S3Server,
+    tmp_path: Path,
+    small_checkpoint: Path,
+    digit: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="app")
     url, store = postgres.new_database(), f"s3://models-{uuid.uuid4().hex[:8]}/mnist"
     shared = {"DATABASE_URL": url, "MODEL_STORE": store, "ROLE": "api"}
     first = load_checkpoint(small_checkpoint).version
@@ -97,9 +117,12 @@ async def test_replicas_follow_the_database_through_the_store(
         )
         refused = await a.post(f"/model/versions/{third}/activate")
         assert refused.status_code == 409 and "do not match their recorded sha256" in refused.json()["detail"]
-        trainer._set_active(third, "a replica whose cached copy was good")  # the database names it anyway
-        await asyncio.sleep(3 * 0.5)  # several polls of both replicas
-        assert await served_version(a, digit) == second and await served_version(b, digit) == second
+        # The trainer's own copy, cached when it kept the version, is good: it activates it, and
+        # the database names a version whose object in the store is corrupt.
+        await asyncio.to_thread(trainer.activate, third, "a trainer whose cached copy was good")
+        # Each replica's follower has now fetched it, checked it and refused it.
+        await refused_by_all(caplog, third, replicas=2)
+        assert await served_by_all([a, b], digit) == {second}
         assert (await a.get("/readyz")).status_code == 200
 
         # A rollback through B is followed by all.
