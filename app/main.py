@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from app import __version__
+from app import NAME, __version__
 from app.config import LOG_FORMAT, Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
 
     app = FastAPI(
-        title="mnist-serve",
+        title=NAME,
         summary="Handwritten-digit recognition with dynamic batching.",
         version=__version__,
         lifespan=lifespan,

@@ -14,10 +14,10 @@ import torch
 
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
+from tests.server import REPO
 from training.data import Mnist, load_mnist
 from training.loop import TrainConfig, run
 
-REPO = Path(__file__).resolve().parent.parent
 # The servers and settings a test makes read only what the test gives them: a developer's own
 # MNIST_* variables (a token, a database, a port) must not change what the suite checks. Only where
 # MNIST lies is kept.

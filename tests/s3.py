@@ -8,12 +8,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.tools import installed, not_installed
+from tests.tools import installed, not_installed, polled
 
 ACCESS_KEY, SECRET_KEY = "mnist-test", "mnist-test-secret"
 
@@ -71,19 +70,18 @@ class S3Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        self._wait_ready()
+        polled(self._answers, timeout_s=60, every_s=0.2, what="SeaweedFS's S3 gateway not up")
 
-    def _wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited: {(self.folder / 'weed.log').read_text()[-2000:]}")
-            try:
-                httpx.get(self.endpoint, timeout=1)  # any answer (403 without a signature) is up
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("SeaweedFS's S3 gateway did not come up")
+    def _answers(self) -> bool:
+        """Whether the S3 gateway answers at all (403 without a signature is up); if weed exited
+        instead, why."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"weed exited: {(self.folder / 'weed.log').read_text()[-2000:]}")
+        try:
+            httpx.get(self.endpoint, timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
 
     def env(self) -> dict[str, str]:
         """The standard AWS settings that point a client at this server."""

@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
 from models.checkpoint import metadata_path
+from tests.tools import polled
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_CLOCKS = {"MNIST_JOB_HEARTBEAT_S": "0.5", "MNIST_MODEL_POLL_S": "0.5"}
@@ -105,20 +105,24 @@ class ServerProcess:
             start_new_session=True,
             preexec_fn=self._limit_open_files if self.open_files else None,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = self.stop()
-                if "error while attempting to bind" in log:  # uvicorn's words for EADDRINUSE
-                    raise PortTaken(log)
-                raise RuntimeError(f"server exited with {self.process.returncode}: {log}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not up within {timeout_s} s: {self.stop()}")
+        try:
+            polled(self._ready, timeout_s=timeout_s)
+        except AssertionError:
+            raise RuntimeError(f"server not up within {timeout_s} s: {self.stop()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        """Whether the server answers on its readiness path; if it exited instead, why."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = self.stop()
+            if "error while attempting to bind" in log:  # uvicorn's words for EADDRINUSE
+                raise PortTaken(log)
+            raise RuntimeError(f"server exited with {self.process.returncode}: {log}")
+        try:
+            return httpx.get(self.url + self.ready_path, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None
@@ -141,8 +145,10 @@ class ServerProcess:
         return self.read_log()
 
     def read_log(self) -> str:
-        self.output.seek(0)
-        return self.output.read().decode(errors="replace")
+        """Everything the server printed so far. Read without moving the file's offset, which the
+        server shares: a seek back would have its next lines written over the first ones."""
+        fd = self.output.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     @property
     def returncode(self) -> int | None:

@@ -1,12 +1,14 @@
 """Programs the tests start (PostgreSQL, SeaweedFS, kubectl, mount): where they are, and what a test
 does without one: skipped, saying why, except in CI, which installs them (a silent skip there would
-hide a broken setup). And a full disk in miniature, the processes a run left, polling to a
-deadline, and a script run in a Python process of its own."""
+hide a broken setup). And a full disk in miniature, the processes a run left (and their memory, and
+a server's workers), open files, sockets, and `polled`: the one way a test waits for something to
+happen, to a deadline; and a script run in a Python process of its own."""
 
 import asyncio
 import inspect
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -82,25 +84,16 @@ def processes_with(marker: str) -> dict[int, dict[str, str]]:
     return found
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> bool:
-    """Whether `condition()` came true within `timeout_s` (polled every 0.1 s)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def polled(
     fetch: Callable[[], T],
-    done: Callable[[T], bool],
+    done: Callable[[T], object] = bool,
     timeout_s: float = 10,
     every_s: float = 0.1,
     what: str = "",
 ) -> T:
-    """What `fetch()` returns once `done` holds for it, fetched again every `every_s`; if `timeout_s`
-    passes first, fails saying `what` did not happen and showing the last answer (a response's body)."""
+    """What `fetch()` returns once `done` holds for it (by default, once it is truthy), fetched again
+    every `every_s`; if `timeout_s` passes first, fails with `what` ("v2 not served": what did not
+    happen) and the last answer (a response's body). The one way a test waits for something."""
     deadline = time.monotonic() + timeout_s
     while not done(answer := fetch()):
         assert time.monotonic() < deadline, shown(answer, timeout_s, what)
@@ -110,7 +103,7 @@ def polled(
 
 async def polled_async(
     fetch: Callable[[], Awaitable[T] | T],
-    done: Callable[[T], bool],
+    done: Callable[[T], object] = bool,
     timeout_s: float = 10,
     every_s: float = 0.1,
     what: str = "",
@@ -133,9 +126,45 @@ def shown(answer: object, timeout_s: float, what: str) -> str:
     return f"{what or 'not there'} within {timeout_s} s; last: {said}"
 
 
-def gone(marker: str, timeout_s: float = 30) -> bool:
-    """Whether every process with `marker` in its command line has ended within `timeout_s`."""
-    return wait_until(lambda: not processes_with(marker), timeout_s)
+def gone(marker: str, timeout_s: float = 30, what: str = "") -> None:
+    """Wait until every process with `marker` in its command line has ended; past `timeout_s`, fail
+    naming the ones left."""
+    polled(
+        lambda: sorted(processes_with(marker)),
+        lambda left: not left,
+        timeout_s,
+        what=what or f"processes of {marker} not ended",
+    )
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def workers_of(pid: int) -> list[int]:
+    """uvicorn's server processes under `pid` (spawned by multiprocessing; not its resource tracker)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in command:
+                found.append(int(entry))
+    return found
+
+
+def enough_open_files(wanted: int) -> None:
+    """Raise this process's soft limit on open files to `wanted` (as far as the hard limit allows)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def listening_sockets(port: int) -> int:

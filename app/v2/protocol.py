@@ -12,15 +12,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from app import __version__
+from app import NAME, __version__
 from app.errors import BadRequest, ServiceError, TooManyFiles, VersionNotFound
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder, Invert, model_input
 from models.signature import SIGNATURE
 
 MODEL_NAME = "mnist"
-SERVER_NAME = "mnist-serve"
-SERVER_VERSION = __version__
 PLATFORM = "pytorch"
 EXTENSIONS = ("binary_tensor_data",)
 # A request may hold this many engine batches (MNIST_MAX_BATCH_SIZE each): split, then reassembled.
@@ -147,7 +145,7 @@ class InferResult:
 
 
 def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+    return {"name": NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
 
 def check_model(name: str, version: str | None, engine: BatchingEngine) -> None:

@@ -179,8 +179,11 @@ async def test_openapi_documents_the_endpoints(api: httpx.AsyncClient) -> None:
     assert (await api.get("/docs")).status_code == 200
 
 
-async def test_the_server_says_the_version_it_was_released_as(api: httpx.AsyncClient) -> None:
-    released = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    assert (await api.get("/openapi.json")).json()["info"]["version"] == released
-    assert (await api.get("/v2")).json()["version"] == released
+async def test_the_server_says_the_name_and_version_it_was_released_as(api: httpx.AsyncClient) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    released = project["version"]
+    info = (await api.get("/openapi.json")).json()["info"]
+    assert (info["title"], info["version"]) == (project["name"], released)
+    v2 = (await api.get("/v2")).json()
+    assert (v2["name"], v2["version"]) == (project["name"], released)
     assert f'newTag: "{released}"' in (REPO / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text()

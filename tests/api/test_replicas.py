@@ -3,6 +3,7 @@ active version is a database fact that every replica follows, fetching verified 
 store; a corrupted object is refused and the old model keeps serving."""
 
 import asyncio
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -16,10 +17,11 @@ from app.records.model_store import S3ModelStore
 from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
 from tests.asgi import Serve
+from tests.checkpoints import another_version, copied, flipped
+from tests.load import predict_load
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
 from tests.tools import polled_async
-from tests.unit.test_versions import copied, flipped, other_checkpoint
 from tests.uploads import image_file
 
 FOLLOW_WITHIN_S = 2.0
@@ -40,33 +42,51 @@ async def served_version(client: httpx.AsyncClient, digit: bytes) -> str:
 async def switch_under_load(replicas: list[httpx.AsyncClient], digit: bytes, version: str) -> float:
     """Seconds until every replica answers with `version`, while clients keep predicting on all
     of them; any failed prediction fails the test."""
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def hammer(client: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            response = await client.post("/predict", files=image_file(digit))
-            if response.status_code != 200:
-                failures.append(response.text)
-
-    load = [asyncio.create_task(hammer(client)) for client in replicas for _ in range(2)]
+    switched = asyncio.Event()
+    loads = [predict_load(client, digit, clients=2, until=switched.is_set) for client in replicas]
+    running = [asyncio.create_task(load) for load in loads]
     started = time.monotonic()
     try:
-        while True:
-            seen = {await served_version(client, digit) for client in replicas}
-            if seen == {version}:
-                return time.monotonic() - started
-            assert time.monotonic() - started < FOLLOW_WITHIN_S + 1, seen
-            await asyncio.sleep(0.05)
+        await polled_async(
+            lambda: served_by_all(replicas, digit),
+            lambda seen: seen == {version},
+            timeout_s=FOLLOW_WITHIN_S + 1,
+            every_s=0.05,
+            what=f"not every replica serving {version}",
+        )
+        return time.monotonic() - started
     finally:
-        stop.set()
-        await asyncio.gather(*load)
-        assert failures == []
+        switched.set()
+        tallies = await asyncio.gather(*running)
+        assert all(tally.failed == 0 for tally in tallies), [tally.statuses for tally in tallies]
+
+
+async def served_by_all(replicas: list[httpx.AsyncClient], digit: bytes) -> set[str]:
+    return {await served_version(client, digit) for client in replicas}
+
+
+async def refused_by_all(caplog: pytest.LogCaptureFixture, version: str, replicas: int) -> None:
+    """Wait until the follower of every replica has fetched `version` from the store and refused
+    it, its weights not matching their sha256: the moment it would have served them. (A follower
+    logs only its first refusal of a version.)"""
+
+    def refusals() -> int:
+        said = [record.getMessage() for record in caplog.records]
+        return sum(f"not serving active version {version}: " in line and "sha256" in line for line in said)
+
+    await polled_async(refusals, lambda count: count >= replicas, what=f"{version} not refused by all")
 
 
 async def test_replicas_follow_the_database_through_the_store(
-    serve: Serve, postgres: PostgresServer, s3: S3Server, tmp_path: Path, small_checkpoint: Path, digit: bytes
+    serve: Serve,
+    postgres: PostgresServer,
+    s3: S3Server,
+    tmp_path: Path,
+    small_checkpoint: Path,
+    digit: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="app")
     url, store = postgres.new_database(), f"s3://models-{uuid.uuid4().hex[:8]}/mnist"
     shared = {"DATABASE_URL": url, "MODEL_STORE": store, "ROLE": "api"}
     first = load_checkpoint(small_checkpoint).version
@@ -78,7 +98,7 @@ async def test_replicas_follow_the_database_through_the_store(
         assert await served_version(b, digit) == first  # B had no file: fetched from the store
         trainer = trainer_versions(url, store, tmp_path / "trainer")
         second = await asyncio.to_thread(
-            trainer.keep, other_checkpoint(small_checkpoint, tmp_path / "trainer" / "incoming" / "2.pt")
+            trainer.keep, another_version(small_checkpoint, tmp_path / "trainer" / "incoming" / "2.pt")
         )
 
         activated = await b.post(f"/model/versions/{second}/activate")
@@ -87,7 +107,7 @@ async def test_replicas_follow_the_database_through_the_store(
         assert took < FOLLOW_WITHIN_S
 
         # A version whose object in the store was corrupted: refused, the old model keeps serving.
-        third_file = other_checkpoint(tmp_path / "trainer" / "incoming" / "2.pt", tmp_path / "3.pt")
+        third_file = another_version(tmp_path / "trainer" / "incoming" / "2.pt", tmp_path / "3.pt")
         third = await asyncio.to_thread(trainer.keep, third_file)
         where = S3ModelStore(store, tmp_path / "inspector")
         boto3.client("s3").put_object(
@@ -97,9 +117,12 @@ async def test_replicas_follow_the_database_through_the_store(
         )
         refused = await a.post(f"/model/versions/{third}/activate")
         assert refused.status_code == 409 and "do not match their recorded sha256" in refused.json()["detail"]
-        trainer._set_active(third, "a replica whose cached copy was good")  # the database names it anyway
-        await asyncio.sleep(3 * 0.5)  # several polls of both replicas
-        assert await served_version(a, digit) == second and await served_version(b, digit) == second
+        # The trainer's own copy, cached when it kept the version, is good: it activates it, and
+        # the database names a version whose object in the store is corrupt.
+        await asyncio.to_thread(trainer.activate, third, "a trainer whose cached copy was good")
+        # Each replica's follower has now fetched it, checked it and refused it.
+        await refused_by_all(caplog, third, replicas=2)
+        assert await served_by_all([a, b], digit) == {second}
         assert (await a.get("/readyz")).status_code == 200
 
         # A rollback through B is followed by all.
@@ -126,7 +149,7 @@ async def test_on_one_machine_a_known_version_copied_onto_the_file_is_served(
     first = load_checkpoint(small_checkpoint).version
     async with serve() as client:
         model_file = tmp_path / "models" / "mnist_cnn.pt"  # where the `serve` fixture deploys it
-        other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+        another_version(small_checkpoint, tmp_path / "other.pt")
         copied(tmp_path / "other.pt", model_file)  # a new model, by hand
         second = load_checkpoint(model_file).version
         await until_served(client, digit, second)

@@ -12,6 +12,7 @@ from models.checkpoint import load_checkpoint
 from tests.images import encode
 from tests.server import ServerProcess, two_versions
 from tests.tolerances import assert_log_probs_close
+from tests.tools import polled_async
 from training.data import Mnist
 from training.loop import to_model_input
 
@@ -62,11 +63,14 @@ async def test_every_answer_comes_from_the_model_its_version_names(
             except Exception as exc:
                 failures.append(f"client {index}: {exc!r}")
 
-    async def answers_after(count: int, timeout_s: float = 60) -> None:
+    async def answers_after(count: int) -> None:
         """Let the clients run until `count` answers in all (however slow the machine is today)."""
-        async with asyncio.timeout(timeout_s):
-            while len(answered) < count and not failures:
-                await asyncio.sleep(0.05)
+        await polled_async(
+            lambda: len(answered) >= count or bool(failures),
+            timeout_s=60,
+            every_s=0.05,
+            what=f"not {count} answers",
+        )
 
     with ServerProcess(env, ready_path="/readyz") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:

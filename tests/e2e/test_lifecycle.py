@@ -2,7 +2,6 @@
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -10,8 +9,9 @@ import pytest
 
 from models.checkpoint import load_checkpoint
 from tests.images import encode
+from tests.load import Tally, predict_load
 from tests.server import ServerProcess, free_port
-from tests.tools import listening_sockets, wait_until
+from tests.tools import listening_sockets, polled, polled_async
 from tests.v2_client import infer_grpc
 from training.data import Mnist
 
@@ -22,7 +22,12 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
     with ServerProcess(env, production=True, ready_path="/readyz") as server:
         # gRPC in every process: each listens on the port (SO_REUSEPORT), the kernel spreads
         # connections; a fresh connection per call.
-        assert wait_until(lambda: listening_sockets(grpc_port) == 2)
+        polled(
+            lambda: listening_sockets(grpc_port),
+            lambda listening: listening == 2,
+            timeout_s=30,
+            what="gRPC not listening in both processes",
+        )
         results = [infer_grpc(f"127.0.0.1:{grpc_port}", "pixels", mnist.test_images[:5]) for _ in range(8)]
         assert {r.get_response().model_version for r in results} == {
             load_checkpoint(small_checkpoint).version
@@ -61,43 +66,37 @@ def test_production_command_serves_with_several_processes(small_checkpoint: Path
 
 def test_shutdown_under_load_answers_every_accepted_request(small_checkpoint: Path, mnist: Mnist) -> None:
     server = ServerProcess({"MNIST_MODEL_PATH": str(small_checkpoint)}, ready_path="/readyz").start()
+    assert server.process is not None
+    process = server.process
     body = encode(mnist.test_images[0])
-    outcomes: list[str] = []
 
-    async def client_loop(client: httpx.AsyncClient, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            try:
-                response = await client.post("/predict", files={"file": ("d.png", body)})
-                outcomes.append(str(response.status_code))
-            except httpx.ConnectError:
-                outcomes.append("refused")  # the listener is closed: the request was never accepted
-                await asyncio.sleep(0.01)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                # Connected in the kernel's backlog after the server stopped accepting: the
-                # server never read this request. The access log below proves that.
-                outcomes.append("not accepted")
-                await asyncio.sleep(0.01)
+    def exited() -> bool:
+        return process.poll() is not None
 
-    async def run() -> None:
+    async def run() -> Tally:
         # A fresh connection per request, so "accepted" is unambiguous: no idle keep-alive races.
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
-            deadline = time.monotonic() + 2.0
-            loops = [asyncio.create_task(client_loop(client, deadline)) for _ in range(32)]
-            await asyncio.sleep(0.7)
-            assert server.process is not None
-            server.process.send_signal(signal.SIGTERM)
-            await asyncio.gather(*loops)
+            tally = Tally()
+            # Until the server has exited (at most a minute: one that never does fails below).
+            load = predict_load(client, body, 32, seconds=60, until=exited, tally=tally)
+            running = asyncio.create_task(load)
+            await polled_async(lambda: tally.ok, lambda ok: ok > 50, what="the load not answered")
+            process.send_signal(signal.SIGTERM)
+            return await running
 
-    asyncio.run(run())
+    tally = asyncio.run(run())
     log = server.stop()
     # uvicorn finishes its graceful shutdown, then re-raises SIGTERM so the exit status tells why.
     assert server.returncode in (0, -signal.SIGTERM), log
     assert "Application shutdown complete" in log
-    assert outcomes.count("200") > 50
-    assert set(outcomes) <= {"200", "refused", "not accepted"}
+    assert tally.ok > 50
+    # Refused: the listener is closed, the request was never accepted. A read error or a closed
+    # connection: connected in the kernel's backlog after the server stopped accepting, the request
+    # never read (the access log below proves that).
+    assert set(tally.outcomes) <= {200, "ConnectError", "ReadError", "RemoteProtocolError"}, tally.statuses
     # Every request the server took in was answered, and the client received that answer.
-    assert log.count('"POST /predict HTTP/1.1" 200') == outcomes.count("200")
+    assert log.count('"POST /predict HTTP/1.1" 200') == tally.ok
     assert '"POST /predict HTTP/1.1" 5' not in log
     assert "inference engine stopped" in log
 

@@ -2,9 +2,7 @@
 
 import os
 import signal
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +12,14 @@ import pytest
 from models.checkpoint import load_checkpoint, metadata_path
 from tests.datasets import unreadable_mnist
 from tests.images import encode
+from tests.jobs import BETTER, QUICK, finished, polled_job
+from tests.load import load_meanwhile
 from tests.server import ServerProcess, fresh_deployment
-from tests.tools import gone, polled, processes_with, wait_until
+from tests.tools import gone, polled, processes_with
 from training.data import Mnist
 
-QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
-# Twice the images of `small_checkpoint` (72.63% on the test set): a better model (about 86%).
-BETTER = {**QUICK, "limit_train": 4000}
 # What the page sends with its fields untouched.
 PAGE_DEFAULT = {"epochs": 1, "lr": 0.01, "limit_train": 2000, "recipe": "tutorial"}
-
-
-def wait_for(
-    client: httpx.Client,
-    job_id: str,
-    done: Callable[[dict[str, Any]], bool],
-    timeout_s: float = 120,
-    seen: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/train/{job_id}").json()
-        if seen is not None:
-            seen.append(job)
-        if done(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not get there in {timeout_s} s: {job}")
-
-
-def finished(job: dict[str, Any]) -> bool:
-    return job["status"] in ("succeeded", "failed", "cancelled", "rejected")
 
 
 @pytest.fixture
@@ -53,39 +28,12 @@ def server(tmp_path: Path, small_checkpoint: Path) -> Iterator[ServerProcess]:
         yield running
 
 
-class PredictLoad:
-    """A client that keeps sending /predict until stopped, recording every answer."""
-
-    def __init__(self, url: str, body: bytes) -> None:
-        self.url, self.body = url, body
-        self.statuses: list[int] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                response = client.post("/predict", files={"file": ("d.png", self.body, "image/png")})
-                self.statuses.append(response.status_code)
-                if response.status_code == 200:
-                    self.versions.append(response.json()["model_version"])
-
-    def __enter__(self) -> "PredictLoad":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
     server: ServerProcess, small_checkpoint: Path, mnist: Mnist
 ) -> None:
     old = load_checkpoint(small_checkpoint).version
     client = httpx.Client(base_url=server.url, timeout=30)
-    with PredictLoad(server.url, encode(mnist.test_images[0])) as load:
+    with load_meanwhile(server.url, encode(mnist.test_images[0])) as load:
         response = client.post("/train", json=BETTER)
         assert response.status_code == 202
         job = response.json()
@@ -93,10 +41,14 @@ def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
         assert job["status"] in ("queued", "running")
         assert job["hyperparameters"] == BETTER and job["promotion"] is None
         seen: list[dict[str, Any]] = []
-        job = wait_for(client, job["id"], finished, seen=seen)
+        job = polled_job(client, job["id"], finished, seen=seen)
         assert job["status"] == "succeeded", job
         # A few more requests, on the new model (the job reads succeeded once it is swapped in).
-        assert wait_until(lambda: load.versions[-3:].count(job["model_version"]) == 3)
+        polled(
+            lambda: load.versions[-3:],
+            lambda last: last == [job["model_version"]] * 3,
+            what="no answers from the new model",
+        )
     champion = load_checkpoint(small_checkpoint).metadata
     assert job["promotion"] == {
         "rule": "if_better",
@@ -133,7 +85,7 @@ def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
     prediction = client.post("/predict", files={"file": ("d.png", encode(mnist.test_images[0]), "image/png")})
     assert prediction.json()["model_version"] == new
     # Not one request failed through the job and the swap; each was answered by a whole model.
-    assert load.statuses and set(load.statuses) == {200}
+    assert set(load.outcomes) == {200}, load.statuses
     assert set(load.versions) <= {old, new} and load.versions[-1] == new
 
     listed = client.get("/train").json()["jobs"]
@@ -163,7 +115,7 @@ def test_one_job_at_a_time_and_cancel(server: ServerProcess, small_checkpoint: P
     second = client.post("/train", json=QUICK)
     assert second.status_code == 409
     assert first["id"] in second.json()["detail"]
-    running = wait_for(client, first["id"], lambda j: j["status"] == "running" and j["pid"] is not None)
+    running = polled_job(client, first["id"], lambda j: j["status"] == "running" and j["pid"] is not None)
     assert os.sched_getscheduler(running["pid"]) == os.SCHED_OTHER  # MNIST_TRAIN_PRIORITY=normal
     cancelled = client.delete(f"/train/{first['id']}")
     assert cancelled.status_code == 200
@@ -187,7 +139,7 @@ def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoi
         good = {"Authorization": "Bearer s3cret"}
         job = client.post("/train", json={"epochs": 3}, headers=good)
         assert job.status_code == 202
-        running = wait_for(
+        running = polled_job(
             client, job.json()["id"], lambda j: j["status"] == "running" and j["pid"] is not None
         )
         # The training child gets none of the server's secrets: it needs none of them.
@@ -198,14 +150,18 @@ def test_the_right_token_starts_and_cancels_a_job(tmp_path: Path, small_checkpoi
         assert client.delete(f"/train/{job.json()['id']}").status_code == 401
         assert client.delete(f"/train/{job.json()['id']}", headers=good).json()["status"] == "cancelled"
         incoming = Path(env["MNIST_STATE_DIR"]) / "incoming"
-        assert gone(str(incoming / job.json()["id"]))
-        assert wait_until(lambda: not incoming.exists() or not list(incoming.iterdir()))
+        gone(str(incoming / job.json()["id"]))
+        polled(
+            lambda: list(incoming.iterdir()) if incoming.exists() else [],
+            lambda left: not left,
+            what="incoming/ not emptied",
+        )
 
 
 def test_min_accuracy_rejects_and_keeps_the_model(server: ServerProcess, small_checkpoint: Path) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     job = client.post("/train", json={**BETTER, "min_accuracy": 99.9, "promote": "always"}).json()
-    job = wait_for(client, job["id"], finished)
+    job = polled_job(client, job["id"], finished)
     assert job["status"] == "rejected"
     assert job["test_accuracy"] < 99.9 and "below min_accuracy 99.9%" in job["error"]
     assert job["promotion"]["promoted"] is False and job["promotion"]["rule"] == "always"
@@ -228,9 +184,9 @@ def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by
     with ServerProcess(env, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
         body = encode(mnist.test_images[0])
-        with PredictLoad(server.url, body) as load:
+        with load_meanwhile(server.url, body) as load:
             job = client.post("/train", json=PAGE_DEFAULT, headers=token).json()
-            job = wait_for(client, job["id"], finished)
+            job = polled_job(client, job["id"], finished)
         assert job["status"] == "rejected", job
         assert set(load.versions) == {good["version"]}, "a rejected model was served"
         worse = job["model_version"]
@@ -261,7 +217,7 @@ def test_the_page_default_job_against_a_good_model_is_rejected_then_activated_by
         # Back to the good model; `promote: always` then promotes the same recipe's model.
         client.post(f"/model/versions/{good['version']}/activate", headers=token)
         forced = client.post("/train", json={**PAGE_DEFAULT, "seed": 7, "promote": "always"}, headers=token)
-        forced_job = wait_for(client, forced.json()["id"], finished)
+        forced_job = polled_job(client, forced.json()["id"], finished)
         assert forced_job["status"] == "succeeded", forced_job
         assert forced_job["promotion"]["promoted"] is True
         assert forced_job["promotion"]["difference"]["test_accuracy"] < 0  # worse, promoted as asked
@@ -279,7 +235,7 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
         client = httpx.Client(base_url=server.url, timeout=30)
         served = client.get("/model").json()
         assert served["metadata_missing"] is True and "test_accuracy" not in served
-        job = wait_for(
+        job = polled_job(
             client, client.post("/train", json={**QUICK, "limit_train": 500}).json()["id"], finished
         )
         assert job["status"] == "rejected", job
@@ -301,7 +257,7 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
         assert served["per_class_accuracy"] == recorded["per_class_accuracy"]
         # Measured once: the next job compares with the record. `promote: never` keeps its model,
         # better as it is, without activating it, and the job succeeds.
-        second = wait_for(
+        second = polled_job(
             client, client.post("/train", json={**BETTER, "promote": "never"}).json()["id"], finished
         )
         assert second["status"] == "succeeded", second
@@ -326,9 +282,9 @@ def test_a_killed_child_fails_the_job_and_leaves_the_model(
 ) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     job = client.post("/train", json={"epochs": 5}).json()
-    job = wait_for(client, job["id"], lambda j: j["status"] == "running" and j["progress"].get("fraction"))
+    job = polled_job(client, job["id"], lambda j: j["status"] == "running" and j["progress"].get("fraction"))
     os.kill(job["pid"], signal.SIGKILL)
-    job = wait_for(client, job["id"], finished)
+    job = polled_job(client, job["id"], finished)
     assert job["status"] == "failed"
     assert "killed by signal 9" in job["error"]
     assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version
@@ -342,7 +298,7 @@ def test_a_child_that_cannot_train_fails_the_job_with_its_own_message(
     env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_DATA_DIR": str(bad)}
     with ServerProcess(env, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
-        job = wait_for(client, client.post("/train", json=QUICK).json()["id"], finished)
+        job = polled_job(client, client.post("/train", json=QUICK).json()["id"], finished)
     assert job["status"] == "failed"
     # The child's error event, word for word: no training text, no traceback.
     assert job["error"].startswith(f"{bad}") and "\n" not in job["error"], job["error"]
@@ -353,7 +309,7 @@ def test_a_job_that_diverges_fails_saying_why_and_nothing_is_kept_or_served(
 ) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     diverging = {"epochs": 1, "limit_train": 300, "lr": 10, "momentum": 0.99, "batch_size": 1}
-    job = wait_for(
+    job = polled_job(
         client, client.post("/train", json={**diverging, "promote": "always"}).json()["id"], finished
     )
     assert job["status"] == "failed" and job["model_version"] is None
@@ -368,7 +324,7 @@ def test_a_job_that_diverges_fails_saying_why_and_nothing_is_kept_or_served(
 def test_rollback_to_an_earlier_version(server: ServerProcess, small_checkpoint: Path, mnist: Mnist) -> None:
     client = httpx.Client(base_url=server.url, timeout=30)
     old = load_checkpoint(small_checkpoint).version
-    job = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
+    job = polled_job(client, client.post("/train", json=BETTER).json()["id"], finished)
     assert job["status"] == "succeeded"
     assert client.post("/model/versions/nosuchversion/activate").status_code == 404
     response = client.post(f"/model/versions/{old}/activate")
@@ -385,9 +341,9 @@ def test_records_survive_a_restart_and_interrupted_jobs_are_marked(
     env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_JOB_STALE_AFTER_S": "2"}
     with ServerProcess(env, ready_path="/readyz") as first:
         client = httpx.Client(base_url=first.url, timeout=30)
-        done = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
+        done = polled_job(client, client.post("/train", json=BETTER).json()["id"], finished)
         running = client.post("/train", json={"epochs": 5}).json()
-        wait_for(client, running["id"], lambda j: j["status"] == "running")
+        polled_job(client, running["id"], lambda j: j["status"] == "running")
         # A sibling replica starting on the same state folder leaves the live job alone.
         with ServerProcess(env, ready_path="/readyz") as sibling:
             assert httpx.get(f"{sibling.url}/train/{running['id']}").json()["status"] == "running"
@@ -403,7 +359,7 @@ def test_records_survive_a_restart_and_interrupted_jobs_are_marked(
         client = httpx.Client(base_url=second.url, timeout=30)
         assert client.get(f"/train/{done['id']}").json() == done
         # Judged once this process has given owners a stale window to beat again.
-        interrupted = wait_for(client, running["id"], finished, timeout_s=10)
+        interrupted = polled_job(client, running["id"], finished, timeout_s=10)
         assert interrupted["status"] == "failed"
         assert interrupted["error"].startswith("interrupted")
         assert [j["id"] for j in client.get("/train").json()["jobs"]] == [running["id"], done["id"]]
@@ -417,10 +373,10 @@ def test_a_server_shut_down_during_a_job_stops_its_child_and_fails_the_job(
     with ServerProcess(env, ready_path="/readyz") as first:
         client = httpx.Client(base_url=first.url, timeout=30)
         job = client.post("/train", json={"epochs": 5}).json()
-        wait_for(client, job["id"], lambda j: j["status"] == "running" and j["pid"] is not None)
+        polled_job(client, job["id"], lambda j: j["status"] == "running" and j["pid"] is not None)
         log = first.stop(whole_group=False)  # the server alone: it must stop its child itself
         assert "Application shutdown complete" in log
-        assert gone(str(Path(env["MNIST_STATE_DIR"]) / "incoming" / job["id"]))
+        gone(str(Path(env["MNIST_STATE_DIR"]) / "incoming" / job["id"]))
     with ServerProcess(env, ready_path="/readyz") as second:
         ended = httpx.get(f"{second.url}/train/{job['id']}").json()  # at once: no stale window
     assert ended["status"] == "failed" and ended["error"].startswith("interrupted"), ended
@@ -433,7 +389,7 @@ def test_every_server_process_picks_up_a_promoted_model(
     env = {**fresh_deployment(tmp_path, small_checkpoint), "MNIST_WORKERS": "2"}
     with ServerProcess(env, production=True, ready_path="/readyz") as server:
         client = httpx.Client(base_url=server.url, timeout=30)
-        job = wait_for(client, client.post("/train", json=BETTER).json()["id"], finished)
+        job = polled_job(client, client.post("/train", json=BETTER).json()["id"], finished)
         assert job["status"] == "succeeded"
 
         def served() -> list[str]:
@@ -445,11 +401,10 @@ def test_every_server_process_picks_up_a_promoted_model(
             ]
 
         # The other process's watcher polls every 0.5 s here: within seconds both moved.
-        def both_moved() -> bool:
-            lines = served()
+        def both_moved(lines: list[str]) -> bool:
             return len(lines) == 2 and all(f'version="{job["model_version"]}"' in line for line in lines)
 
-        assert wait_until(both_moved, 30), served()
+        polled(served, both_moved, timeout_s=30, what="both processes not serving the new model")
 
         def versions_seen() -> set[str]:
             # Fresh connections, so requests spread over both processes.
@@ -483,7 +438,7 @@ def test_a_two_process_job_trains_and_is_promoted(
     response = client.post("/train", json={**BETTER, "epochs": 2, "nproc_per_node": 2, "min_accuracy": 80})
     assert response.status_code == 202, response.text
     seen: list[dict[str, Any]] = []
-    job = wait_for(client, response.json()["id"], finished, timeout_s=600, seen=seen)
+    job = polled_job(client, response.json()["id"], finished, timeout_s=600, seen=seen)
     assert job["status"] == "succeeded", job  # promoted: better than the first model, above 80%
     assert job["test_accuracy"] >= 80 and job["promotion"]["promoted"] is True
     assert job["hyperparameters"]["nproc_per_node"] == 2
@@ -503,11 +458,11 @@ def test_cancelling_a_two_process_job_leaves_no_process_behind(
 ) -> None:
     client = httpx.Client(base_url=two_process_server.url, timeout=30)
     job = client.post("/train", json={"nproc_per_node": 2, "epochs": 5}).json()
-    wait_for(client, job["id"], lambda j: (j["progress"].get("fraction") or 0) > 0)
+    polled_job(client, job["id"], lambda j: (j["progress"].get("fraction") or 0) > 0)
     # The launcher and both ranks carry the job's output path on their command lines.
     running = processes_with(job["id"])
     assert sorted(env.get("RANK", "launcher") for env in running.values()) == ["0", "1", "launcher"]
     cancelled = client.delete(f"/train/{job['id']}")
     assert cancelled.json()["status"] == "cancelled"
-    assert gone(job["id"]), f"left behind: {processes_with(job['id'])}"
+    gone(job["id"])
     assert client.get("/model").json()["model_version"] == load_checkpoint(small_checkpoint).version

@@ -24,7 +24,7 @@ from models.checkpoint import load_checkpoint
 from tests.images import encode
 from tests.server import ServerProcess, free_port, fresh_deployment, two_versions
 from tests.tolerances import assert_log_probs_close
-from tests.tools import wait_until
+from tests.tools import polled
 from tests.uploads import post_all
 from tests.v2_client import (
     as_inputs,
@@ -514,7 +514,7 @@ def test_a_hot_swap_during_a_stream_of_v2_requests_fails_none(
 
         def answers_after(count: int) -> None:
             """Let the streams run until `count` answers in all (however slow the machine is today)."""
-            assert wait_until(lambda: len(seen) >= count or bool(failures), 60)
+            polled(lambda: len(seen) >= count or bool(failures), timeout_s=60, what=f"not {count} answers")
 
         try:
             for version in [*models, *models]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 
 from tests.images import encode
+from tests.jobs import polled_job
 from tests.server import ServerProcess
-from tests.tools import fill, polled, small_disk, wait_until
+from tests.tools import fill, polled, small_disk
 from training.data import Mnist
 
 
@@ -21,13 +22,6 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def job_state(client: httpx.Client, job_id: str) -> dict[str, object]:
-    response = client.get(f"/train/{job_id}")
-    assert response.status_code == 200, response.text
-    state: dict[str, object] = response.json()
-    return state
-
-
 def test_a_full_disk_during_a_job(tmp_path: Path, small_checkpoint: Path, mnist: Mnist) -> None:
     with small_disk(tmp_path / "state", size="16m") as state:
         env = {"MNIST_MODEL_PATH": str(small_checkpoint), "MNIST_STATE_DIR": str(state), "MNIST_WORKERS": "1"}
@@ -35,19 +29,13 @@ def test_a_full_disk_during_a_job(tmp_path: Path, small_checkpoint: Path, mnist:
             client = httpx.Client(base_url=server.url, timeout=30)
             digit = {"file": ("d.png", encode(mnist.test_images[0]))}
             job = client.post("/train", json={"epochs": 1, "limit_train": 20000, "seed": 3}).json()
-            pid = polled(lambda: job_state(client, job["id"])["pid"], bool, timeout_s=60)
+            child = polled_job(client, job["id"], lambda current: current["pid"], timeout_s=60)["pid"]
             fill(state)  # the database, the child's checkpoint and the model store share this disk
             assert client.post("/predict", files=digit).status_code == 200
-            child = int(pid)  # type: ignore[call-overload]
-            assert wait_until(lambda: not alive(child), timeout_s=180), "the training child outlived the job"
+            polled(lambda: alive(child), lambda living: not living, 180, what="the training child not ended")
             assert client.post("/predict", files=digit).status_code == 200
             (state / "filler").unlink()  # room again: the end can be recorded
-            ended = polled(
-                lambda: job_state(client, job["id"]),
-                lambda current: current["status"] != "running",
-                timeout_s=30,
-                every_s=0.2,
-            )
+            ended = polled_job(client, job["id"], lambda current: current["status"] != "running", 30)
             print(f"job ended {ended['status']}: {ended['error']}")
             assert ended["status"] == "failed" and "space" in str(ended["error"]).lower()
             assert not any((state / "incoming").glob("*"))

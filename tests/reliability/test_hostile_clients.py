@@ -20,11 +20,9 @@ from grpc import aio
 from tritonclient.grpc import service_pb2
 
 from tests.images import encode, larger, scan_bomb, tile_bomb
-from tests.reliability.load import rss_mib
 from tests.reliability.scale import scaled
-from tests.reliability.test_slow_clients import enough_open_files
 from tests.server import DualStackServer, ServerProcess, impatient_server
-from tests.tools import read_until_closed
+from tests.tools import enough_open_files, read_until_closed, rss_mib
 from tests.v2_client import call_grpc, one_digit_request
 from training.data import Mnist
 

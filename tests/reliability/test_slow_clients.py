@@ -2,7 +2,7 @@
 after MNIST_HEADER_TIMEOUT_S, and 1,100 idle connections against a server started under the common
 1024 open-file limit leave room for new clients (the limit is raised at startup)."""
 
-import resource
+import asyncio
 import socket
 import threading
 import time
@@ -13,8 +13,10 @@ import httpx
 import pytest
 
 from tests.images import encode
+from tests.load import predict_load
 from tests.reliability.scale import scaled
 from tests.server import ServerProcess, impatient_server
+from tests.tools import enough_open_files
 from training.data import Mnist
 
 HEADER_TIMEOUT_S = 2.0
@@ -24,12 +26,6 @@ HEADER_TIMEOUT_S = 2.0
 def patient_server(small_checkpoint: Path) -> Iterator[ServerProcess]:
     with impatient_server(small_checkpoint, HEADER_TIMEOUT_S) as running:
         yield running
-
-
-def enough_open_files(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
 
 def test_slowloris_connections_are_cut_off_while_others_are_served(
@@ -60,16 +56,12 @@ def test_slowloris_connections_are_cut_off_while_others_are_served(
     for thread in threads:
         thread.start()
     body = encode(mnist.test_images[0])
-    answered = []
-    with httpx.Client(base_url=patient_server.url, timeout=10) as client:
-        deadline = time.monotonic() + HEADER_TIMEOUT_S + 1
-        while time.monotonic() < deadline:
-            answered.append(client.post("/predict", files={"file": ("d.png", body)}).status_code)
+    others = asyncio.run(predict_load(patient_server.url, body, seconds=HEADER_TIMEOUT_S + 1))
     for thread in threads:
         thread.join()
     longest = max(closed_after)
-    print(f"{slow} slowloris clients: closed after {longest:.1f} s at most; {len(answered)} others served")
-    assert set(answered) == {200}
+    print(f"{slow} slowloris clients: closed after {longest:.1f} s at most; {others.ok} others served")
+    assert set(others.outcomes) == {200}
     assert len(closed_after) == slow and longest < HEADER_TIMEOUT_S + 3
 
 

@@ -4,9 +4,10 @@ the end. Every answer is a 200 and memory stays flat."""
 import asyncio
 
 from tests.images import encode
-from tests.reliability.load import predict_load, rss_mib
+from tests.load import predict_load
 from tests.reliability.scale import scaled
 from tests.server import ServerProcess
+from tests.tools import rss_mib
 from training.data import Mnist
 
 GROWTH_BOUND_MIB = 30

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 
 from tests.images import encode
-from tests.reliability.load import Tally, predict_load, workers_of
+from tests.load import Tally, predict_load
 from tests.server import ServerProcess
-from tests.tools import polled
+from tests.tools import polled, polled_async, workers_of
 from training.data import Mnist
 
 CLIENTS = 16
@@ -26,8 +26,9 @@ def test_a_worker_killed_under_load(small_checkpoint: Path, mnist: Mnist) -> Non
         body = encode(mnist.test_images[0])
 
         async def load_and_kill() -> tuple[int, Tally]:
-            load = asyncio.create_task(predict_load(server.url, body, clients=CLIENTS, seconds=8))
-            await asyncio.sleep(2)
+            tally = Tally()
+            load = asyncio.create_task(predict_load(server.url, body, CLIENTS, seconds=8, tally=tally))
+            await polled_async(lambda: tally.ok, lambda ok: ok >= CLIENTS, what="the load not answered")
             victim = max(workers)
             os.kill(victim, signal.SIGKILL)
             return victim, await load

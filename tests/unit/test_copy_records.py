@@ -15,11 +15,10 @@ from app.records.database import Database, database_url
 from app.records.model_store import LocalModelStore, S3ModelStore
 from app.records.versions import ModelVersions
 from models.checkpoint import load_checkpoint
+from tests.checkpoints import another_version, copied
 from tests.postgres import PostgresServer
 from tests.s3 import S3Server
-from tests.unit.test_versions import copied, other_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.server import REPO
 
 
 def one_machines_history(tmp_path: Path, small_checkpoint: Path) -> tuple[Path, str, str, str]:
@@ -30,7 +29,7 @@ def one_machines_history(tmp_path: Path, small_checkpoint: Path) -> tuple[Path, 
     local.migrate()
     versions = ModelVersions(local, LocalModelStore(state / "models"), state, tmp_path / "mnist_cnn.pt")
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
-    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    second = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     versions.activate(first, "rollback by hand")
     jobs = JobStore(local, stale_after_s=15.0)
     jobs.check_in("laptop", slots=1)

@@ -4,7 +4,6 @@ resources, disruption budget and autoscaler; and every MNIST_* variable the mani
 files set is a setting the service reads, so a typo there cannot go unnoticed."""
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -12,9 +11,9 @@ import pytest
 import yaml
 
 from app.config import Settings
+from tests.server import REPO
 from tests.tools import installed, not_installed
 
-REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
 # Read by the compose files' own commands, not by the service.
 COMPOSE_ONLY = {"MNIST_TRAINER_ARGS"}

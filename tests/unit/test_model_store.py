@@ -11,8 +11,8 @@ import pytest
 from app.errors import ModelObjectCorrupt, ModelStoreUnavailable
 from app.records.model_store import LocalModelStore, S3ModelStore
 from models.checkpoint import load_checkpoint
+from tests.checkpoints import flipped
 from tests.s3 import S3Server
-from tests.unit.test_versions import flipped
 
 
 def metadata_of(checkpoint: Path) -> dict[str, Any]:

@@ -12,9 +12,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.datasets import unreadable_mnist
+from tests.server import REPO
 from training.__main__ import main
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def train(*args: str, mnist_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,8 @@ import torch
 from models.checkpoint import load_checkpoint, sha256_bytes
 from models.cnn import Net
 from tests.datasets import unreadable_mnist
-from tests.server import free_port
-from tests.tools import gone, installed, processes_with
-from tests.unit.test_training_cli import REPO
+from tests.server import REPO, free_port
+from tests.tools import gone, installed, polled, processes_with
 
 SMALL = ["--device", "cpu", "--epochs", "1", "--limit-train", "2000"]
 
@@ -50,6 +48,22 @@ def finish(process: subprocess.Popen[str], timeout_s: float = 300) -> tuple[int,
 
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
+
+
+def assert_running(launcher: subprocess.Popen[str]) -> None:
+    """Fail at once, with its error, if the launcher has exited: nothing waited for can come then."""
+    assert launcher.poll() is None, launcher.communicate()
+
+
+def progressed(events: Path, launcher: subprocess.Popen[str]) -> bool:
+    assert_running(launcher)
+    return '"progress"' in (events.read_text() if events.exists() else "")
+
+
+def ranks_of(out: Path, launcher: subprocess.Popen[str]) -> list[int]:
+    """The pids of the ranks writing `out`."""
+    assert_running(launcher)
+    return [pid for pid, env in processes_with(str(out)).items() if "RANK" in env]
 
 
 @pytest.mark.slow
@@ -101,11 +115,7 @@ def test_a_killed_rank_stops_the_run_with_one_line_naming_it(tmp_path: Path, mni
     out, events = tmp_path / "killed.pt", tmp_path / "events.jsonl"
     args = ["--nproc-per-node", "2", "--device", "cpu", "--epochs", "2", "--log-interval", "5"]
     launcher = start(training(*args, "--events", str(events), "--out", str(out)), mnist_dir, tmp_path)
-    deadline = time.monotonic() + 120
-    while '"progress"' not in (events.read_text() if events.exists() else ""):
-        assert launcher.poll() is None, launcher.communicate()
-        assert time.monotonic() < deadline, "no progress within 120 s"
-        time.sleep(0.1)
+    polled(lambda: progressed(events, launcher), timeout_s=120, what="no progress")
     ranks = {env.get("RANK"): pid for pid, env in processes_with(str(out)).items() if "RANK" in env}
     assert set(ranks) == {"0", "1"}, ranks
     os.kill(ranks["1"], signal.SIGKILL)
@@ -117,7 +127,7 @@ def test_a_killed_rank_stops_the_run_with_one_line_naming_it(tmp_path: Path, mni
     )
     reported = json.loads(events.read_text().splitlines()[-1])
     assert reported["event"] == "error" and reported["message"].startswith("rank 1 of 2")
-    assert gone(str(out)), "a rank outlived the run"
+    gone(str(out), what="a rank outlived the run")
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
 
 
@@ -127,14 +137,10 @@ def test_ranks_die_with_a_launcher_killed_outright(tmp_path: Path, mnist_dir: Pa
     launcher = start(
         training("--nproc-per-node", "2", *SMALL, "--quiet", "--out", str(out)), mnist_dir, tmp_path
     )
-    deadline = time.monotonic() + 120
-    while len([env for env in processes_with(str(out)).values() if "RANK" in env]) < 2:
-        assert launcher.poll() is None, launcher.communicate()
-        assert time.monotonic() < deadline, "the ranks did not start within 120 s"
-        time.sleep(0.1)
+    polled(lambda: ranks_of(out, launcher), lambda ranks: len(ranks) == 2, 120, what="the ranks not started")
     launcher.kill()  # no chance to stop its ranks itself
     launcher.wait()
-    assert gone(str(out)), f"ranks outlived their launcher: {processes_with(str(out))}"
+    gone(str(out), what="ranks outlived their launcher")
     assert not out.exists()
 
 

@@ -22,8 +22,7 @@ from app.v2.protocol import (
     the_input,
 )
 from app.v2.rest import HEADER_LENGTH, JSON_SLACK, encode_response, parse_request
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.server import REPO
 
 
 def binary_body(document: dict[str, object], blob: bytes) -> tuple[bytes, str]:

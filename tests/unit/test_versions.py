@@ -7,23 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 from app.errors import ModelObjectCorrupt, VersionNotFound
 from app.records.database import Database, database_url
 from app.records.model_store import LocalModelStore
 from app.records.versions import Adopt, ModelVersions
-from models.checkpoint import load_checkpoint, metadata_path, save_checkpoint
-
-
-def other_checkpoint(small_checkpoint: Path, target: Path) -> Path:
-    """A second real checkpoint: the small one with one weight changed (so another version)."""
-    model = load_checkpoint(small_checkpoint).model
-    with torch.no_grad():
-        model.fc2.bias[0] += 1.0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, target, arch="net", extra={"test_accuracy": 12.5})
-    return target
+from models.checkpoint import load_checkpoint, metadata_path
+from tests.checkpoints import another_version, copied, flipped
 
 
 def opened(url: str, state: Path, model_path: Path) -> ModelVersions:
@@ -36,7 +26,7 @@ def test_keep_activate_and_list(records_url: str, tmp_path: Path, small_checkpoi
     state, served = tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt"
     versions = opened(records_url, state, served)
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
-    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    second = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     assert versions.keep(versions.incoming_path("b")) == second  # a retry after an outage: no change
     versions.activate(first, "training job a")
     assert load_checkpoint(served).version == first
@@ -80,7 +70,7 @@ def test_the_active_version_wins_over_a_file_unless_it_is_new_and_taken_over(
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
     versions = opened(records_url, tmp_path / "state", served)
     first = versions.adopt(served, "replica a", Adopt.FIRST)
-    other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+    another_version(small_checkpoint, tmp_path / "other.pt")
     replica_file = copied(tmp_path / "other.pt", tmp_path / "replica-b" / "mnist_cnn.pt")
     second = versions.adopt(replica_file, "replica b", Adopt.FIRST)  # shared records: a wins
     assert versions.active() == first and second != first
@@ -88,7 +78,7 @@ def test_the_active_version_wins_over_a_file_unless_it_is_new_and_taken_over(
     newest = copied(tmp_path / "other.pt", tmp_path / "by-hand" / "mnist_cnn.pt")
     versions.adopt(newest, "by hand", Adopt.NEW)  # known already: not a new model, no take-over
     assert versions.active() == first
-    third = other_checkpoint(tmp_path / "other.pt", tmp_path / "third" / "mnist_cnn.pt")
+    third = another_version(tmp_path / "other.pt", tmp_path / "third" / "mnist_cnn.pt")
     assert versions.adopt(third, "by hand", Adopt.NEW) == versions.active() != first
     versions.adopt(served, "one machine restarting with this file", Adopt.ALWAYS)
     assert versions.active() == first
@@ -102,7 +92,7 @@ def test_a_state_folder_from_before_version_records_is_recorded(
     kept.mkdir(parents=True)
     old = load_checkpoint(small_checkpoint).version
     copied(small_checkpoint, kept / f"{old}.pt")
-    newer = load_checkpoint(other_checkpoint(small_checkpoint, tmp_path / "new.pt")).version
+    newer = load_checkpoint(another_version(small_checkpoint, tmp_path / "new.pt")).version
     copied(tmp_path / "new.pt", kept / f"{newer}.pt")
     versions = opened(f"sqlite:///{state / 'jobs.sqlite3'}", state, tmp_path / "mnist_cnn.pt")
     versions.record_kept_files()
@@ -118,7 +108,7 @@ def test_stale_metadata_and_broken_kept_files(
     """Weights replaced before their JSON: the weights' own version is recorded. A kept file that
     does not load is left out with a warning; startup goes on."""
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
-    other_checkpoint(small_checkpoint, tmp_path / "other.pt")
+    another_version(small_checkpoint, tmp_path / "other.pt")
     shutil.copy(tmp_path / "other.pt", served)  # new weights, old JSON beside them
     versions = opened(records_url, tmp_path / "state", served)
     (tmp_path / "state" / "models").mkdir(parents=True, exist_ok=True)  # kept by an earlier server
@@ -130,20 +120,13 @@ def test_stale_metadata_and_broken_kept_files(
     assert entry["model_version"] == truth == versions.active()
 
 
-def copied(checkpoint: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(checkpoint, target)
-    shutil.copy(metadata_path(checkpoint), metadata_path(target))
-    return target
-
-
 def test_a_version_whose_weights_went_bad_is_not_activated(
     records_url: str, tmp_path: Path, small_checkpoint: Path
 ) -> None:
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
     versions = opened(records_url, tmp_path / "state", served)
     good = versions.adopt(served, "startup", Adopt.FIRST)
-    bad = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    bad = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     kept = tmp_path / "state" / "models" / f"{bad}.pt"
     kept.write_bytes(flipped(kept.read_bytes()))
     with pytest.raises(ModelObjectCorrupt, match="do not match their recorded sha256"):
@@ -158,7 +141,7 @@ def test_a_version_whose_kept_metadata_names_another_network_is_not_activated_sa
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
     versions = opened(records_url, tmp_path / "state", served)
     good = versions.adopt(served, "startup", Adopt.FIRST)
-    edited = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    edited = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     kept = metadata_path(tmp_path / "state" / "models" / f"{edited}.pt")
     kept.write_text(json.dumps({**json.loads(kept.read_text()), "arch": "lenet5"}))
     with pytest.raises(ModelObjectCorrupt) as refused:
@@ -182,18 +165,12 @@ def test_activating_where_the_model_file_cannot_be_written_still_activates(
     assert versions.active() == version
 
 
-def flipped(data: bytes) -> bytes:
-    """The same bytes with one bit of the middle one changed: corrupt, yet the same size."""
-    middle = len(data) // 2
-    return data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :]
-
-
 def test_promote_only_replaces_the_model_it_was_judged_against(
     records_url: str, tmp_path: Path, small_checkpoint: Path
 ) -> None:
     versions = opened(records_url, tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt")
     first = versions.keep(copied(small_checkpoint, versions.incoming_path("a")))
-    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    second = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     assert versions.promote(first, "training job a", replacing=None)  # nothing was active
     assert versions.active() == first
     # Judged against a model that no longer serves: refused, and nothing changes.
@@ -207,7 +184,7 @@ def test_measured_figures_are_added_to_the_record(
     records_url: str, tmp_path: Path, small_checkpoint: Path
 ) -> None:
     versions = opened(records_url, tmp_path / "state", tmp_path / "served" / "mnist_cnn.pt")
-    version = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    version = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     figures = {
         "version": version,
         "test_accuracy": 70.5,
@@ -235,7 +212,7 @@ def test_concurrent_activations_and_adoptions_end_on_the_last_one_and_keep_who_a
     served = copied(small_checkpoint, tmp_path / "served" / "mnist_cnn.pt")
     versions = opened(records_url, tmp_path / "state", served)
     first = versions.adopt(served, "startup", Adopt.ALWAYS)
-    second = versions.keep(other_checkpoint(small_checkpoint, versions.incoming_path("b")))
+    second = versions.keep(another_version(small_checkpoint, versions.incoming_path("b")))
     for round_ in range(20):
         with ThreadPoolExecutor(3) as pool:
             done = [
