@@ -90,6 +90,8 @@ def test_one_client_holds_at_most_its_share_and_the_others_keep_the_rest() -> No
         assert bodies.held == 8 and bodies.by_client == {"10.0.0.1": 8}
         with bodies.reserved(17, "10.0.0.1"):
             pass
+        first.resize(20)  # and grows by what it takes more, up to its share again
+        assert bodies.held == 25 and bodies.by_client == {"10.0.0.1": 25}
     assert bodies.held == 0 and not bodies.by_client
 
 
