@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from app.config import Settings
 from app.errors import BlankImage, DecodersBusy, FileTooLarge, ImageTooLarge, InvalidImage, NotAnImage
@@ -513,6 +513,14 @@ async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thr
         two = [Upload("files", f"{n}.png", encode(digits[n])) for n in range(2)]
         async with asyncio.timeout(5):  # exactly the inline limit: decoded here, at once
             await decoder.decode(two, Invert.AUTO, batch=True)
+        # Only a JPEG's scans multiply what a decode costs: their marker in a PNG's text is no scan.
+        marked = PngImagePlugin.PngInfo()
+        marked.add_text("note", "\xff\xda" * 10)
+        png = io.BytesIO()
+        Image.fromarray(digits[0].numpy()).save(png, "PNG", pnginfo=marked)
+        assert png.getvalue().count(b"\xff\xda") == 10
+        async with asyncio.timeout(5):
+            await decoder.decode([Upload("file", "marked.png", png.getvalue())], Invert.AUTO, batch=False)
 
 
 @asynccontextmanager
