@@ -4,7 +4,8 @@ It takes one grey image of a fixed size, its levels normalised as in training; i
 log-probabilities of its classes. Preprocessing, the batching engine, the answers, the v2 tensor
 specs, the API's schemas, the networks, training's normalisation, the checkpoint's metadata and the
 model card all read this one description: a model of another size or with other classes is
-described here, not in each of them.
+described here, not in each of them (the networks' inner layers, sized for 28x28 inputs, would be
+the one other place to change).
 """
 
 from dataclasses import dataclass
