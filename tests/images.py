@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 
 def saved(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
@@ -69,6 +69,17 @@ def tiled_tiff(pixels: np.ndarray, tile: int) -> bytes:
         for x in range(across)
     ]
     return tiff_of_tiles(width, height, tile, tiles)
+
+
+def half_tiled_tiff(pixels: np.ndarray) -> bytes:
+    """An 8-bit grey TIFF stored in strips whose directory also names a tile width (322) but no tile
+    length (323): a malformed file libtiff reads by its strips."""
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[65000], info.tagtype[65000] = 16, 3  # a private SHORT tag, renumbered below
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "TIFF", tiffinfo=info)
+    assert out.getvalue().count(struct.pack("<HH", 65000, 3)) == 1
+    return out.getvalue().replace(struct.pack("<HH", 65000, 3), struct.pack("<HH", 322, 3))
 
 
 def tile_bomb(width: int, height: int, tile: int) -> bytes:

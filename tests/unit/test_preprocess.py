@@ -35,6 +35,7 @@ from app.predict.uploads import Upload
 from tests.images import (
     black_on_white,
     encode,
+    half_tiled_tiff,
     larger,
     png_header_only,
     rgb,
@@ -238,6 +239,10 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
 @pytest.mark.parametrize("tile", [16, 32, 256, 2048])
 def test_a_tiled_tiff_decodes_to_its_digit(digits: torch.Tensor, tile: int) -> None:
     assert np.array_equal(mnist_pixels(tiled_tiff(digits[0].numpy(), tile)), digits[0].numpy())
+
+
+def test_a_tiff_naming_a_tile_width_but_no_tile_length_is_read_by_its_strips(digits: torch.Tensor) -> None:
+    assert np.array_equal(mnist_pixels(half_tiled_tiff(digits[0].numpy())), digits[0].numpy())
 
 
 def test_tiles_that_would_decode_more_pixels_than_the_limit_are_refused_before_decoding(
@@ -502,6 +507,15 @@ async def test_each_file_is_held_to_the_byte_limit_before_any_file_is_opened(dig
     with pytest.raises(FileTooLarge) as refused:  # a batch of one names its file too
         await decoder.decode(batch[1:], Invert.AUTO, batch=True)
     assert str(refused.value) == "files[0] (big.png): file is larger than the limit of 1024 bytes"
+
+
+async def test_the_decoder_holds_jpegs_to_its_own_scan_limit(digits: torch.Tensor) -> None:
+    seven = [Upload("file", "d.jpg", scan_bomb(progressive(digits[0]), 7))]
+    await decoder_of(max_jpeg_scans=7).decode(seven, Invert.AUTO, batch=False)
+    with pytest.raises(
+        ImageTooLarge, match="holds 7 scans, each a pass over all of its pixels; the limit is 6"
+    ):
+        await decoder_of(max_jpeg_scans=6).decode(seven, Invert.AUTO, batch=False)
 
 
 async def test_small_requests_decode_on_the_event_loop_without_waiting_for_a_thread(
