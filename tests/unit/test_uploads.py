@@ -93,6 +93,10 @@ def test_one_client_holds_at_most_its_share_and_the_others_keep_the_rest() -> No
         first.resize(20)  # and grows by what it takes more, up to its share again
         assert bodies.held == 25 and bodies.by_client == {"10.0.0.1": 25}
     assert bodies.held == 0 and not bodies.by_client
+    with bodies.reserved(10, "10.0.0.9") as alone:
+        alone.resize(1)  # down to its last byte: still this client's, counted
+        assert bodies.held == 1 and bodies.by_client == {"10.0.0.9": 1}
+    assert bodies.held == 0 and not bodies.by_client
 
 
 async def test_an_upload_that_passes_the_budget_mid_body_gives_back_what_it_held() -> None:
