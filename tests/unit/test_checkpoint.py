@@ -156,6 +156,14 @@ def test_a_model_with_many_non_finite_tensors_names_four_and_counts_the_rest(tmp
     with pytest.raises(CheckpointError) as refused:
         save_checkpoint(model, tmp_path / "mnist_cnn.pt", arch="net")
     assert "conv1.weight, conv1.bias, conv2.weight, conv2.bias and 4 more:" in str(refused.value)
+    for count, named in ((4, "conv2.bias: "), (5, "conv2.bias and 1 more: ")):  # the edges of "more"
+        model = Net()
+        with torch.no_grad():
+            for parameter in list(model.parameters())[:count]:
+                parameter.fill_(float("nan"))
+        with pytest.raises(CheckpointError) as refused:
+            save_checkpoint(model, tmp_path / "mnist_cnn.pt", arch="net")
+        assert f"in conv1.weight, conv1.bias, conv2.weight, {named}" in str(refused.value)
 
 
 def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ def test_one_client_holds_at_most_its_share_and_the_others_keep_the_rest() -> No
         first.resize(20)  # and grows by what it takes more, up to its share again
         assert bodies.held == 25 and bodies.by_client == {"10.0.0.1": 25}
     assert bodies.held == 0 and not bodies.by_client
+    tiny = Bodies(timeout_s=5, budget=4, client_share=0.25)  # a share below one byte is one byte
+    with tiny.reserved(1, "a"), pytest.raises(ClientBusy), tiny.reserved(1, "a"):
+        pass
     with bodies.reserved(10, "10.0.0.9") as alone:
         alone.resize(1)  # down to its last byte: still this client's, counted
         assert bodies.held == 1 and bodies.by_client == {"10.0.0.9": 1}
