@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+import struct
 import threading
 import warnings
 from collections.abc import AsyncIterator
@@ -266,6 +267,12 @@ def test_tiles_that_would_decode_more_pixels_than_the_limit_are_refused_before_d
         preprocess(tiled, max_pixels=4095)
     with pytest.raises(BlankImage):  # within the limit: decoded (and found empty)
         preprocess(tiled, max_pixels=4096)
+    square = tiled_tiff(np.zeros((28, 28), dtype=np.uint8), 16)
+    length = struct.pack("<HHII", 323, 4, 1, 16)  # TileLength, a LONG
+    assert square.count(length) == 1
+    tall = square.replace(length, struct.pack("<HHII", 323, 4, 1, 48))  # 2 x 1 tiles of 16x48
+    with pytest.raises(ImageTooLarge, match="stored in 16x48 tiles, which decode 1536 pixels"):
+        preprocess(tall, max_pixels=1535)
 
 
 def progressive(digit: torch.Tensor) -> bytes:
