@@ -68,9 +68,9 @@ def described_sha256(weights: Path) -> tuple[bool, str | None]:
 def verified_metadata(weights: Path) -> dict[str, Any]:
     """The metadata beside `weights` if its sha256 is theirs (cheap: a hash), else what loading
     them says (the JSON may be stale, e.g. weights replaced before it)."""
-    metadata = read_metadata(weights)
-    fresh = metadata and weights.is_file() and metadata.get("sha256") == sha256_bytes(weights.read_bytes())
-    if metadata and fresh and "version" in metadata:
+    _, sha256 = described_sha256(weights)
+    metadata = read_metadata(weights) if sha256 is not None else None
+    if metadata and "version" in metadata:
         return metadata
     return load_checkpoint(weights).metadata  # CheckpointError, saying why, if they do not load
 
