@@ -1,6 +1,7 @@
 """Model files that tests make from a real checkpoint: another version of it, a copy placed where a
-server looks, and corrupt bytes of the same size."""
+server looks, a copy measured on other test data, and corrupt bytes of the same size."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,16 @@ def copied(checkpoint: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(checkpoint, target)
     shutil.copy(metadata_path(checkpoint), metadata_path(target))
+    return target
+
+
+def measured_elsewhere(checkpoint: Path, target: Path) -> Path:
+    """`checkpoint` copied to `target`, its figures recorded as measured on some other test set
+    (another test data sha256): a model no other can be compared with."""
+    copied(checkpoint, target)
+    metadata = json.loads(metadata_path(target).read_text())
+    metadata["data"] = {**metadata["data"], "test_sha256": "ff" * 32}
+    metadata_path(target).write_text(json.dumps(metadata))
     return target
 
 

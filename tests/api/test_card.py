@@ -1,17 +1,16 @@
 """The model card as the API shows it, and the low-confidence flag against what the card states:
 all 10,000 MNIST test digits as PNG uploads through /predict/batch, in process."""
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from app.config import LOW_CONFIDENCE
-from models.checkpoint import metadata_path, read_metadata
+from models.checkpoint import read_metadata
 from models.comparison import difference
 from tests.asgi import Serve
+from tests.checkpoints import measured_elsewhere
 from tests.images import encode
 from training.data import Mnist
 
@@ -76,12 +75,7 @@ def test_cards_of_different_shapes_compare_to_nulls() -> None:
 async def test_versions_measured_on_other_test_data_are_not_subtracted(
     serve: Serve, small_checkpoint: Path, other_checkpoint: Path, tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere" / "mnist_cnn.pt"  # a model measured on some other test set
-    elsewhere.parent.mkdir()
-    shutil.copy(other_checkpoint, elsewhere)
-    metadata = json.loads(metadata_path(other_checkpoint).read_text())
-    metadata["data"] = {**metadata["data"], "test_sha256": "ff" * 32}
-    metadata_path(elsewhere).write_text(json.dumps(metadata))
+    elsewhere = measured_elsewhere(other_checkpoint, tmp_path / "elsewhere" / "mnist_cnn.pt")
     async with serve(small_checkpoint) as client:  # the same state folder for both: two versions
         a = (await client.get("/model")).json()["model_version"]
     async with serve(elsewhere) as client:

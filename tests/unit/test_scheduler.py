@@ -4,7 +4,6 @@ cancel while the active model is measured, a measurement that fails, and a shutd
 records (SQLite), a real model store and real checkpoints; only the programs are stand-ins."""
 
 import json
-import shutil
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from app.records.database import Database, database_url
 from app.records.model_store import LocalModelStore
 from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import metadata_path
+from tests.checkpoints import measured_elsewhere
 from tests.tools import polled_async
 
 # The stand-in: `training <how> <checkpoint to copy> <out>` or `evaluate <how> <figures> <weights>`.
@@ -123,11 +123,7 @@ async def trainer(tmp_path: Path, small_checkpoint: Path) -> AsyncIterator[Train
 def active_elsewhere(trainer: Trainer, checkpoint: Path, folder: Path) -> str:
     """Make a copy of `checkpoint` the active version, its figures measured on other test data: a
     job's model is then only judged after the active one is measured on the job's data."""
-    folder.mkdir()
-    weights = folder / "mnist_cnn.pt"
-    shutil.copy(checkpoint, weights)
-    metadata = json.loads(metadata_path(checkpoint).read_text())
-    metadata_path(weights).write_text(json.dumps({**metadata, "data": {"test_sha256": "ff" * 32}}))
+    weights = measured_elsewhere(checkpoint, folder / "mnist_cnn.pt")
     return trainer.versions.adopt(weights, "a test", Adopt.ALWAYS)
 
 
