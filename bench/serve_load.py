@@ -34,6 +34,7 @@ from types import FrameType
 import httpx
 from PIL import Image
 
+from bench import plots
 from training.data import load_mnist
 from training.loop import TrainConfig, run
 
@@ -268,6 +269,21 @@ def median_result(runs: list[Result]) -> Result:
     )
 
 
+def plot(path: Path, table: dict[str, dict[int, Result]], client_name: str) -> Path:
+    """Throughput and p99 against clients, a line per server, side by side."""
+    rps = {name: [(c, r.rps) for c, r in by_c.items()] for name, by_c in table.items()}
+    p99 = {name: [(c, r.p99_ms) for c, r in by_c.items()] for name, by_c in table.items()}
+    log_x = min(c for by_c in table.values() for c in by_c) > 0
+    return plots.write(
+        path,
+        [
+            plots.lines("Throughput", "concurrent clients", "requests/s", rps, log_x=log_x),
+            plots.lines("Latency, p99", "concurrent clients", "ms", p99, log_x=log_x, log_y=True),
+        ],
+        plots.caption(f"{plots.machine()}, {client_name}, POST /predict of one 28x28 PNG"),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="HTTP load benchmark (not a test)")
     parser.add_argument("--model", help="checkpoint to serve (default: train a quick one)")
@@ -279,6 +295,12 @@ def main() -> None:
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto", help="load generator")
     parser.add_argument("--no-training-row", action="store_true", help="skip the 'during training' row")
     parser.add_argument("--json", help="also write the table to this file as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("artifacts/bench/serve_load.svg"),
+        help="where to draw req/s and p99 against clients for each server (SVG)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -387,7 +409,8 @@ def main() -> None:
             ],
         }
         Path(args.json).write_text(json.dumps(report, indent=2))
-    print()
+    plotted = plot(args.plot, {servers[name].name: by_c for name, by_c in table.items()}, client_name)
+    print(f"\nplot: {plotted}")
     if "ours" in table:
         ours = table["ours"]
         top, low = max(levels), min(levels)

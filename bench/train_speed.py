@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from bench import plots
 from models.cnn import Net
 from models.device import resolve_device
 from models.events import TrainingEvent
@@ -236,6 +237,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline; medians are shown")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the figures to this file as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("artifacts/bench/train_speed.svg"),
+        help="where to draw the seconds per epoch of each pipeline and process count (SVG)",
+    )
     parser.add_argument("--procs", default="1,2", help="process counts for the DDP rows ('' for none)")
     parser.add_argument(
         "--no-pipelines", action="store_true", help="only the DDP rows, not the tutorial-against-ours table"
@@ -251,6 +258,23 @@ def main() -> None:
         report["processes"] = processes_table(procs, device, args.repeats)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nplot: {plot(args.plot, report, device)}")
+
+
+def plot(path: Path, report: dict[str, Any], device: torch.device) -> Path:
+    """Seconds per epoch: the tutorial's pipeline against ours, and one process against several."""
+    panels = []
+    if "tutorial_s_per_epoch" in report:
+        pipelines = [("tutorial", report["tutorial_s_per_epoch"]), ("ours", report["ours_s_per_epoch"])]
+        pipelines += [
+            (row["pipeline"].removeprefix("ours + "), row["s_per_epoch"]) for row in report["extra_rows"]
+        ]
+        panels.append(plots.bars("One epoch, batch 32", "seconds", pipelines))
+    if report.get("processes"):
+        procs = [(f"{row['procs']} proc", row["s_per_epoch"]) for row in report["processes"]]
+        panels.append(plots.bars("python -m training, one epoch's steps", "seconds", procs))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else plots.machine()
+    return plots.write(path, panels, plots.caption(where))
 
 
 def pipelines(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
