@@ -21,7 +21,7 @@ DEFAULT_MAX_PIXELS = 2048 * 2048
 # Encoders write 1 to 3 scans, or about 10 when progressive; each is a pass over every pixel, and a
 # file can repeat one thousands of times in a few bytes each.
 DEFAULT_MAX_JPEG_SCANS = 100
-# Predictions less sure than this are flagged: chosen from the tutorial model's test set (README).
+# Predictions less sure than this are flagged: chosen from the tutorial model's test set (docs: predicting).
 LOW_CONFIDENCE = 0.9
 # How long a stopping server lets requests in flight finish: uvicorn for HTTP connections, then the
 # batching engine for its queue (deployments give the pod or container longer than this).
@@ -43,106 +43,198 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MNIST_", extra="ignore")
 
-    model_path: Path = Field(Path("mnist_cnn.pt"), description="the active checkpoint")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_batch_size: int = Field(64, ge=1, le=4096, description="largest inference batch")
-    queue_size: int = Field(1024, ge=1, description="requests waiting for inference before 503")
-    request_timeout_s: float = Field(10.0, gt=0, description="longest wait for inference before 504")
-    max_upload_bytes: int = Field(1024 * 1024, ge=1024, description="largest accepted image file")
-    max_batch_files: int = Field(64, ge=1, description="most files in one /predict/batch")
-    max_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest /predict/batch body")
+    # Each description is the settings reference page's text (docs/reference/settings.md, generated).
+    model_path: Path = Field(
+        Path("mnist_cnn.pt"),
+        description="the checkpoint to serve; on one machine, a model written there while the server "
+        "runs is adopted as a version, and activating a version copies it there",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present; cuda refuses to start without it"
+    )
+    max_batch_size: int = Field(64, ge=1, le=4096, description="largest forward pass of the batching engine")
+    queue_size: int = Field(
+        1024, ge=1, description="requests waiting for inference before a 503 with Retry-After: 1"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for inference before a 504 (the request leaves the queue)"
+    )
+    max_upload_bytes: int = Field(1024 * 1024, ge=1024, description="largest image file (413)")
+    max_batch_files: int = Field(64, ge=1, description="most files in one /predict/batch (413)")
+    max_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest /predict/batch body (413)")
     max_image_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         ge=SIGNATURE.input.pixels,
-        description="most pixels in one image, read from its header (bombs)",
+        description="most pixels decoded for one image, read from its header before any decoding: its "
+        "size, or for a tiled TIFF its whole tiles, which libtiff decodes however small the image (413)",
     )
     max_request_pixels: int = Field(
         4 * DEFAULT_MAX_PIXELS,
         ge=SIGNATURE.input.pixels,
-        description="most pixels in all images of one request",
+        description="most pixels in all images of one request together (413)",
     )
     max_jpeg_scans: int = Field(
-        DEFAULT_MAX_JPEG_SCANS, ge=1, description="most scans in one JPEG (each decodes every pixel again)"
+        DEFAULT_MAX_JPEG_SCANS,
+        ge=1,
+        description="most scans in one JPEG (413): each scan of a progressive JPEG is a pass over every "
+        "pixel, and encoders write 1-3, or about 10 when progressive",
     )
-    # Images up to this many pixels in all (times each JPEG's scans) are decoded on the event loop: 64
-    # digits of the model's input size decode in about a millisecond, less than a hand-off to a
+    # 64 digits of the model's input size decode in about a millisecond, less than a hand-off to a
     # thread would cost.
-    inline_decode_pixels: int = Field(64 * 1024, ge=0)
-    decode_threads: int = Field(
-        2, ge=1, le=64, description="requests decoding on threads at once, per process"
+    inline_decode_pixels: int = Field(
+        64 * 1024,
+        ge=0,
+        description="a request's images are decoded on the event loop up to this many pixels in all, "
+        "times each JPEG's scans (64 digits of 28x28), on a thread beyond",
     )
-    # What one connection may hold: a reverse proxy in front should bound the same (README).
-    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request head (431)")
-    header_timeout_s: float = Field(10.0, gt=0, description="longest wait for a request's head (408)")
-    body_timeout_s: float = Field(60.0, gt=0, description="longest wait for a request's body (408)")
+    decode_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="requests decoding on threads at once, per process; more wait their turn (a "
+        "2048x2048 RGBA image costs about 60 MB while it decodes) for at most MNIST_REQUEST_TIMEOUT_S, "
+        "then a 503 with Retry-After: 1",
+    )
+    # What one connection may hold: a reverse proxy in front should bound the same (docs: behind a proxy).
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="largest request head, trailers of a chunked body included, and longest line of "
+        "either while it is still arriving (431 and closed)",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request head must arrive whole within this of the connection opening, or of its "
+        "first byte on a kept-alive connection (408, closed: slowloris)",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="the rest of a request after its head (body and trailers) must arrive within this "
+        "(408 from a route that reads it; closed either way)",
+    )
     body_idle_s: float = Field(
-        10.0, gt=0, description="longest gap between two reads of a request's body (408: a stalled upload)"
+        10.0,
+        gt=0,
+        description="longest gap between two reads of a request body (408 and closed: a stalled upload "
+        "gives its bytes back early); not applied when not shorter than MNIST_BODY_TIMEOUT_S",
     )
     keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
     max_connections: int = Field(
-        2048, ge=16, description="open connections per process before new requests get a 503"
+        2048,
+        ge=16,
+        description="open connections per process before new requests get a 503 (capped below the "
+        "open-file limit, which python -m app raises to its hard limit)",
     )
     max_buffered_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024 * 1024, description="upload bytes held at once per process (503 past it)"
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="upload bytes held at once per process (HTTP bodies and gRPC messages), each from "
+        "its first byte until its request is answered; past it a 503 with Retry-After: 1",
     )
     client_share: float = Field(
         0.25,
         gt=0,
         le=1,
-        description="share of the upload budget (HTTP bodies, gRPC messages) one client address may hold",
+        description="the share of that budget one client address may hold at once; past it a 429 "
+        "(gRPC: RESOURCE_EXHAUSTED). It must hold one full batch and one gRPC message. Behind a proxy "
+        "every client has the proxy's address: set 1 there and let the proxy bound each client",
     )
     grpc_max_message_bytes: int = Field(
         4 * 1024 * 1024,
         ge=64 * 1024,
-        description="largest gRPC request message; each call holds room for one in the upload budget",
+        description="largest gRPC request message (RESOURCE_EXHAUSTED); every call holds room for one in "
+        "the upload budget from its start until answered; the largest FP32 request must fit it",
     )
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per server process")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per server process",
+        json_schema_extra={"shown_default": "cores / workers"},
+    )
     low_confidence: float = Field(
         LOW_CONFIDENCE,
         ge=0,
         le=1,
-        description="predictions less sure than this carry low_confidence: true",
+        description="a prediction less sure than this carries low_confidence: true",
     )
-    train_token: str | None = None
-    state_dir: Path = Path("state")
+    train_token: str | None = Field(
+        None,
+        description="bearer token for POST /train, DELETE /train/{id} and activating a version (401 "
+        "without it); unset: anyone who can reach the server may train and swap models",
+    )
+    state_dir: Path = Field(
+        Path("state"), description="job records (SQLite), kept model versions, caches and scratch space"
+    )
     database_url: str | None = Field(
-        None, description="job records: unset = SQLite in state_dir; postgresql://user:pass@host/db"
+        None,
+        description="job and model-version records: postgresql://user:password@host:5432/name for "
+        "PostgreSQL (shown as postgresql://host:5432/name alone); unset: SQLite in the state folder",
     )
     model_store: str | None = Field(
-        None, description="model weights: unset = <state_dir>/models; s3://bucket/prefix (AWS_* settings)"
+        None,
+        description="model weights: s3://bucket/prefix for any S3-compatible store, configured by "
+        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; unset: <state>/models/",
     )
     role: Literal["all", "api", "trainer"] = Field(
-        "all", description="all: serve and train; api: serve and accept jobs; trainer: run jobs only"
+        "all",
+        description="all: serve and run jobs (one machine); api: serve, accept and report jobs, never "
+        "train; trainer: claim and run queued jobs, answering only /healthz, /readyz, /metrics",
     )
     train_slots: int = Field(1, ge=1, le=64, description="jobs one trainer runs at once")
-    train_queue: int = Field(0, ge=0, le=10_000, description="jobs that may wait for a free trainer slot")
-    trainer_name: str | None = Field(
-        None, max_length=200, description="trainers of one name share its slots (default: host name)"
+    train_queue: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="jobs that may wait queued for a free trainer slot; 0: a job beyond the free slots "
+        "is a 409",
     )
-    data_dir: Path | None = None
+    trainer_name: str | None = Field(
+        None,
+        max_length=200,
+        description="trainer processes of one name share its slots (the processes of one machine do)",
+        json_schema_extra={"shown_default": "the host name"},
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="MNIST's IDX files for training jobs; unset: ./data, else a download by torchvision "
+        "(training reads the same variable)",
+    )
     train_threads: int = Field(1, ge=1, description="torch threads of a training job (shared by its ranks)")
     train_priority: Literal["idle", "normal"] = Field(
         "idle",
-        description="CPU class of a job's processes: idle (serving keeps the cores it needs) "
-        "or normal (a machine that only trains, where nothing else should outrank it)",
+        description="CPU class of a job's processes: idle (the OS's idle class, nice 19 where there is "
+        "none: serving keeps the cores) or normal (a machine that only trains)",
     )
     train_max_procs: int = Field(
         default=0,
         ge=0,
         le=1024,
-        description="processes (DDP ranks) a job may ask for with nproc_per_node; "
+        description="processes (DDP ranks) a job may ask for with nproc_per_node (422 beyond it); "
         "0 = the GPU count where jobs train on CUDA, else 1",
     )
     job_heartbeat_s: float = Field(2.0, gt=0, description="how often a job's owner proves it is alive")
-    job_stale_after_s: float = Field(15.0, gt=0, description="silence after which a job is 'interrupted'")
-    model_poll_s: float = Field(1.0, gt=0, description="how often the active checkpoint is checked")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    grpc_port: int = Field(
-        8001, ge=0, le=65535, description="the v2 protocol's gRPC port, in every server process; 0 = off"
+    job_stale_after_s: float = Field(
+        15.0, gt=0, description="silence after which a job is failed as interrupted"
     )
-    workers: int = Field(default_factory=default_workers, ge=1)
-    log_level: str = "info"
+    model_poll_s: float = Field(1.0, gt=0, description="how often a server checks the active version")
+    host: str = Field("127.0.0.1", description="where python -m app listens")
+    port: int = Field(8000, ge=1, le=65535, description="the HTTP port of python -m app")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="the v2 protocol's gRPC port, served by every server process (0: no gRPC); python -m "
+        "app refuses to start when it is taken",
+    )
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=1,
+        description="server processes started by python -m app",
+        json_schema_extra={"shown_default": "one per core, at most 4"},
+    )
+    log_level: str = Field("info", description="the server's log level (debug, info, warning, error)")
 
     @model_validator(mode="after")
     def room_for_a_batch(self) -> "Settings":

@@ -72,7 +72,8 @@ def default_text(name: str) -> str:
     return ", ".join(f"{recipe}: {value}" for recipe, value in defaults.items())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the hyperparameters, how and where a run goes, and torchrun's launch flags."""
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train an MNIST digit network.",
@@ -86,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             hyper.add_argument(cli_flag(spec.name), choices=bounds.choices, help=text)
         else:
             hyper.add_argument(cli_flag(spec.name), type=checked(spec), help=text)
-    parser.add_argument("--test-batch-size", type=positive_int, default=1000)
+    parser.add_argument(
+        "--test-batch-size",
+        type=positive_int,
+        default=1000,
+        help="batch size of each evaluation of the test set",
+    )
     parser.add_argument(
         "--log-interval", type=positive_int, default=100, help="batches between progress reports"
     )
@@ -106,7 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on CUDA, run each step eagerly instead of replaying it as a CUDA graph (one process only)",
     )
     add_launch_flags(parser, positive_int)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class Reporter:
