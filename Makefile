@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= mnist_cnn.pt
 PYTEST_ARGS ?=
 
-.PHONY: install model run test test-quick test-reliability lint format proto bench-train bench-serve bench-v2 mutation gpu-wheels gpu-data gpu-rehearsal clean
+.PHONY: install model run test test-quick test-reliability lint format proto docs docs-serve bench-train bench-serve bench-v2 mutation gpu-wheels gpu-data gpu-rehearsal clean
 
 install: $(VENV)/.installed
 
@@ -38,8 +38,16 @@ format: install
 proto: install
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. app/v2/grpc_predict_v2.proto
 
+# The documentation site (docs/, mkdocs.yml) into site/: strict, so a broken link, a missing page or a
+# generated section that fails stops the build. `docs-serve` rebuilds it on every edit.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8008
+
 # The whole suite (slow training and end-to-end tests included), except tests that need a GPU.
-test: lint
+test: lint docs
 	$(PY) -m pytest -m "not gpu" --durations=20 $(PYTEST_ARGS)
 
 # The reliability suite, long (RELIABILITY=long): fuzzing with more examples, a longer soak, more
@@ -108,4 +116,4 @@ gpu-rehearsal: gpu-wheels gpu-data $(GPU_VENV)/.installed
 	GPU_CHECK_ALLOW_CPU=1 PYTHON=$(GPU_VENV)/bin/python bash bench/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) mutants .whl .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) mutants site .whl .pytest_cache .mypy_cache .ruff_cache *.egg-info
