@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: every figure the README quotes for an NVIDIA GPU, in one run of about 5 minutes (each
-# stage is bounded; 11 minutes at worst).
+# GPU check: every figure the GPU report (docs/reports/gpu.md) quotes for an NVIDIA GPU, in one run
+# of about 5 minutes (each stage is bounded; 11 minutes at worst).
 #
 # Made for a GPU machine that has Python, PyTorch and nothing of our web stack: the wheels that
 # `make gpu-wheels` put in .whl/ are installed with `pip install --target` (no network, no editable
@@ -13,9 +13,9 @@
 #   ddp          python -m training --nproc-per-node N: 1 GPU against all GPUs, images/s and scaling
 #                efficiency (only where there are several; 1 against 2 processes in a CPU rehearsal)
 #   serve        `python -m app` on CUDA under 1, 16, 64 and 256 clients (load from bench/loadgen.py)
-# Writes gpu_check.json, gpu_check.txt (the tables) and gpu_check.log to $OUT when it is set, else to
-# artifacts/gpu_check/. GPU_CHECK_ALLOW_CPU=1 runs it on the CPU, skipping only what needs CUDA
-# (that is `make gpu-rehearsal`).
+# Writes gpu_check.json, gpu_check.txt (the tables), gpu_check.svg (drawn) and gpu_check.log to
+# $OUT when it is set, else to artifacts/gpu_check/. GPU_CHECK_ALLOW_CPU=1 runs it on the CPU,
+# skipping only what needs CUDA (that is `make gpu-rehearsal`).
 #
 #   bash bench/gpu_check.sh
 set -uo pipefail

@@ -1,7 +1,7 @@
 """Gathers what bench/gpu_check.sh's stages wrote into one JSON file and one text table.
 
-Each goal of the GPU check is printed beside its figure. Standard library only, so it runs
-whatever else failed.
+Each goal of the GPU check is printed beside its figure, and the figures are drawn beside the tables
+(gpu_check.svg). Standard library only, so it runs whatever else failed.
 
     python -m bench.gpu_report WORK_DIR RESULTS_DIR [--seconds N]
 """
@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-# The CPU figure the README quotes for `python -m app` at 64 clients (2-core CPU, wrk).
-README_CPU_RPS_AT_64 = 4666
+from bench import plots
+
+# The benchmark report's figure for `python -m app` at 64 clients (2-core CPU, wrk, 2026-11-27).
+CPU_RPS_AT_64 = 4666
 TRAINING_GOAL = 10.0  # our epoch at least this many times faster than the tutorial's pipeline
 
 
@@ -48,10 +50,10 @@ def goals(train: Any, serve: Any, model: Any, ddp: Any) -> list[tuple[str, str, 
     rows = serving_rows(serve)
     if ("ours", 64) in rows:
         rps = rows[("ours", 64)]["rps"]
-        verdict = "met" if rps > README_CPU_RPS_AT_64 else "not met"
+        verdict = "met" if rps > CPU_RPS_AT_64 else "not met"
         out.append(
             (
-                f"serving at 64 clients above the CPU figure ({README_CPU_RPS_AT_64} req/s)",
+                f"serving at 64 clients above the CPU figure ({CPU_RPS_AT_64} req/s)",
                 f"{rps:.0f} req/s",
                 verdict,
             )
@@ -76,6 +78,31 @@ def goals(train: Any, serve: Any, model: Any, ddp: Any) -> list[tuple[str, str, 
                 )
             )
     return out
+
+
+def plot(report: dict[str, Any], path: Path, caption: str) -> Path | None:
+    """Training per epoch, the model alone against batch size, and serving against clients."""
+    panels = []
+    train, model, serve = report.get("train_speed"), report.get("model_speed"), report.get("serve")
+    if train:
+        epochs = [("tutorial", train["tutorial_s_per_epoch"]), ("ours", train["ours_s_per_epoch"])]
+        epochs += [
+            (x["pipeline"].removeprefix("ours + "), x["s_per_epoch"]) for x in train.get("extra_rows", [])
+        ]
+        panels.append(plots.bars("Training, one epoch", "seconds", epochs))
+    if model:
+        paths: dict[str, list[tuple[float, float]]] = {}
+        for row in model["rows"]:
+            paths.setdefault(row["path"], []).append((row["batch"], row["images_per_s"]))
+        panels.append(plots.lines("The model alone", "batch", "images/s", paths, log_x=True, log_y=True))
+    if serve:
+        servers: dict[str, list[tuple[float, float]]] = {}
+        for row in serve["rows"]:
+            servers.setdefault(row["server"], []).append((row["concurrency"], row["rps"]))
+        panels.append(
+            plots.lines("Serving /predict", "concurrent clients", "requests/s", servers, log_x=True)
+        )
+    return plots.write(path, panels, caption) if panels else None
 
 
 def main() -> None:
@@ -162,6 +189,11 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     (args.results / "gpu_check.txt").write_text(text)
     print(text)
+    gpus = (env or {}).get("gpus") or ["no GPU"]
+    drawn = plot(
+        report, args.results / "gpu_check.svg", plots.caption(f"{gpus[0]}, {(env or {}).get('cpus')} CPUs")
+    )
+    print(f"plot: {drawn}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 A mutant is killed when a test failed on it, or hung until mutmut's timeout (the tests noticed);
 it survived when every test passed, or when no test runs its function at all. Mutants that are
 equivalent to the original (no input can tell them apart) are listed, each with why, under
-"Equivalent mutants" in the README: they are left out of the score, and named when a test kills
-one or none has the name (mutmut numbers a function's mutants in order: editing the function
-renames them). Exits non-zero below the goal. `--forget-survivors` (`make mutation` runs it first)
-has survivors checked again: mutmut keeps a result until the mutated function itself changes.
+"Equivalent mutants" in the mutation report (docs/reports/mutation.md): they are left out of the
+score, and named when a test kills one or none has the name (mutmut numbers a function's mutants
+in order: editing the function renames them). Exits non-zero below the goal. `--forget-survivors`
+(`make mutation` runs it first) has survivors checked again: mutmut keeps a result until the
+mutated function itself changes.
 """
 
 import json
@@ -21,12 +22,13 @@ KILLED = {1, 3, 37}  # a test failed (3: pytest's internal error), or the type c
 TIMEOUT = {24, -24, 36, 152, 255}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
-EQUIVALENT_HEADING = "### Equivalent mutants"
+REPORT = REPO / "docs" / "reports" / "mutation.md"
+EQUIVALENT_HEADING = "## Equivalent mutants"
 
 
-def equivalent_mutants(readme: str) -> set[str]:
-    """The mutant names under the README's heading, up to the next heading."""
-    section = readme.partition(EQUIVALENT_HEADING)[2].split("\n#", 1)[0]
+def equivalent_mutants(report: str) -> set[str]:
+    """The mutant names under the report's heading, up to the next heading."""
+    section = report.partition(EQUIVALENT_HEADING)[2].split("\n#", 1)[0]
     return set(re.findall(r"`([\w.]+__mutmut_\d+)`", section))
 
 
@@ -52,7 +54,7 @@ def main() -> int:
     if not results:
         print("no mutation results: run `make mutation`")
         return 2
-    equivalent = equivalent_mutants((REPO / "README.md").read_text())
+    equivalent = equivalent_mutants(REPORT.read_text())
     survivors: list[tuple[str, str]] = []
     totals: Counter[str] = Counter()
     print(
@@ -64,7 +66,7 @@ def main() -> int:
             if name in equivalent:
                 kind = "equivalent"
                 if code in KILLED | TIMEOUT:
-                    print(f"listed as equivalent, yet killed: {name} (take it off the README's list)")
+                    print(f"listed as equivalent, yet killed: {name} (take it off the report's list)")
             elif code in KILLED:
                 kind = "killed"
             elif code in TIMEOUT:
