@@ -133,7 +133,7 @@ def records_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # Tests that start real server processes (and browsers): `make test-quick` leaves them out.
-SLOW_FOLDERS = (REPO / "tests" / "e2e", REPO / "tests" / "browser", REPO / "tests" / "reliability")
+SLOW_FOLDERS = tuple(REPO / "tests" / name for name in ("e2e", "browser", "reliability", "docs"))
 # The standing reliability suite (`make test-reliability` runs it long; `make test`, short).
 RELIABILITY_FOLDER = REPO / "tests" / "reliability"
 
