@@ -26,7 +26,7 @@ log = logging.getLogger("app.predict.batching")
 
 def for_serving(checkpoint: LoadedCheckpoint) -> LoadedCheckpoint:
     """Channels-last weights: the convolutions run 2.2-2.4x faster at batches of 8-32 on one CPU
-    thread (bench numbers in README), with outputs equal to within 5e-7."""
+    thread (figures in docs/explanation/batching.md), with outputs equal to within 5e-7."""
     checkpoint.model.to(memory_format=torch.channels_last)
     return checkpoint
 

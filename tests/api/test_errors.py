@@ -48,7 +48,7 @@ async def test_missing_file_field(api: httpx.AsyncClient, digit: bytes) -> None:
     response = await api.post("/predict", files={"image": ("d.png", digit, "image/png")})
     assert response.status_code == 422
     assert "'file'" in response.json()["detail"]
-    # A text field named `file` is there, but holds no image: the README's "not an image", 415.
+    # A text field named `file` is there, but holds no image: the error table's "not an image", 415.
     response = await api.post("/predict", data={"file": "not a file"}, files={"other": ("x", b"y")})
     assert response.status_code == 415, response.text
     assert "not an image" in response.json()["detail"]
@@ -70,7 +70,7 @@ async def test_malformed_multipart(api: httpx.AsyncClient) -> None:
         content=b"--b\r\nnot headers at all",
         headers={"content-type": "multipart/form-data; boundary=b"},
     )
-    assert response.status_code == 400, response.text  # the README: malformed multipart is 400
+    assert response.status_code == 400, response.text  # the error table: malformed multipart is 400
     assert "multipart" in response.json()["detail"]
 
 

@@ -234,7 +234,7 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
         "#file",
         files=[{"name": "digit.png", "mimeType": "image/png", "buffer": encode(mnist.test_images[0])}],
     )
-    predicted(page, str(int(mnist.test_labels[0])))  # (what the page's picture in the README shows)
+    predicted(page, str(int(mnist.test_labels[0])))  # (what the page's picture in the docs shows)
     before = page.locator("#model-version").inner_text()
     assert canvas_ink(page) == 0
     page.fill("input[name=epochs]", "2")

@@ -433,7 +433,7 @@ def test_a_two_process_job_trains_and_is_promoted(
     two_process_server: ServerProcess,
 ) -> None:
     client = httpx.Client(base_url=two_process_server.url, timeout=30)
-    # (The full tutorial recipe on 2 ranks reaches 98.61%: README; the ranks' maths is tested in
+    # (The full tutorial recipe on 2 ranks reaches 98.61%: docs, training; the ranks' maths is tested in
     # tests/unit/test_training_ddp.py. Here: the job's life over HTTP, on a small share.)
     response = client.post("/train", json={**BETTER, "epochs": 2, "nproc_per_node": 2, "min_accuracy": 80})
     assert response.status_code == 202, response.text

@@ -343,7 +343,7 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
 
 
 def channels_last(engine: BatchingEngine) -> bool:
-    """Served channels-last: faster convolutions on the CPU (README)."""
+    """Served channels-last: faster convolutions on the CPU (docs: the batching engine)."""
     model = engine.serving().model
     assert isinstance(model, Net)
     return model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
