@@ -145,7 +145,8 @@ class Settings(BaseSettings):
         4 * 1024 * 1024,
         ge=64 * 1024,
         description="largest gRPC request message (RESOURCE_EXHAUSTED); every call holds room for one in "
-        "the upload budget from its start until answered; the largest FP32 request must fit it",
+        "the upload budget from its start until answered; the largest FP32 request must fit it. Raise "
+        "it (and the budget) for larger BYTES batches, or send them over HTTP",
     )
     torch_threads: int | None = Field(
         None,
@@ -169,13 +170,15 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None,
-        description="job and model-version records: postgresql://user:password@host:5432/name for "
-        "PostgreSQL (shown as postgresql://host:5432/name alone); unset: SQLite in the state folder",
+        description="job and model-version records: postgresql://user:password@host:5432/name (or "
+        "postgres://) for PostgreSQL, shown as postgresql://host:5432/name alone; unset: SQLite in the "
+        "state folder; any other kind of URL stops startup",
     )
     model_store: str | None = Field(
         None,
         description="model weights: s3://bucket/prefix for any S3-compatible store, configured by "
-        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; unset: <state>/models/",
+        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (the bucket is created "
+        "when missing); unset: <state>/models/",
     )
     role: Literal["all", "api", "trainer"] = Field(
         "all",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve_load import LoadClient, Result, Server, median_result, prepared, running
+from bench.serve_load import LoadClient, Result, Server, median_result, plot, prepared, running
 
 NGINX_CONF = """
 worker_processes 1;
@@ -83,6 +83,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians shown")
     parser.add_argument("--concurrency", default="16,64,256")
     parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto", help="load generator")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("artifacts/bench/balanced_load.svg"),
+        help="where to draw req/s and p99 against clients, direct and through nginx (SVG)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -143,6 +149,7 @@ def main() -> None:
         for c in levels:
             ratio = medians["nginx"][c].rps / medians["direct"][c].rps
             print(f"at {c} clients: nginx -> 3 replicas gives {ratio:.2f}x one replica's throughput")
+        print(f"plot: {plot(args.plot, {labels[key]: by_c for key, by_c in medians.items()}, client_name)}")
 
 
 if __name__ == "__main__":

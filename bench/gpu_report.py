@@ -190,10 +190,11 @@ def main() -> None:
     (args.results / "gpu_check.txt").write_text(text)
     print(text)
     gpus = (env or {}).get("gpus") or ["no GPU"]
-    drawn = plot(
-        report, args.results / "gpu_check.svg", plots.caption(f"{gpus[0]}, {(env or {}).get('cpus')} CPUs")
-    )
-    print(f"plot: {drawn}")
+    caption = plots.caption(f"{gpus[0]}, {(env or {}).get('cpus')} CPUs")
+    try:  # the tables above stand whatever a half-written stage does to the picture
+        print(f"plot: {plot(report, args.results / 'gpu_check.svg', caption)}")
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"plot: not drawn ({exc!r})")
 
 
 if __name__ == "__main__":

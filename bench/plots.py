@@ -35,7 +35,18 @@ def _ticks(low: float, high: float, log: bool) -> list[float]:
     raw = span / 5
     step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
     first = math.floor(low / step) * step
-    return [first + i * step for i in range(math.ceil((high - first) / step) + 1)]
+    # Rounded first: float error must not add a tick past the data.
+    return [first + i * step for i in range(math.ceil(round((high - first) / step, 9)) + 1)]
+
+
+def _plottable(points: Sequence[tuple[float, float]], log_x: bool, log_y: bool) -> list[tuple[float, float]]:
+    """The points an axis can show: finite, and positive on a log axis (a cell with no answers has
+    a p99 of 0 or NaN)."""
+    return [
+        (x, y)
+        for x, y in points
+        if math.isfinite(x) and math.isfinite(y) and (x > 0 or not log_x) and (y > 0 or not log_y)
+    ]
 
 
 def _label(value: float) -> str:
@@ -102,6 +113,12 @@ def lines(
     log_y: bool = False,
 ) -> Panel:
     """Each series as a line with its points marked, and a legend in the upper left."""
+    series = {name: _plottable(points, log_x, log_y) for name, points in series.items()}
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return Panel(
+            f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" {MIDDLE}>{escape(title)}: nothing to show</text>'
+        )
     xs = [x for points in series.values() for x, _ in points]
     ys = [y for points in series.values() for _, y in points]
     axes = _Axes(xs, ys, log_x, log_y)
@@ -120,6 +137,11 @@ def lines(
 
 def bars(title: str, y_label: str, values: Sequence[tuple[str, float]]) -> Panel:
     """One bar per (label, value), its value written above it."""
+    values = [(label, value) for label, value in values if math.isfinite(value)]
+    if not values:
+        return Panel(
+            f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" {MIDDLE}>{escape(title)}: nothing to show</text>'
+        )
     axes = _Axes([0.0, 1.0], [v for _, v in values], False, False)
     parts = axes.frame(title, "", y_label, x_ticks=False)
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(values))
@@ -139,7 +161,7 @@ def bars(title: str, y_label: str, values: Sequence[tuple[str, float]]) -> Panel
 def write(path: Path, panels: Sequence[Panel], caption: str = "") -> Path:
     """The panels side by side in one SVG file (and a caption under them: the date, commit, machine)."""
     extra = 20 if caption else 0
-    width, height = WIDTH * len(panels), HEIGHT + extra
+    width, height = WIDTH * max(1, len(panels)), HEIGHT + extra
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">',
@@ -157,10 +179,15 @@ def write(path: Path, panels: Sequence[Panel], caption: str = "") -> Path:
 
 def caption(machine: str) -> str:
     """When, at which commit and on what a figure was measured: every plot carries it."""
+    # A copy without git (the GPU machine's) is told its commit in BENCH_COMMIT.
+    commit = os.environ.get("BENCH_COMMIT", "")
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        commit = (
+            commit
+            or subprocess.run(
+                ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown commit"
     return f"{datetime.date.today().isoformat()}, {commit}, {machine}"

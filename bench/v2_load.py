@@ -22,6 +22,7 @@ import torch
 
 from app.config import available_cores, default_workers
 from app.predict.batching import for_serving
+from bench import plots
 from bench.model_speed import images_per_second
 from bench.serve_load import Server, prepared, running, wrk
 from models.checkpoint import load_checkpoint
@@ -91,6 +92,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians shown")
     parser.add_argument("--json", help="also write the results to this file as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("artifacts/bench/v2_load.svg"),
+        help="where to draw the images/s of each path (SVG)",
+    )
     args = parser.parse_args()
     workers = int(os.environ.get("MNIST_WORKERS", default_workers()))
     threads = max(1, available_cores() // workers)  # what python -m app gives each process
@@ -142,6 +149,13 @@ def main() -> None:
         Path(args.json).write_text(
             json.dumps({"workers": workers, "threads": threads, "runs": rows, "median": median})
         )
+    paths = [
+        ("/predict, PNG", median["predict"]),
+        ("v2 pixels", median["v2"]),
+        ("model alone", median["floor"]),
+    ]
+    panel = plots.bars("Images per second", "images/s", paths)
+    print(f"plot: {plots.write(args.plot, [panel], plots.caption(plots.machine()))}")
 
 
 if __name__ == "__main__":

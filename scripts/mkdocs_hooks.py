@@ -7,15 +7,31 @@ docstrings. A name this file does not know fails the build."""
 
 import argparse
 import ast
+import contextlib
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
+# Anything that looks like a marker: one MARKER does not take is a typo that would vanish silently.
+LOOSE_MARKER = re.compile(r"^[ \t]*<!--\s*generated\b.*$", re.IGNORECASE | re.MULTILINE)
 # Environment variables of ours that are not settings: the launcher tells its ranks its pid.
 INTERNAL_VARIABLES = {"MNIST_LAUNCHER_PID": "set by `python -m training` for the ranks it launches"}
+
+
+@contextlib.contextmanager
+def defaults() -> Iterator[None]:
+    """The docs describe the defaults, whatever MNIST_* variables the shell building them has set."""
+    ours = {name: value for name, value in os.environ.items() if name.startswith("MNIST_")}
+    for name in ours:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(ours)
 
 
 def cell(text: object) -> str:
@@ -39,6 +55,8 @@ def setting_rows() -> list[dict[str, str]]:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if "shown_default" in extra:
             default = str(extra["shown_default"])
+        elif field.default_factory is not None:
+            raise ValueError(f"Settings.{name}'s default is computed: say it in words (shown_default)")
         elif field.default is PydanticUndefined or field.default is None:
             default = "unset"
         else:
@@ -123,7 +141,8 @@ def http_api() -> str:
     from app.config import Settings
     from app.main import create_app
 
-    schema = create_app(Settings()).openapi()
+    with defaults():
+        schema = create_app(Settings()).openapi()
     out = []
     for path, operations in schema["paths"].items():
         for method, op in operations.items():
@@ -208,6 +227,13 @@ def expand(markdown: str) -> str:
             raise ValueError(f"unknown generated section {name!r}: known are {sorted(GENERATORS)}")
         return GENERATORS[name]()
 
+    markdown = markdown.replace("\r\n", "\n")
+    exact = {m.group(0) for m in MARKER.finditer(markdown)}
+    malformed = [m.group(0) for m in LOOSE_MARKER.finditer(markdown) if m.group(0) not in exact]
+    if malformed:
+        raise ValueError(
+            f"ask for a generated section with '<!-- generated: name -->' alone on a line: {malformed}"
+        )
     return MARKER.sub(generated, markdown)
 
 

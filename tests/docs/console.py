@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK = re.compile(r"^```console\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+# Any fence that says console, however written: each must be one BLOCK takes, or it would never run.
+ANY_CONSOLE_FENCE = re.compile(r"^[ \t]*(```|~~~)[ \t]*\{?\.?console\b.*$", re.MULTILINE)
 # The address the pages use, and the gRPC port beside it.
 PAGE_HTTP, PAGE_GRPC = "localhost:8000", "localhost:8001"
 
@@ -23,7 +25,11 @@ class Example:
 
 
 def examples(markdown: str) -> list[Example]:
-    """The commands of a page's console blocks, in order."""
+    """The commands of a page's console blocks, in order. A console block written any other way
+    (indented, with a title, between tildes) is an error: it would silently never run."""
+    odd = [m.group(0) for m in ANY_CONSOLE_FENCE.finditer(markdown) if m.group(0) != "```console"]
+    if odd:
+        raise ValueError(f"console blocks must open with a bare ```console at the start of a line: {odd}")
     found: list[Example] = []
     for block in BLOCK.finditer(markdown):
         first_line = markdown.count("\n", 0, block.start()) + 2
@@ -74,6 +80,8 @@ def run(
     """Run a page's commands in one bash, each with its output and exit status kept apart; the pages'
     addresses are replaced by the server's."""
     marker = "@@docs-example@@"
+    # As a reader's shell runs them: no pipefail (`curl ... | grep -q` would fail when grep stops
+    # reading first); the pages end their pipelines in a command that fails on empty input.
     script = []
     for i, example in enumerate(page):
         command = example.command
@@ -82,18 +90,27 @@ def run(
         if grpc:
             command = command.replace(PAGE_GRPC, grpc)
         script.append(f"printf '%s\\n' '{marker} {i}'\n{command}\nprintf '\\n%s\\n' \"{marker} status $?\"")
-    done = subprocess.run(
-        ["bash", "-c", "\n".join(script)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout_s,
-    )
+    try:
+        printed = subprocess.run(
+            ["bash", "-c", "\n".join(script)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,  # a command that waits for input fails instead of hanging
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout_s,
+        ).stdout
+    except subprocess.TimeoutExpired as expired:  # what ran so far, and the command that hung
+        out = expired.stdout
+        printed = (out.decode(errors="replace") if isinstance(out, bytes) else out or "") + (
+            f"\n{marker} status 124\n"
+        )
     outcomes = []
-    parts = re.split(rf"^{marker} (\d+)\n", done.stdout, flags=re.MULTILINE)
+    parts = re.split(rf"^{marker} (\d+)\n", printed, flags=re.MULTILINE)
     for index, body in zip(parts[1::2], parts[2::2], strict=True):
-        output, _, status = body.rpartition(f"\n{marker} status ")
+        output, found, status = body.rpartition(f"\n{marker} status ")
+        if not found:  # the shell ended inside this command (an `exit`, a fatal error)
+            output, status = body, "-1"
         outcomes.append(Outcome(page[int(index)], output, int(status.strip())))
     return outcomes

@@ -23,13 +23,14 @@ def test_the_pages_that_teach_have_examples_that_run() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_page_runs_as_written(page: Path, tmp_path: Path, trained_checkpoint: Path) -> None:
+def test_page_runs_as_written(page: Path, tmp_path: Path, trained_checkpoint: Path, mnist_dir: Path) -> None:
     shown = examples(page.read_text())
     work = tmp_path / "work"
     shutil.copytree(DOCS / "examples", work)
     # `python` is this environment's, as it is for a reader who ran `make install`.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env["PYTHONPATH"] = str(REPO)
+    env["MNIST_DATA_DIR"] = str(mnist_dir)  # as a reader who set it up: no download
     if any(PAGE_HTTP in example.command for example in shown):
         grpc_port = free_port()
         settings = {**fresh_deployment(tmp_path, trained_checkpoint), "MNIST_GRPC_PORT": str(grpc_port)}
@@ -37,8 +38,12 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, trained_checkpoint: Pa
             outcomes = run(shown, work, env, f"127.0.0.1:{server.port}", f"127.0.0.1:{grpc_port}")
     else:
         outcomes = run(shown, work, env)
-    assert len(outcomes) == len(shown), f"the shell stopped after {len(outcomes)} of {len(shown)} commands"
     wrong = []
+    if len(outcomes) < len(shown):
+        last = outcomes[-1].output if outcomes else ""
+        wrong.append(
+            f"the shell stopped after {len(outcomes)} of {len(shown)} commands; the last printed:\n{last}"
+        )
     for outcome in outcomes:
         where = f"{page.relative_to(REPO)}:{outcome.example.line}: $ {outcome.example.command}"
         if outcome.status != 0:

@@ -4,6 +4,7 @@ built, loads nothing from another host: no script, stylesheet, font or image fro
 import re
 import subprocess
 import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -56,11 +57,17 @@ def test_the_site_builds_strictly_and_loads_nothing_from_another_host(tmp_path: 
     pages = list((tmp_path / "site").rglob("*.html"))
     assert len(pages) > 25
     for page in pages:
+        html = page.read_text()
+        # An include that did not happen shows as its syntax; a generated section, as its HTML comment.
+        where = page.relative_to(tmp_path / "site")
+        text = unescape(re.sub(r"<[^>]+>", "", html))  # as a reader sees it, highlighting and all
+        assert not re.search(r"--8\s*<\s*--", text), f"{where} shows an include that did not happen"
+        assert "<!-- generated" not in html, f"{where} holds a generated section that did not happen"
         loads = Loads()
-        loads.feed(page.read_text())
+        loads.feed(html)
         external = [url for url in loads.urls if EXTERNAL.match(url)]
-        assert not external, f"{page.name} loads {external}"
-        assert not loads.mermaid, f"{page.name} holds a Mermaid diagram, drawn by a script from a CDN"
+        assert not external, f"{where} loads {external}"
+        assert not loads.mermaid, f"{where} holds a Mermaid diagram, drawn by a script from a CDN"
     for sheet in (tmp_path / "site").rglob("*.css"):
         imported = re.findall(r"(?:url\(|@import)\s*['\"]?((?:https?:)?//[^'\")]+)", sheet.read_text())
         assert not imported, f"{sheet.name} loads {imported}"

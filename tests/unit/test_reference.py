@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic_core import PydanticUndefined
 
 from app.config import Settings
 from scripts import mkdocs_hooks
@@ -38,7 +39,7 @@ def test_every_setting_is_on_its_page_with_its_default_and_meaning() -> None:
         )
         assert row is not None, f"MNIST_{name.upper()} is not on the settings page"
         assert field.description and mkdocs_hooks.cell(field.description) in row
-        if field.default not in (None, ...) and not isinstance(field.json_schema_extra, dict):
+        if field.default not in (None, PydanticUndefined) and not isinstance(field.json_schema_extra, dict):
             assert f"`{field.default}`" in row
 
 
@@ -89,6 +90,34 @@ def test_the_metrics_page_has_every_series_of_the_registry() -> None:
         assert f"`{family.name}" in page
 
 
-def test_an_unknown_generated_section_fails_the_build() -> None:
+def test_an_unknown_or_malformed_generated_section_fails_the_build() -> None:
     with pytest.raises(ValueError, match="unknown generated section 'setings'"):
         mkdocs_hooks.expand("text\n<!-- generated: setings -->\n")
+    for typo in ("<!-- generated: http_api -->", "<!--generated: settings-->", "  <!-- generated: metrics"):
+        with pytest.raises(ValueError, match="alone on a line"):
+            mkdocs_hooks.expand(f"text\n{typo}\n")
+
+
+def test_the_reference_describes_the_defaults_whatever_the_shell_sets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trainer's environment (only the health routes) must not make `make docs` publish its API."""
+    monkeypatch.setenv("MNIST_ROLE", "trainer")
+    assert "### `POST /predict`" in mkdocs_hooks.http_api()
+
+
+def test_the_readme_is_a_landing_page_that_starts_with_the_quick_start() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    first_section = readme.split("\n## ", 2)[1]
+    assert first_section.startswith("Quick start\n")
+    assert QUICK_START in first_section
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
+        assert (REPO / target).exists(), f"the README links to {target}, which is not there"
+
+
+# The two commands of the quick start, as they have always read.
+QUICK_START = """```sh
+make run     # creates .venv, installs, trains mnist_cnn.pt when there is none, serves on 127.0.0.1:8000
+make test    # creates .venv, installs, runs ruff, mypy and the whole test suite (all but GPU tests)
+```"""
