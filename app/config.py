@@ -85,7 +85,8 @@ class Settings(BaseSettings):
         64 * 1024,
         ge=0,
         description="a request's images are decoded on the event loop up to this many pixels in all, "
-        "times each JPEG's scans (64 digits of 28x28), on a thread beyond",
+        f"times each JPEG's scans (64 digits of {SIGNATURE.input.height}x{SIGNATURE.input.width}), on a "
+        "thread beyond",
     )
     decode_threads: int = Field(
         2,
