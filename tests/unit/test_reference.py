@@ -121,3 +121,23 @@ QUICK_START = """```sh
 make run     # creates .venv, installs, trains mnist_cnn.pt when there is none, serves on 127.0.0.1:8000
 make test    # creates .venv, installs, runs ruff, mypy and the whole test suite (all but GPU tests)
 ```"""
+
+
+def test_a_default_restated_in_prose_is_the_default() -> None:
+    """Pages say "`MNIST_BODY_IDLE_S` (10 s)" where a reader needs it; such a figure must be the
+    setting's default (an HTTP status in brackets, "(504)", is not one)."""
+    units = {"": 1, "s": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+    said = re.compile(r"`(MNIST_[A-Z0-9_]+)` \(([0-9][0-9.,]*) ?(s|KiB|MiB|GiB)?(?=[),;])")
+    defaults = {f"MNIST_{name.upper()}": field.default for name, field in Settings.model_fields.items()}
+    checked, wrong = 0, []
+    for page in [*(REPO / "docs").rglob("*.md"), REPO / "README.md"]:
+        for name, number, unit in said.findall(page.read_text()):
+            value = float(number.replace(",", "")) * units[unit or ""]
+            if name not in defaults or (not unit and 400 <= value < 600 and "." not in number):
+                continue
+            checked += 1
+            if value != defaults[name]:
+                wrong.append(
+                    f"{page.relative_to(REPO)}: {name} ({number} {unit}) but the default is {defaults[name]}"
+                )
+    assert checked >= 8 and not wrong, wrong
