@@ -32,6 +32,10 @@ class Prediction(BaseModel):
         min_length=CLASSES, max_length=CLASSES, description="exp(log_probs), summing to 1"
     )
     model_version: str = Field(description="first 12 hex digits of the weights' sha256")
+    prediction_id: str = Field(
+        description="names this prediction (`<request>-<row>`): in the logs beside the version (at "
+        "debug level), and what a correction refers to"
+    )
     input_image: str | None = Field(
         None,
         description=f"with return_input=true: the preprocessed {SIGNATURE.input.size_text} image "

@@ -1,6 +1,10 @@
-"""A prediction as the API answers it, from one row of the model's log-softmax output."""
+"""A prediction as the API answers it, from one row of the model's log-softmax output, and the id
+that names it."""
 
+import logging
 import math
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -8,9 +12,29 @@ import torch
 
 from app.predict.preprocess import png_data_url
 
+log = logging.getLogger(__name__)
+
+
+def request_id() -> str:
+    """A fresh id for one request's predictions: its row `i` is `<id>-<i>` (`prediction_id`). 64
+    random bits: unique across any number of processes and replicas without asking anyone."""
+    return secrets.token_hex(8)
+
+
+def prediction_id(request: str, row: int) -> str:
+    return f"{request}-{row}"
+
+
+def logged(request: str, digits: Callable[[], list[int]], version: str) -> None:
+    """Each request's prediction ids beside the version that made them (at debug: a line per
+    request would cost throughput and fill disks at the default level; the digits are worked out
+    only then)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("predictions %s-*: digits %s by model version %s", request, digits(), version)
+
 
 def prediction(
-    log_probs: torch.Tensor, version: str, unsure_below: float, image: np.ndarray | None = None
+    log_probs: torch.Tensor, version: str, unsure_below: float, named: str, image: np.ndarray | None = None
 ) -> dict[str, Any]:
     """One row of log-softmax output (a value per class; a class's index is its digit) as the API's
     prediction (plain floats: torch ops on a row this short would cost more than the list
@@ -25,6 +49,7 @@ def prediction(
         "log_probs": logs,
         "probs": probs,
         "model_version": version,
+        "prediction_id": named,
     }
     if image is not None:
         result["input_image"] = png_data_url(image)

@@ -274,6 +274,7 @@ def infer_response_of(result: InferResult, request_id: str) -> pb.ModelInferResp
     response = pb.ModelInferResponse(
         model_name=protocol.MODEL_NAME, model_version=result.model_version, id=request_id
     )
+    response.parameters["prediction_id"].string_param = result.prediction_id
     for output in result.outputs:
         response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         response.raw_output_contents.append(protocol.raw_bytes(output.data))

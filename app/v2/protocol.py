@@ -14,6 +14,7 @@ import torch
 
 from app import NAME, __version__
 from app.errors import BadRequest, ServiceError, TooManyFiles, VersionNotFound
+from app.predict.answers import logged, request_id
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder, Invert, model_input
 from models.signature import SIGNATURE
@@ -142,6 +143,8 @@ class OutputTensor:
 class InferResult:
     model_version: str
     outputs: list[OutputTensor]
+    # The request's id: its row i's prediction is `<prediction_id>-<i>` (a response parameter).
+    prediction_id: str
 
 
 def server_metadata() -> dict[str, Any]:
@@ -385,4 +388,6 @@ async def infer(
     outputs = [
         OutputTensor(out.name, OUTPUTS[out.name].datatype, computed[out.name](), out.binary) for out in wanted
     ]
-    return InferResult(served, outputs)
+    named = request_id()
+    logged(named, lambda: logs.argmax(axis=1).tolist(), served)
+    return InferResult(served, outputs, named)

@@ -177,6 +177,7 @@ def encode_response(request: InferRequest, result: InferResult) -> tuple[bytes, 
     document: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": result.model_version}
     if request.id:
         document["id"] = request.id
+    document["parameters"] = {"prediction_id": result.prediction_id}
     document["outputs"] = described
     head = json.dumps(document).encode()
     if not blobs:

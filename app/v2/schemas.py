@@ -53,10 +53,18 @@ class InferOutputTensor(BaseModel):
     data: list[float | int] | None = Field(None, description="the elements, row-major, flat")
 
 
+class InferResponseParameters(BaseModel):
+    prediction_id: str = Field(
+        description="names this request's predictions: row i's is `<prediction_id>-<i>` (as "
+        "/predict names its own), in the logs beside the version at debug level"
+    )
+
+
 class InferResponseBody(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: InferResponseParameters
     outputs: list[InferOutputTensor]
 
 

@@ -2,6 +2,8 @@
 
 import base64
 import io
+import logging
+import re
 import tomllib
 from pathlib import Path
 
@@ -28,12 +30,34 @@ async def test_an_answer_has_every_field_and_they_agree(
     response = await api.post("/predict", files=image_file(digit))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"digit", "confidence", "low_confidence", "log_probs", "probs", "model_version"}
+    fields = {"digit", "confidence", "low_confidence", "log_probs", "probs", "model_version", "prediction_id"}
+    assert set(body) == fields
     assert body["low_confidence"] == (body["confidence"] < LOW_CONFIDENCE)
     assert body["model_version"] == load_checkpoint(small_checkpoint).version
     assert abs(sum(body["probs"]) - 1) < 1e-5
     assert body["confidence"] == max(body["probs"]) and body["digit"] == int(np.argmax(body["probs"]))
     assert np.allclose(np.exp(body["log_probs"]), body["probs"], atol=1e-7)
+
+
+async def test_every_prediction_has_an_id_of_its_own(api: httpx.AsyncClient, digit: bytes) -> None:
+    """`<request>-<row>`: one request's rows share the request's part, and no two requests do."""
+    ones = [(await api.post("/predict", files=image_file(digit))).json()["prediction_id"] for _ in range(3)]
+    batch = (await api.post("/predict/batch", files=[("files", ("d.png", digit))] * 3)).json()
+    rows = [answer["prediction_id"] for answer in batch["predictions"]]
+    assert all(re.fullmatch(r"[0-9a-f]{16}-0", one) for one in ones) and len(set(ones)) == 3
+    request = rows[0].removesuffix("-0")
+    assert rows == [f"{request}-{i}" for i in range(3)] and request not in {one[:16] for one in ones}
+
+
+async def test_at_debug_the_log_names_each_request_s_predictions_and_their_version(
+    api: httpx.AsyncClient, digit: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="app.predict.answers"):
+        answer = (await api.post("/predict/batch", files=[("files", ("d.png", digit))] * 2)).json()
+    request = answer["predictions"][0]["prediction_id"].removesuffix("-0")
+    digits = [p["digit"] for p in answer["predictions"]]
+    expected = f"predictions {request}-*: digits {digits} by model version {answer['model_version']}"
+    assert expected in caplog.messages
 
 
 async def test_return_input_shows_what_the_model_saw(api: httpx.AsyncClient, mnist: Mnist) -> None:

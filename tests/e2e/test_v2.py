@@ -4,6 +4,7 @@ both ways, the limits, the errors, the metrics, a hot swap under load, and `pyth
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,11 +170,15 @@ def test_http_answers_match_predict_for_1000_digits(
     """Binary: all 1,000 in one request (16 engine batches, reassembled in order). JSON: in requests
     of 250, which keeps a JSON body of normalised floats under the body limit."""
     step = N_EXACT if binary else 250
+    seen: set[str] = set()  # each request's prediction id, names of its rows `<id>-<i>`
     for start in range(0, N_EXACT, step):
         rows = slice(start, start + step)
         result = infer_http(server.http_url, kind, mnist.test_images[rows], binary, request_id=f"r{start}")
         assert result.get_response()["id"] == f"r{start}"
         assert result.get_response()["model_version"] == expected["version"]
+        named = result.get_response()["parameters"]["prediction_id"]
+        assert re.fullmatch(r"[0-9a-f]{16}", named) and named not in seen
+        seen.add(named)
         assert_same_as_predict(
             {name: result.as_numpy(name) for name in ("digit", "log_probs", "probs")}, expected, rows
         )
@@ -186,6 +191,7 @@ def test_grpc_answers_match_predict_for_1000_digits(
     images = mnist.test_images[:N_EXACT]
     raw = infer_grpc(server.grpc_url, kind, images, request_id="raw")
     assert raw.get_response().id == "raw" and raw.get_response().model_version == expected["version"]
+    assert re.fullmatch(r"[0-9a-f]{16}", raw.get_response().parameters["prediction_id"].string_param)
     assert_same_as_predict(
         {name: raw.as_numpy(name) for name in ("digit", "log_probs", "probs")}, expected, slice(0, N_EXACT)
     )

@@ -220,12 +220,13 @@ def test_outputs_go_binary_as_asked_and_the_header_says_where_the_json_ends() ->
     digits = np.array([7, 2], dtype="<i8")
     probs = np.full((2, 10), 0.1, dtype="<f4")
     result = InferResult(
-        "v1", [OutputTensor("digit", "INT64", digits), OutputTensor("probs", "FP32", probs, False)]
+        "v1", [OutputTensor("digit", "INT64", digits), OutputTensor("probs", "FP32", probs, False)], "0f1e"
     )
     body, headers, media_type = encode_response(request, result)
     length = int(headers[HEADER_LENGTH])
     head = json.loads(body[:length])
     assert media_type == "application/octet-stream" and head["id"] == "x" and head["model_version"] == "v1"
+    assert head["parameters"] == {"prediction_id": "0f1e"}
     assert head["outputs"][0] == {
         "name": "digit",
         "datatype": "INT64",
