@@ -109,8 +109,11 @@ def assert_bars_drawn(page: "playwright_api.Page", digit: str) -> None:
 )
 def test_drawing_a_digit_shows_its_prediction(page: "playwright_api.Page", digit: str, strokes) -> None:
     page.click("#clear")
+    # Before there is an image: nothing where it will go (no broken-image icon, no alt text).
+    assert not page.locator("#seen").is_visible()
     draw(page, strokes)
     predicted(page, digit)
+    assert page.locator("#seen").is_visible()
     assert_bars_drawn(page, digit)
     assert page.locator("#confidence").inner_text().endswith("%")
     assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
