@@ -80,16 +80,21 @@ def goals(train: Any, serve: Any, model: Any, ddp: Any) -> list[tuple[str, str, 
     return out
 
 
+def epoch_bars(train: dict[str, Any]) -> list[tuple[str, float]]:
+    """A train_speed report's seconds per epoch, by pipeline (here, beside the GPU report that reads
+    the same JSON with the standard library only; train_speed draws them too)."""
+    bars = [("tutorial", train["tutorial_s_per_epoch"]), ("ours", train["ours_s_per_epoch"])]
+    return bars + [
+        (x["pipeline"].removeprefix("ours + "), x["s_per_epoch"]) for x in train.get("extra_rows", [])
+    ]
+
+
 def plot(report: dict[str, Any], path: Path, caption: str) -> Path | None:
     """Training per epoch, the model alone against batch size, and serving against clients."""
     panels = []
     train, model, serve = report.get("train_speed"), report.get("model_speed"), report.get("serve")
     if train:
-        epochs = [("tutorial", train["tutorial_s_per_epoch"]), ("ours", train["ours_s_per_epoch"])]
-        epochs += [
-            (x["pipeline"].removeprefix("ours + "), x["s_per_epoch"]) for x in train.get("extra_rows", [])
-        ]
-        panels.append(plots.bars("Training, one epoch", "seconds", epochs))
+        panels.append(plots.bars("Training, one epoch", "seconds", epoch_bars(train)))
     if model:
         paths: dict[str, list[tuple[float, float]]] = {}
         for row in model["rows"]:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from bench import plots
+from bench.gpu_report import epoch_bars
 from models.cnn import Net
 from models.device import resolve_device
 from models.events import TrainingEvent
@@ -265,11 +266,7 @@ def plot(path: Path, report: dict[str, Any], device: torch.device) -> Path:
     """Seconds per epoch: the tutorial's pipeline against ours, and one process against several."""
     panels = []
     if "tutorial_s_per_epoch" in report:
-        pipelines = [("tutorial", report["tutorial_s_per_epoch"]), ("ours", report["ours_s_per_epoch"])]
-        pipelines += [
-            (row["pipeline"].removeprefix("ours + "), row["s_per_epoch"]) for row in report["extra_rows"]
-        ]
-        panels.append(plots.bars("One epoch, batch 32", "seconds", pipelines))
+        panels.append(plots.bars("One epoch, batch 32", "seconds", epoch_bars(report)))
     if report.get("processes"):
         procs = [(f"{row['procs']} proc", row["s_per_epoch"]) for row in report["processes"]]
         panels.append(plots.bars("python -m training, one epoch's steps", "seconds", procs))

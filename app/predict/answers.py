@@ -54,3 +54,18 @@ def prediction(
     if image is not None:
         result["input_image"] = png_data_url(image)
     return result
+
+
+def answered(
+    log_probs: torch.Tensor, version: str, unsure_below: float, images: list[np.ndarray] | None
+) -> list[dict[str, Any]]:
+    """One request's predictions, a row each, named `<request>-<row>` and logged together; with
+    `images` (return_input) each carries the image its row was computed from."""
+    named = request_id()
+    shown = images if images is not None else [None] * len(log_probs)
+    answers = [
+        prediction(row, version, unsure_below, prediction_id(named, i), image)
+        for i, (row, image) in enumerate(zip(log_probs, shown, strict=True))
+    ]
+    logged(named, lambda: [answer["digit"] for answer in answers], version)
+    return answers

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import services_of
 from app.errors import MissingField, TooManyFiles
-from app.predict.answers import logged, prediction, prediction_id, request_id
+from app.predict.answers import answered
 from app.predict.preprocess import Invert
 from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
@@ -87,11 +87,8 @@ async def predict_digit(
         upload = files_named(uploads, "file")[0]
         inputs, images = await services.decoder.decode([upload], invert, batch=False)
         log_probs, version = await services.engine.infer(inputs)
-        shown = images[0] if return_input else None
-        named = request_id()
-        answer = prediction(log_probs[0], version, settings.low_confidence, prediction_id(named, 0), shown)
-        logged(named, lambda: [answer["digit"]], version)
-        return json_response(answer)
+        answer = answered(log_probs, version, settings.low_confidence, images if return_input else None)
+        return json_response(answer[0])
 
 
 @router.post(
@@ -118,12 +115,5 @@ async def predict_digits(
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
         inputs, images = await services.decoder.decode(files, invert, batch=True)
         log_probs, version = await services.engine.infer(inputs)
-    named = request_id()
-    predictions = [
-        prediction(
-            row, version, settings.low_confidence, prediction_id(named, i), image if return_input else None
-        )
-        for i, (row, image) in enumerate(zip(log_probs, images, strict=True))
-    ]
-    logged(named, lambda: [answer["digit"] for answer in predictions], version)
+    predictions = answered(log_probs, version, settings.low_confidence, images if return_input else None)
     return json_response({"predictions": predictions, "model_version": version})
