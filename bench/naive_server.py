@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI, File, UploadFile
 
 from app.config import LOW_CONFIDENCE
-from app.predict.answers import prediction
+from app.predict.answers import answered
 from app.predict.preprocess import preprocess
 from models.checkpoint import load_checkpoint
 
@@ -26,5 +26,5 @@ app = FastAPI()
 def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
     x = preprocess(file.file.read())
     with torch.inference_mode():
-        log_probs = checkpoint.model(x.unsqueeze(0).to(device))[0].cpu()
-    return prediction(log_probs, checkpoint.version, LOW_CONFIDENCE)
+        log_probs = checkpoint.model(x.unsqueeze(0).to(device)).cpu()
+    return answered(log_probs, checkpoint.version, LOW_CONFIDENCE, None)[0]
