@@ -161,6 +161,37 @@ class Settings(BaseSettings):
         le=1,
         description="a prediction less sure than this carries low_confidence: true",
     )
+    feedback_per_minute: int = Field(
+        20,
+        ge=0,
+        description="corrections (POST /feedback) one client may send a minute without the token, "
+        "counted across every process and replica (429 with Retry-After past it); 0: no limit",
+    )
+    feedback_max_pending: int = Field(
+        1000,
+        ge=0,
+        description="corrections that may wait for review at once; past it, one sent without the "
+        "token is a 503 with Retry-After",
+    )
+    feedback_recent_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="memory each server process holds the inputs of its recent predictions in, so "
+        "a correction may name a prediction instead of sending its image; 0: none held",
+    )
+    feedback_recent_s: float = Field(
+        600.0,
+        gt=0,
+        description="how long a prediction's input is held for a correction that names it",
+    )
+    promote_mnist_tolerance: float = Field(
+        0.25,
+        ge=0,
+        le=100,
+        description="where corrections have a held-out split, how many points a new model may be "
+        "below the active one on MNIST's test set and still be promoted (if_better), being at "
+        "least as accurate on the held-out corrections",
+    )
     train_token: str | None = Field(
         None,
         description="bearer token for POST /train, DELETE /train/{id} and activating a version (401 "

@@ -42,6 +42,10 @@ class ServiceError(Exception):
     def body(self) -> dict[str, Any]:
         return {"detail": self.detail}
 
+    def answer_headers(self) -> dict[str, str] | None:
+        """The answer's headers: the class's, unless an error works them out."""
+        return self.headers
+
 
 class BadRequest(ServiceError):
     status_code = 400
@@ -182,7 +186,7 @@ async def service_error_handler(request: Request, exc: Exception) -> JSONRespons
             kind, "%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail
         )
     body = {"error": exc.detail} if speaks_v2(request) else exc.body()
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.answer_headers())
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -280,3 +284,33 @@ class NoTrainer(ServiceError):
 
     status_code = 503
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class FeedbackNotFound(ServiceError):
+    status_code = 404
+
+
+class RecentInputGone(ServiceError):
+    """A correction named a prediction whose input this process no longer holds (or never did)."""
+
+    status_code = 404
+
+
+class TooMuchFeedback(ServiceError):
+    """This client sent its share of corrections for now: it may send again after `retry_after_s`."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+    def answer_headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class ReviewQueueFull(ServiceError):
+    """As many corrections wait for review as may: new ones without the token wait until some are reviewed."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "60"}

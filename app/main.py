@@ -14,8 +14,8 @@ from app import NAME, __version__
 from app.config import LOG_FORMAT, Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import health, model, page, predict, train
-from app.schemas import TrainRequest
+from app.routes import feedback, health, model, page, predict, train
+from app.schemas import FeedbackByPrediction, FeedbackReview, TrainRequest
 from app.services import running_services
 from app.v2 import routes as v2
 
@@ -60,9 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(predict.router)
         app.include_router(model.router)
         app.include_router(train.router)
+        app.include_router(feedback.router)
         app.include_router(v2.router)
         # Bodies the routes read themselves (to bound them first): FastAPI cannot see their models.
-        document_models(app, (TrainRequest, *v2.DOCUMENTED))
+        document_models(app, (TrainRequest, FeedbackByPrediction, FeedbackReview, *v2.DOCUMENTED))
         app.include_router(page.router)
         app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     app.include_router(health.router)

@@ -125,6 +125,11 @@ class TrainRequest(HyperparameterFields):
         "as the active one on the same test data (accuracy, then loss at equal accuracy), else the "
         "job ends rejected; always; never (keep it as a version without activating it)",
     )
+    use_feedback: bool | None = Field(
+        None,
+        description="also train on the accepted corrections' training split (each one "
+        "feedback_weight times an epoch); every job is measured on their held-out split either way",
+    )
     nproc_per_node: int | None = Field(
         None,
         ge=1,
@@ -156,7 +161,10 @@ class Promotion(BaseModel):
 
     rule: PromoteRule
     promoted: bool = Field(description="the new model is the active version now")
-    reason: str | None = Field(description="why it was not promoted, in words")
+    reason: str | None = Field(
+        description="why it was not promoted, in words; where held-out corrections were compared, "
+        "both figures, promoted or not"
+    )
     challenger: Standing = Field(description="the job's model")
     champion: Standing | None = Field(
         description="the active model it was compared with (null: none was active, or not compared)"
@@ -211,3 +219,60 @@ class CardComparison(BaseModel):
 class VersionList(BaseModel):
     versions: list[dict[str, Any]]
     active: str | None
+
+
+class FeedbackItem(BaseModel):
+    """A user's correction: the image the model saw, the digit it really is, and what became of it."""
+
+    id: str
+    status: Literal["pending", "accepted", "rejected"] = Field(
+        description="pending: waits for a token holder's review; accepted: trained on or held out; "
+        "rejected: reviewed and refused"
+    )
+    label: int = Field(ge=0, le=CLASSES - 1, description="the digit it is, as its sender says")
+    split: Literal["train", "heldout"] = Field(
+        description="where it goes once accepted, by its id: training data, or the held-out "
+        "real-world test set"
+    )
+    prediction_id: str | None = Field(description="the prediction it corrects, where the sender named one")
+    predicted: int | None = Field(
+        description="what the serving model answered for this image when it arrived"
+    )
+    model_version: str | None = Field(description="that model's version")
+    trusted: bool = Field(description="sent with the token")
+    created_at: str
+    reviewed_at: str | None
+    image: str = Field(description=f"the {SIGNATURE.input.size_text} image the model saw, as a PNG data URL")
+
+
+class FeedbackCreated(FeedbackItem):
+    """The correction as kept, and the serving model's answer for its image now."""
+
+    confidence: float | None = Field(description="the serving model's probability for `predicted`")
+
+
+class FeedbackCounts(BaseModel):
+    total: int
+    by_status: dict[str, int] = Field(description="pending, accepted and rejected")
+    accepted_by_label: list[int] = Field(description="accepted corrections of each digit")
+    accepted_by_split: dict[str, int] = Field(description="accepted corrections in train and heldout")
+
+
+class FeedbackList(BaseModel):
+    counts: FeedbackCounts
+    items: list[FeedbackItem] = Field(description="newest first")
+
+
+class FeedbackByPrediction(BaseModel):
+    """A correction that names a recent prediction instead of sending its image again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(max_length=64, description="the `prediction_id` of a recent answer")
+    label: int = Field(ge=0, le=CLASSES - 1, description="the digit the image really is")
+
+
+class FeedbackReview(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accept: bool = Field(description="true: it may be trained on; false: it never will be")

@@ -19,8 +19,10 @@ from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import DecodeLimits, Decoder
+from app.predict.recent import RecentInputs
 from app.predict.uploads import Bodies
 from app.records.database import Database, database_url
+from app.records.feedback import FeedbackStore
 from app.records.follower import ModelFollower
 from app.records.model_store import open_model_store
 from app.records.versions import Adopt, ModelVersions
@@ -44,6 +46,8 @@ class Services:
     versions: ModelVersions
     follower: ModelFollower
     jobs: JobManager
+    recent: RecentInputs
+    feedback: FeedbackStore
 
 
 def try_load(settings: Settings, device: torch.device) -> tuple[LoadedCheckpoint | None, str]:
@@ -149,14 +153,16 @@ async def serving(
             settings.role,
             settings.public(),
         )
-        jobs = JobManager(store, versions, follower.check if serves else nothing_to_swap, settings)
+        feedback = FeedbackStore(store.database)
+        jobs = JobManager(store, versions, follower.check if serves else nothing_to_swap, settings, feedback)
         await jobs.start()
         decoder = decoder_for(settings)
         bodies = Bodies(
             settings.body_timeout_s, settings.max_buffered_bytes, settings.body_idle_s, settings.client_share
         )
+        recent = RecentInputs(settings.feedback_recent_bytes, settings.feedback_recent_s)
         try:
-            async with grpc_serving(settings, engine, decoder, bodies, metrics, serves):
+            async with grpc_serving(settings, engine, decoder, bodies, metrics, recent, serves):
                 yield Services(
                     settings,
                     metrics,
@@ -167,6 +173,8 @@ async def serving(
                     versions,
                     follower,
                     jobs,
+                    recent,
+                    feedback,
                 )
         finally:
             await jobs.stop()
@@ -180,6 +188,7 @@ async def grpc_serving(
     decoder: Decoder,
     bodies: Bodies,
     metrics: Metrics,
+    recent: RecentInputs,
     serves: bool,
 ) -> AsyncIterator[None]:
     """The v2 protocol's gRPC server beside HTTP, unless MNIST_GRPC_PORT is 0 or nothing is served;
@@ -191,7 +200,7 @@ async def grpc_serving(
     # client library's copy of the same protocol can live in a test process without a clash).
     from app.v2.grpc_service import start_grpc_server
 
-    server = await start_grpc_server(settings, engine, decoder, bodies, metrics)
+    server = await start_grpc_server(settings, engine, decoder, bodies, metrics, recent)
     try:
         yield
     finally:

@@ -12,7 +12,7 @@ import torch
 from fastapi import Request
 
 from app.config import LOW_CONFIDENCE
-from app.predict.answers import answered
+from app.predict.answers import answered, request_id
 from app.predict.preprocess import preprocess
 from models.checkpoint import load_checkpoint
 
@@ -37,7 +37,7 @@ class DigitAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output: torch.Tensor) -> dict[str, Any]:
-        return answered(output.unsqueeze(0), self.checkpoint.version, LOW_CONFIDENCE, None)[0]
+        return answered(request_id(), output.unsqueeze(0), self.checkpoint.version, LOW_CONFIDENCE, None)[0]
 
 
 def main() -> None:

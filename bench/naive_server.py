@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI, File, UploadFile
 
 from app.config import LOW_CONFIDENCE
-from app.predict.answers import answered
+from app.predict.answers import answered, request_id
 from app.predict.preprocess import preprocess
 from models.checkpoint import load_checkpoint
 
@@ -27,4 +27,4 @@ def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
     x = preprocess(file.file.read())
     with torch.inference_mode():
         log_probs = checkpoint.model(x.unsqueeze(0).to(device)).cpu()
-    return answered(log_probs, checkpoint.version, LOW_CONFIDENCE, None)[0]
+    return answered(request_id(), log_probs, checkpoint.version, LOW_CONFIDENCE, None)[0]

@@ -60,6 +60,12 @@ class ImageInput:
         training set of 60,000 images is not copied. Returns `grey`."""
         return grey.div_(self.brightest).sub_(self.mean).div_(self.std)
 
+    def levels(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize`: the network's input back as uint8 grey levels (rounded, so an
+        image that came from grey levels comes back exactly)."""
+        grey = (normalized.float() * self.std + self.mean) * self.brightest
+        return grey.round_().clamp_(0, self.brightest).to(torch.uint8)
+
     def normalized(self, level: float) -> float:
         """One grey level as the network sees it: exactly what `normalize` makes of it (0, the dark
         background, becomes about -0.42)."""

@@ -39,7 +39,7 @@ def not_installed(reason: str) -> NoReturn:
 
 
 @contextmanager
-def small_disk(path: Path, size: str = "64k") -> Iterator[Path]:
+def small_disk(path: Path, size: str = "256k") -> Iterator[Path]:
     """A tmpfs of `size` mounted on `path` (a full disk in miniature); needs root."""
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=False)

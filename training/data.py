@@ -2,18 +2,16 @@
 
 import gzip
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from models.idx import IdxError, decode_idx
 from models.signature import SIGNATURE
 
 DATA_DIR_ENV = "MNIST_DATA_DIR"
 DEFAULT_DATA_DIR = Path("data")
-# Type code 0x08 = unsigned byte; the last byte of the magic number is the number of dimensions.
-UBYTE = 0x08
 FILES = {
     "train_images": ("train-images-idx3-ubyte", 60000),
     "train_labels": ("train-labels-idx1-ubyte", 60000),
@@ -43,27 +41,10 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(f"{path}: only {len(raw)} bytes, shorter than an IDX header")
-    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != UBYTE or dims != ndim:
-        raise DataError(
-            f"{path}: bad magic number 0x{raw[:4].hex()} "
-            f"(expected 0x00000{UBYTE:x}{ndim:02x}: unsigned bytes, {ndim} dimensions)"
-        )
-    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
-    expected = 1
-    for size in shape:
-        expected *= size
-    body = len(raw) - header_size
-    if body != expected:
-        raise DataError(
-            f"{path}: header says {'x'.join(map(str, shape))} = {expected} bytes of data, "
-            f"file has {body} (truncated or corrupt)"
-        )
-    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header_size)
-    return data.reshape(shape)
+    try:
+        return decode_idx(raw, ndim)
+    except IdxError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 def _find_file(directory: Path, stem: str) -> Path | None:

@@ -57,11 +57,11 @@ def prediction(
 
 
 def answered(
-    log_probs: torch.Tensor, version: str, unsure_below: float, images: list[np.ndarray] | None
+    named: str, log_probs: torch.Tensor, version: str, unsure_below: float, images: list[np.ndarray] | None
 ) -> list[dict[str, Any]]:
-    """One request's predictions, a row each, named `<request>-<row>` and logged together; with
-    `images` (return_input) each carries the image its row was computed from."""
-    named = request_id()
+    """One request's predictions (its id `named`, from `request_id`), a row each, named
+    `<request>-<row>` and logged together; with `images` (return_input) each carries the image its
+    row was computed from."""
     shown = images if images is not None else [None] * len(log_probs)
     answers = [
         prediction(row, version, unsure_below, prediction_id(named, i), image)

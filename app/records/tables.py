@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -75,4 +76,27 @@ active_model = Table(
     Column("activated_at", Text, nullable=False),
     Column("activated_by", Text, nullable=False),
     CheckConstraint("id = 1", name="one_active_model"),
+)
+
+# Users' corrections (0005). `image`: the input the model saw, uint8 grey levels; `client`: a hash of
+# the sender's address and `created`: the database's clock, for the rate limit; `trusted`: sent with
+# the token.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("label", Integer, nullable=False),
+    Column("split", Text, nullable=False),
+    Column("image", LargeBinary, nullable=False),
+    Column("prediction_id", Text),
+    Column("predicted", Integer),
+    Column("model_version", Text),
+    Column("client", Text, nullable=False),
+    Column("trusted", Boolean, nullable=False),
+    Column("created_at", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("reviewed_at", Text),
+    Index("feedback_by_status", "status", "created_at"),
+    Index("feedback_by_client", "client", "created"),
 )

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import services_of
 from app.errors import MissingField, TooManyFiles
-from app.predict.answers import answered
+from app.predict.answers import answered, request_id
 from app.predict.preprocess import Invert
 from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
@@ -87,7 +87,11 @@ async def predict_digit(
         upload = files_named(uploads, "file")[0]
         inputs, images = await services.decoder.decode([upload], invert, batch=False)
         log_probs, version = await services.engine.infer(inputs)
-        answer = answered(log_probs, version, settings.low_confidence, images if return_input else None)
+        named = request_id()
+        services.recent.keep(named, inputs)  # a correction may name this prediction instead of the image
+        answer = answered(
+            named, log_probs, version, settings.low_confidence, images if return_input else None
+        )
         return json_response(answer[0])
 
 
@@ -115,5 +119,9 @@ async def predict_digits(
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
         inputs, images = await services.decoder.decode(files, invert, batch=True)
         log_probs, version = await services.engine.infer(inputs)
-    predictions = answered(log_probs, version, settings.low_confidence, images if return_input else None)
+    named = request_id()
+    services.recent.keep(named, inputs)
+    predictions = answered(
+        named, log_probs, version, settings.low_confidence, images if return_input else None
+    )
     return json_response({"predictions": predictions, "model_version": version})

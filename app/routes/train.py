@@ -3,11 +3,10 @@
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import ValidationError
-from python_multipart.multipart import parse_options_header
 
-from app.deps import JobsDep, SettingsDep, StoreDep, TokenDep, services_of
-from app.errors import BadRequest, InvalidRequest, UnsupportedMediaType
+from app.deps import JobsDep, SettingsDep, StoreDep, TokenDep
+from app.errors import InvalidRequest
+from app.routes.json_bodies import json_body
 from app.schemas import VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
 
 router = APIRouter(prefix="/train", tags=["train"], responses=VALIDATION)
@@ -33,18 +32,7 @@ JSON_BODY: dict[str, Any] = {
 async def train_request_of(request: Request) -> TrainRequest:
     """The job's parameters from a JSON body of at most MAX_TRAIN_BODY_BYTES, read only after the
     token was checked (the route's dependency), so a stranger cannot make us read or parse much."""
-    body = await services_of(request).bodies.read(request, MAX_TRAIN_BODY_BYTES)
-    if not body.strip():
-        return TrainRequest()
-    media_type, _ = parse_options_header(request.headers.get("content-type", "application/json"))
-    if media_type != b"application/json" and not media_type.endswith(b"+json"):
-        raise UnsupportedMediaType(f"send the job as application/json, not {media_type.decode('latin-1')}")
-    try:
-        return TrainRequest.model_validate_json(body)
-    except ValidationError as error:
-        if any(item["type"] == "json_invalid" for item in error.errors()):
-            raise BadRequest("the body is not valid JSON") from None
-        raise InvalidRequest([{**item, "loc": ("body", *item["loc"])} for item in error.errors()]) from None
+    return await json_body(request, TrainRequest, MAX_TRAIN_BODY_BYTES, empty=TrainRequest())
 
 
 @router.post(

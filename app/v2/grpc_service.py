@@ -22,6 +22,7 @@ from app.memory import Trimmer
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder
+from app.predict.recent import RecentInputs
 from app.predict.uploads import Bodies, client_of_peer
 from app.v2 import grpc_predict_v2_pb2 as pb
 from app.v2 import protocol
@@ -141,9 +142,15 @@ class InferenceService:
     """The service's methods, each taking its parsed request (see `rpc` for how calls reach them)."""
 
     def __init__(
-        self, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, settings: Settings, metrics: Metrics
+        self,
+        engine: BatchingEngine,
+        decoder: Decoder,
+        bodies: Bodies,
+        settings: Settings,
+        metrics: Metrics,
+        recent: RecentInputs,
     ) -> None:
-        self.engine, self.decoder, self.bodies = engine, decoder, bodies
+        self.engine, self.decoder, self.bodies, self.recent = engine, decoder, bodies, recent
         self.settings, self.metrics = settings, metrics
         self.trimmer = Trimmer()
 
@@ -198,6 +205,7 @@ class InferenceService:
             request.model_version or None,
             self.engine,
             self.decoder,
+            self.recent,
         )
         return infer_response_of(result, request.id)
 
@@ -286,7 +294,12 @@ def address(host: str, port: int) -> str:
 
 
 async def start_grpc_server(
-    settings: Settings, engine: BatchingEngine, decoder: Decoder, bodies: Bodies, metrics: Metrics
+    settings: Settings,
+    engine: BatchingEngine,
+    decoder: Decoder,
+    bodies: Bodies,
+    metrics: Metrics,
+    recent: RecentInputs,
 ) -> aio.Server:
     """GRPCInferenceService on MNIST_HOST:MNIST_GRPC_PORT, within the limits HTTP has: a message no
     larger than MNIST_GRPC_MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED past it), held against the same
@@ -309,7 +322,7 @@ async def start_grpc_server(
         ],
         maximum_concurrent_rpcs=settings.max_connections,
     )
-    service = InferenceService(engine, decoder, bodies, settings, metrics)
+    service = InferenceService(engine, decoder, bodies, settings, metrics, recent)
     handlers = {
         name: grpc.stream_unary_rpc_method_handler(
             rpc(service, name), request_deserializer=None, response_serializer=serialized

@@ -154,6 +154,8 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
             )
 
         parsed = await protocol.parsed(len(body), parse, services.decoder)
-        result = await protocol.infer(parsed, model_name, model_version, services.engine, services.decoder)
+        result = await protocol.infer(
+            parsed, model_name, model_version, services.engine, services.decoder, services.recent
+        )
     content, headers, media_type = rest.encode_response(parsed, result)
     return Response(content, headers=headers, media_type=media_type)
