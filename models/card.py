@@ -68,6 +68,7 @@ CARD_FIELDS = (
     "data",
     "hyperparameters",
     "low_confidence",
+    "feedback_heldout",
 )
 
 

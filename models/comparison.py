@@ -19,16 +19,39 @@ class Standing:
     test_accuracy: float | None = None
     test_loss: float | None = None
     test_sha256: str | None = None
+    # On the held-out split of users' corrections (`feedback_heldout`), and which set that was.
+    feedback_accuracy: float | None = None
+    feedback_count: int = 0
+    feedback_sha256: str | None = None
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any]) -> "Standing":
         """From a version's recorded metadata (or a card: `model_version` for `version`)."""
         data = metadata.get("data")
+        feedback = metadata.get("feedback_heldout")
+        feedback = feedback if isinstance(feedback, dict) else {}
         return cls(
             model_version=str(metadata.get("version", metadata.get("model_version"))),
             test_accuracy=metadata.get("test_accuracy"),
             test_loss=metadata.get("test_loss"),
             test_sha256=data.get("test_sha256") if isinstance(data, dict) else None,
+            feedback_accuracy=feedback.get("accuracy"),
+            feedback_count=int(feedback.get("count") or 0),
+            feedback_sha256=feedback.get("sha256"),
+        )
+
+    @property
+    def has_feedback_figures(self) -> bool:
+        """Measured on a held-out split of corrections that holds any."""
+        return self.feedback_count > 0 and self.feedback_accuracy is not None
+
+    def judged_alike(self, other: "Standing") -> bool:
+        """Comparable on MNIST's test set and, where this one was measured on held-out corrections,
+        measured on the very same ones: what promotion needs before it judges."""
+        if not self.comparable_with(other):
+            return False
+        return not self.has_feedback_figures or (
+            other.has_feedback_figures and other.feedback_sha256 == self.feedback_sha256
         )
 
     def not_comparable_with(self, other: "Standing") -> str | None:

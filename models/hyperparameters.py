@@ -99,6 +99,12 @@ class Hyperparameters:
     limit_train: int | None = hyperparameter(
         None, "train on the first N training images only", ge=1, server_max=60000
     )
+    feedback_weight: int = hyperparameter(
+        10,
+        "times each correction of the training split is seen per epoch, when training on feedback",
+        ge=1,
+        server_max=1000,
+    )
 
     def __post_init__(self) -> None:
         for spec in hyperparameter_fields():

@@ -101,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="folder with the MNIST IDX files (else $MNIST_DATA_DIR, ./data, then a download)"
     )
     parser.add_argument("--out", default="mnist_cnn.pt", help="checkpoint path (default: mnist_cnn.pt)")
+    parser.add_argument(
+        "--feedback",
+        metavar="EXPORT",
+        help="users' corrections as exported by GET /feedback/export: the model is also measured on "
+        "their held-out split",
+    )
+    parser.add_argument(
+        "--use-feedback",
+        action="store_true",
+        help="also train on the corrections' training split (needs --feedback), each one "
+        "--feedback-weight times an epoch",
+    )
     parser.add_argument("--events", metavar="FILE", help="write JSON-lines events here ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="one batch per epoch, one epoch")
     parser.add_argument("--quiet", action="store_true", help="no text output (errors still go to stderr)")
@@ -116,7 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.use_feedback and not args.feedback:
+        parser.error("--use-feedback needs --feedback EXPORT")
+    return args
 
 
 class Reporter:

@@ -17,20 +17,28 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import resolve_device
 from training.data import DataError, load_mnist
-from training.loop import answers_on, test_figures, to_model_input
+from training.loop import answers_on, feedback_figures, read_feedback, test_figures, to_model_input
 
 
 def evaluation(
-    weights: Path, data_dir: str | None, device: str = "auto", batch_size: int = 1000
+    weights: Path,
+    data_dir: str | None,
+    device: str = "auto",
+    batch_size: int = 1000,
+    feedback: str | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint's version, test accuracy and loss, the test data's record and its model card."""
+    """The checkpoint's version, test accuracy and loss, the test data's record and its model card;
+    with `feedback` (an export), its figures on the corrections' held-out split too."""
     where = resolve_device(device)
     checkpoint = load_checkpoint(weights, where)
     model = checkpoint.model.to(memory_format=torch.channels_last)  # as training evaluates it
     mnist = load_mnist(data_dir)
     images, labels = to_model_input(mnist.test_images, where), mnist.test_labels.long().to(where)
     results = answers_on(model, images, labels, batch_size)
-    return {"version": checkpoint.version, **test_figures(results, labels, mnist)}
+    figures = {"version": checkpoint.version, **test_figures(results, labels, mnist)}
+    if (corrections := read_feedback(feedback)) is not None:
+        figures["feedback_heldout"] = feedback_figures(model, corrections, where, batch_size)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data-dir", help="folder with the MNIST IDX files (else $MNIST_DATA_DIR, ./data)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument(
+        "--feedback", metavar="EXPORT", help="also measure on the held-out split of this corrections export"
+    )
     args = parser.parse_args(argv)
     try:
-        figures = evaluation(args.checkpoint, args.data_dir, args.device)
+        figures = evaluation(args.checkpoint, args.data_dir, args.device, feedback=args.feedback)
     except (CheckpointError, DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,10 +23,11 @@ from models.card import model_card
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
+from models.feedback_set import FeedbackSet, FeedbackSetError
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from models.signature import SIGNATURE
 from training import cuda_graph
-from training.data import Mnist, load_mnist
+from training.data import DataError, Mnist, load_mnist
 from training.distributed import (
     DEFAULT_RDZV_TIMEOUT_S,
     ONE_PROCESS,
@@ -52,6 +54,8 @@ class TrainConfig(Hyperparameters):
     cuda_graph: bool = True  # how steps run on a GPU, not what they compute
     data_dir: str | None = None
     out: str = "mnist_cnn.pt"
+    feedback: str | None = None  # an export of users' corrections: its held-out split is measured
+    use_feedback: bool = False  # and its training split trained on, feedback_weight times an epoch
     rdzv_timeout: float = DEFAULT_RDZV_TIMEOUT_S  # how long a rank waits for the others
 
 
@@ -177,6 +181,49 @@ def test_figures(results: Evaluation, labels: torch.Tensor, mnist: Mnist) -> dic
     }
 
 
+def feedback_figures(
+    model: nn.Module, feedback: FeedbackSet, device: torch.device, batch_size: int
+) -> dict[str, Any]:
+    """A model's figures on the held-out split of users' corrections (a second test set), and which
+    set they were measured on (its sha256: figures are comparable only where it is the same)."""
+    heldout = feedback.heldout
+    figures: dict[str, Any] = {"sha256": feedback.sha256, "count": len(heldout)}
+    if not len(heldout):
+        return figures
+    labels = heldout.labels.long().to(device)
+    results = answers_on(model, to_model_input(heldout.images, device), labels, batch_size)
+    card = model_card(labels, results.predicted, results.confidence)
+    return {
+        **figures,
+        "accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
+        "loss": round(results.loss, 6),
+        "per_class_accuracy": card["per_class_accuracy"],
+        "confusion_matrix": card["confusion_matrix"],
+    }
+
+
+def read_feedback(path: str | None) -> FeedbackSet | None:
+    """The corrections export named by --feedback, or None; DataError if it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return FeedbackSet.from_zip(Path(path))
+    except FeedbackSetError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def with_feedback(
+    images: torch.Tensor, labels: torch.Tensor, feedback: FeedbackSet, weight: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's training images plus the corrections' training split, each correction `weight` times:
+    a few hundred among 60,000 would otherwise barely move the weights."""
+    extra = feedback.train
+    return (
+        torch.cat([images, extra.images.repeat(weight, 1, 1)]),
+        torch.cat([labels, extra.labels.to(labels.dtype).repeat(weight)]),
+    )
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -255,6 +302,12 @@ def run(
     train_images, train_labels = mnist.train_images, mnist.train_labels
     if config.limit_train is not None:
         train_images, train_labels = train_images[: config.limit_train], train_labels[: config.limit_train]
+    feedback = read_feedback(config.feedback)
+    trained_on_feedback = feedback is not None and config.use_feedback
+    if feedback is not None and trained_on_feedback:
+        train_images, train_labels = with_feedback(
+            train_images, train_labels, feedback, config.feedback_weight
+        )
     x_train, y_train = to_model_input(train_images, device), train_labels.long().to(device)
     x_test, y_test = to_model_input(mnist.test_images, device), mnist.test_labels.long().to(device)
 
@@ -341,6 +394,12 @@ def run(
         return None
     assert results is not None  # rank 0 evaluated after every epoch
     figures = test_figures(results, y_test, mnist)
+    if feedback is not None:
+        figures["feedback_heldout"] = feedback_figures(model, feedback, device, config.test_batch_size)
+    provenance = {}
+    if feedback is not None and trained_on_feedback:
+        # The frozen dataset version: what a model's data was, by name and by content.
+        provenance["feedback"] = {**feedback.manifest(), "weight": config.feedback_weight}
     metadata = save_checkpoint(
         model,
         config.out,
@@ -359,6 +418,7 @@ def run(
                 "train_samples": n,
                 "train_sha256": data_fingerprint(train_images, train_labels),
                 "augmentation": recipe.augment,
+                **provenance,
             },
         },
     )

@@ -53,23 +53,27 @@ def procs_of(params: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class Commands:
-    """The programs a job runs: `training(params, out)` writes a checkpoint to `out` and reports
-    JSON-lines events on stdout; `evaluation(weights)` prints a checkpoint's figures on the test set
-    as one JSON object."""
+    """The programs a job runs: `training(params, out, feedback)` writes a checkpoint to `out` and
+    reports JSON-lines events on stdout; `evaluation(weights, feedback)` prints a checkpoint's figures
+    on the test set as one JSON object. `feedback`: the corrections export the job froze, if any."""
 
-    training: Callable[[dict[str, Any], Path], list[str]]
-    evaluation: Callable[[Path], list[str]]
+    training: Callable[[dict[str, Any], Path, Path | None], list[str]]
+    evaluation: Callable[[Path, Path | None], list[str]]
 
     @classmethod
     def of_python(cls, device: str, data_dir: Path | None) -> "Commands":
         """`python -m training` and `python -m training.evaluate`, on `device` and `data_dir`."""
         data = ["--data-dir", str(data_dir)] if data_dir is not None else []
 
-        def training(params: dict[str, Any], out: Path) -> list[str]:
+        def training(params: dict[str, Any], out: Path, feedback: Path | None) -> list[str]:
             """A job's hyperparameters as flags; with nproc_per_node > 1 the launch flag too (the
             child then launches that many ranks, in the same process tree)."""
             command = [sys.executable, "-m", "training", "--events", "-", "--quiet", "--out", str(out)]
             command += ["--device", device, "--log-interval", str(JOB_LOG_INTERVAL), *data]
+            if feedback is not None:
+                command += ["--feedback", str(feedback)] + (
+                    ["--use-feedback"] if params.get("use_feedback") else []
+                )
             for spec in hyperparameter_fields():
                 if params.get(spec.name) is not None:
                     command += [cli_flag(spec.name), str(params[spec.name])]
@@ -77,8 +81,9 @@ class Commands:
                 command += ["--nproc-per-node", str(procs_of(params))]
             return command
 
-        def evaluation(weights: Path) -> list[str]:
-            return [sys.executable, "-m", "training.evaluate", str(weights), "--device", device, *data]
+        def evaluation(weights: Path, feedback: Path | None) -> list[str]:
+            command = [sys.executable, "-m", "training.evaluate", str(weights), "--device", device, *data]
+            return command + (["--feedback", str(feedback)] if feedback is not None else [])
 
         return cls(training, evaluation)
 

@@ -30,20 +30,26 @@ class Judge:
     """What becomes of a job's new model: the fields its record ends with."""
 
     def __init__(
-        self, store: JobStore, versions: ModelVersions, children: Children, commands: Commands, threads: int
+        self,
+        store: JobStore,
+        versions: ModelVersions,
+        children: Children,
+        commands: Commands,
+        threads: int,
+        mnist_tolerance: float,
     ) -> None:
         self.store, self.versions, self.children = store, versions, children
-        self.commands, self.threads = commands, threads
+        self.commands, self.threads, self.mnist_tolerance = commands, threads, mnist_tolerance
 
     async def stop_asked(self, job: Job) -> dict[str, Any] | None:
         """How the job ends if a cancel was asked for meanwhile (a shutdown asks too), else None."""
         current = await self.store.aget(job.id)
         return stopped(current) if current.cancel_requested else None
 
-    async def __call__(self, job: Job, out: Path) -> dict[str, Any]:
+    async def __call__(self, job: Job, out: Path, feedback: Path | None) -> dict[str, Any]:
         """Keep the new model as a version, then promote it as the job's `promote` rule says:
         `rejected` says why not, and by how much it fell short. A cancel during judging promotes
-        nothing."""
+        nothing. `feedback`: the corrections the job froze, which the active model is measured on too."""
         try:
             version = await self.versions.akeep(out)
         except CheckpointError as exc:
@@ -59,19 +65,20 @@ class Judge:
         minimum = job.params.get("min_accuracy")
         while True:  # judged again if another model was activated meanwhile
             champion = await self.versions.aactive_metadata()
-            verdict = judge(rule, minimum, mine, Standing.of(champion) if champion is not None else None)
+            theirs = Standing.of(champion) if champion is not None else None
+            verdict = judge(rule, minimum, mine, theirs, self.mnist_tolerance)
             if verdict.outcome is Outcome.MEASURE:
                 assert champion is not None
                 if stop := await self.stop_asked(job):
                     return {**kept, **stop}
                 try:  # like with like: the active model measured on this job's test data
-                    champion = await self.measure(job, champion, mine)
+                    champion = await self.measure(job, champion, mine, feedback)
                 except CannotCompare as exc:
                     if stop := await self.stop_asked(job):  # its measuring was stopped
                         return {**kept, **stop}
                     verdict = Verdict(Outcome.REJECT, str(exc))
                     break
-                verdict = judge(rule, minimum, mine, Standing.of(champion))
+                verdict = judge(rule, minimum, mine, Standing.of(champion), self.mnist_tolerance)
             if verdict.outcome is not Outcome.PROMOTE:
                 break
             if stop := await self.stop_asked(job):
@@ -99,16 +106,21 @@ class Judge:
             )
         return end
 
-    async def measure(self, job: Job, active: dict[str, Any], challenger: Standing) -> dict[str, Any]:
-        """The active model's metadata with its figures on this trainer's test data, measured by a
-        child process and added to its version's record (CannotCompare if that fails)."""
+    async def measure(
+        self, job: Job, active: dict[str, Any], challenger: Standing, feedback: Path | None
+    ) -> dict[str, Any]:
+        """The active model's metadata with its figures on this trainer's test data (and the job's
+        held-out corrections), measured by a child process and added to its version's record
+        (CannotCompare if that fails)."""
         version = str(active["version"])
         try:  # a store that is out is waited for (ModelStoreUnavailable goes up to the scheduler)
             weights = await self.versions.alocal_copy(active)
         except ModelObjectCorrupt as exc:
             raise CannotCompare(f"the active model {version} cannot be measured: {exc.detail}") from None
         # A child of the job like its training child: a cancel or a shutdown stops it the same way.
-        async with self.children.running(job.id, self.commands.evaluation(weights), self.threads) as child:
+        async with self.children.running(
+            job.id, self.commands.evaluation(weights, feedback), self.threads
+        ) as child:
             stdout, stderr = await child.communicate()
         lines = stderr.decode(errors="replace").strip().splitlines()
         try:
@@ -121,6 +133,9 @@ class Judge:
         log.info("measured the active model %s on the test set: %s%%", version, figures.get("test_accuracy"))
         by = f"measured to compare with training job {job.id}"
         measured = await self.versions.arecord_evaluation(version, figures, by)
-        if not challenger.comparable_with(Standing.of(measured)):
-            raise CannotCompare(f"the new model's test data is not this trainer's: {challenger.test_sha256}")
+        if not challenger.judged_alike(Standing.of(measured)):
+            raise CannotCompare(
+                f"the new model's test data is not this trainer's: {challenger.test_sha256} "
+                f"(held-out corrections {challenger.feedback_sha256})"
+            )
         return measured

@@ -2,9 +2,12 @@
 
 The rule is a registry's (MLflow's champion alias, SageMaker's approval status): the active model
 keeps serving until a new one proves itself on the same held-out data, by test accuracy and then,
-at equal accuracy, by test loss. Figures measured on other data are never compared (models/comparison.py):
-the active model is measured first (app/jobs/judging.py). A model that is not promoted is kept all
-the same, so a person can still activate it.
+at equal accuracy, by test loss. Where users' corrections have a held-out split, the real world
+comes first: the new model must be at least as accurate there, and may be below the active one on
+MNIST's test set by no more than MNIST_PROMOTE_MNIST_TOLERANCE points. Figures measured on other
+data are never compared (models/comparison.py): the active model is measured first
+(app/jobs/judging.py). A model that is not promoted is kept all the same, so a person can still
+activate it.
 """
 
 from dataclasses import asdict, dataclass
@@ -46,10 +49,15 @@ def points(value: float) -> str:
 
 
 def judge(
-    rule: PromoteRule, min_accuracy: float | None, challenger: Standing, champion: Standing | None
+    rule: PromoteRule,
+    min_accuracy: float | None,
+    challenger: Standing,
+    champion: Standing | None,
+    mnist_tolerance: float = 0.25,
 ) -> Verdict:
     """The rule, given the active model's figures (None: nothing is active). MEASURE when the rule
-    must compare the two and the active model's figures are not on the challenger's test data."""
+    must compare the two and the active model's figures are not on the challenger's test data (and
+    held-out corrections, where it has them)."""
     accuracy = challenger.test_accuracy
     if min_accuracy is not None and (accuracy is None or accuracy < min_accuracy):
         return Verdict(Outcome.REJECT, f"test accuracy {accuracy}% is below min_accuracy {min_accuracy}%")
@@ -57,8 +65,10 @@ def judge(
         return Verdict(Outcome.KEEP, "promote is never: kept without activating it")
     if rule is PromoteRule.ALWAYS or champion is None:
         return Verdict(Outcome.PROMOTE)
-    if not challenger.comparable_with(champion):
+    if not challenger.judged_alike(champion):
         return Verdict(Outcome.MEASURE)
+    if challenger.has_feedback_figures:
+        return judge_with_feedback(challenger, champion, mnist_tolerance)
     assert accuracy is not None and challenger.test_loss is not None
     assert champion.test_accuracy is not None and champion.test_loss is not None
     theirs = f"the active model's ({champion.model_version})"
@@ -75,6 +85,28 @@ def judge(
             f"is {challenger.test_loss - champion.test_loss:.6f} above that model's {champion.test_loss:.6f}",
         )
     return Verdict(Outcome.PROMOTE)
+
+
+def judge_with_feedback(challenger: Standing, champion: Standing, mnist_tolerance: float) -> Verdict:
+    """At least as accurate on the held-out corrections, and on MNIST's test set no more than
+    `mnist_tolerance` points below the active model; the reason names both figures either way."""
+    ours, theirs = challenger.feedback_accuracy, champion.feedback_accuracy
+    mnist, their_mnist = challenger.test_accuracy, champion.test_accuracy
+    assert ours is not None and theirs is not None and mnist is not None and their_mnist is not None
+    figures = (
+        f"held-out feedback accuracy {ours:.2f}% against {theirs:.2f}% for the active model "
+        f"({champion.model_version}), MNIST test accuracy {mnist:.2f}% against {their_mnist:.2f}%"
+    )
+    if ours < theirs:
+        return Verdict(Outcome.REJECT, f"{figures}: {points(theirs - ours)} worse on the held-out feedback")
+    drop = round(their_mnist - mnist, 6)
+    if drop > mnist_tolerance:
+        return Verdict(
+            Outcome.REJECT,
+            f"{figures}: {points(drop)} worse on MNIST's test set, more than "
+            f"MNIST_PROMOTE_MNIST_TOLERANCE ({points(mnist_tolerance)})",
+        )
+    return Verdict(Outcome.PROMOTE, figures)
 
 
 # What a promotion record compares.

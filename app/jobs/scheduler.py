@@ -22,7 +22,9 @@ from app.jobs.judging import Judge
 from app.jobs.progress import fold_events, last_lines
 from app.jobs.store import Beat, Job, JobStatus, JobStore
 from app.records.database import now_iso
+from app.records.feedback import FeedbackStore
 from app.records.versions import ModelVersions
+from models.checkpoint import atomic_write_bytes
 
 log = logging.getLogger("app.jobs")
 # How long a finished job's model waits for an unreachable model store before the job fails.
@@ -42,11 +44,12 @@ class JobManager:
         versions: ModelVersions,
         promoted: Callable[[], Awaitable[None]],
         settings: Settings,
+        feedback: FeedbackStore,
         commands: Commands | None = None,
     ) -> None:
         """`promoted` is called when a job's model became the active version; `commands` are the
         programs a job runs (default: this Python's `training` and `training.evaluate`)."""
-        self.store, self.versions, self.promoted = store, versions, promoted
+        self.store, self.versions, self.promoted, self.feedback = store, versions, promoted, feedback
         self.trains = settings.role != "api"
         self.trainer = settings.trainer_name or socket.gethostname()
         self.slots, self.queue = settings.train_slots, settings.train_queue
@@ -55,7 +58,9 @@ class JobManager:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.commands = commands or Commands.of_python(settings.device, settings.data_dir)
         self.children = Children(settings.train_priority, KILL_GRACE_S)
-        self.judge = Judge(store, versions, self.children, self.commands, self.threads)
+        self.judge = Judge(
+            store, versions, self.children, self.commands, self.threads, settings.promote_mnist_tolerance
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -176,20 +181,48 @@ class JobManager:
             await self._fail(job.id, f"nproc_per_node {procs} is more than this trainer runs ({limit})")
             return
         out = self.versions.incoming_path(job.id)
-        command = self.commands.training(job.params, out)
+        try:
+            feedback = await self._freeze_feedback(job)
+        except (RecordsUnavailable, OSError) as exc:
+            await self._fail(job.id, f"the corrections could not be read: {getattr(exc, 'detail', exc)}")
+            return
+        command = self.commands.training(job.params, out, feedback)
         try:
             # The job's threads, shared by its ranks.
             async with self.children.running(job.id, command, max(1, self.threads // procs)) as child:
                 beating = asyncio.create_task(self._heartbeat(job.id))
                 try:
-                    await self._watch(job, child, out)
+                    await self._watch(job, child, out, feedback)
                 finally:
                     beating.cancel()
         finally:
             self.versions.discard(out)
+            if feedback is not None:
+                feedback.unlink(missing_ok=True)
             self._wake.set()  # a slot is free: claim the next queued job now
 
-    async def _watch(self, job: Job, child: asyncio.subprocess.Process, out: Path) -> None:
+    async def _freeze_feedback(self, job: Job) -> Path | None:
+        """The accepted corrections as they are now, written where the job's children read them:
+        its dataset version, fixed for its training and its judging alike. None when there are none."""
+        corrections = await self.feedback.aaccepted()
+        if not len(corrections):
+            return None
+        path = self.versions.incoming / f"{job.id}-feedback.zip"
+        data = await asyncio.to_thread(corrections.to_zip)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(atomic_write_bytes, path, data)
+        log.info(
+            "training job %s: %d accepted corrections (%s), trained on: %s",
+            job.id,
+            len(corrections),
+            corrections.sha256[:12],
+            bool(job.params.get("use_feedback")),
+        )
+        return path
+
+    async def _watch(
+        self, job: Job, child: asyncio.subprocess.Process, out: Path, feedback: Path | None
+    ) -> None:
         """The child's progress until it exits, then how the job ended."""
         assert child.stdout is not None and child.stderr is not None
         with contextlib.suppress(RecordsUnavailable):  # the pid is for people; the job runs on
@@ -204,7 +237,7 @@ class JobManager:
 
         await asyncio.gather(fold_events(child.stdout, {}, failure, write), last_lines(child.stderr, stderr))
         returncode = await child.wait()
-        await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out)
+        await self._finish(job, returncode, failure[-1] if failure else None, list(stderr), out, feedback)
 
     async def _heartbeat(self, job_id: str) -> None:
         """Keep the job ours while it runs; stop its child (training, or measuring after it) when a
@@ -222,7 +255,13 @@ class JobManager:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _finish(
-        self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
+        self,
+        job: Job,
+        returncode: int,
+        reported: str | None,
+        stderr: list[str],
+        out: Path,
+        feedback: Path | None,
     ) -> None:
         """Record how the job ended, retrying while the database or model store is out (the
         heartbeat keeps the job ours meanwhile). The outcome is decided once: a retry of the
@@ -237,7 +276,7 @@ class JobManager:
                     log.warning("training job %s was marked interrupted before it could be recorded", job.id)
                     return
                 if end is None:
-                    end = await self._outcome(job, returncode, reported, stderr, out)
+                    end = await self._outcome(job, returncode, reported, stderr, out, feedback)
                 if (end.get("promotion") or {}).get("promoted"):
                     await self.promoted()  # first: whoever sees the job succeed here sees its model
                 await self.store.aupdate(job.id, self.owner, **end)
@@ -254,7 +293,13 @@ class JobManager:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _outcome(
-        self, job: Job, returncode: int, reported: str | None, stderr: list[str], out: Path
+        self,
+        job: Job,
+        returncode: int,
+        reported: str | None,
+        stderr: list[str],
+        out: Path,
+        feedback: Path | None,
     ) -> dict[str, Any]:
         """How the job ends. A failure's reason is the child's own error event; its raw stderr
         only when it crashed without one."""
@@ -273,5 +318,5 @@ class JobManager:
                 error = "\n".join([f"training process {how}", *stderr])
             end.update(status=JobStatus.FAILED, error=error)
         else:
-            end.update(await self.judge(job, out))
+            end.update(await self.judge(job, out, feedback))
         return end

@@ -24,6 +24,7 @@ CHOSEN = {
     "weight_decay": 1e-4,
     "seed": 7,
     "limit_train": 500,
+    "feedback_weight": 30,
 }
 NAMES = [spec.name for spec in hyperparameter_fields()]
 
@@ -34,12 +35,17 @@ def test_every_hyperparameter_has_a_chosen_value_unlike_the_tutorials() -> None:
 
 
 def test_a_request_reaches_the_recorded_hyperparameters_unchanged(tmp_path: Path) -> None:
-    request = {**CHOSEN, "min_accuracy": 90, "nproc_per_node": 2}
+    request = {**CHOSEN, "min_accuracy": 90, "nproc_per_node": 2, "use_feedback": True}
     body = TrainRequest.model_validate(request).model_dump(exclude_none=True)
-    command = Commands.of_python("cpu", None).training(body, tmp_path / "new.pt")
+    command = Commands.of_python("cpu", None).training(body, tmp_path / "new.pt", tmp_path / "fb.zip")
     assert command[1:3] == ["-m", "training"]
     args = parse_args(command[3:])
     assert args.nproc_per_node == 2  # the child launches two ranks
+    assert args.feedback == str(tmp_path / "fb.zip") and args.use_feedback
+    without = {**body, "use_feedback": False}
+    assert not parse_args(
+        Commands.of_python("cpu", None).training(without, tmp_path / "n.pt", None)[3:]
+    ).feedback
     config = TrainConfig.from_recipe(
         **{spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
     )
@@ -63,7 +69,7 @@ def test_left_out_values_come_from_the_recipe() -> None:
 
 def test_the_request_takes_the_hyperparameters_and_the_jobs_own_fields_only() -> None:
     properties = TrainRequest.model_json_schema()["properties"]
-    assert list(properties) == [*NAMES, "min_accuracy", "promote", "nproc_per_node"]
+    assert list(properties) == [*NAMES, "min_accuracy", "promote", "use_feedback", "nproc_per_node"]
     with pytest.raises(ValidationError):
         TrainRequest.model_validate({"weight_decays": 0.1})
 

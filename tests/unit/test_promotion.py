@@ -1,6 +1,7 @@
 """The champion/challenger rule: accuracy first, loss at equal accuracy, figures on the same data;
 and the job's loss curve, which stays small however long the job."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -108,10 +109,64 @@ def test_the_record_shows_the_champion_only_where_compared() -> None:
             "test_accuracy": 99.0,
             "test_loss": 0.03,
             "test_sha256": DATA,
+            "feedback_accuracy": None,
+            "feedback_count": 0,
+            "feedback_sha256": None,
         },
         "champion": None,
         "difference": None,
     }
+
+
+FEEDBACK = "fb" * 32
+
+
+def on_feedback(
+    standing: Standing, accuracy: float | None, data: str = FEEDBACK, count: int = 61
+) -> Standing:
+    return dataclasses.replace(
+        standing, feedback_accuracy=accuracy, feedback_count=count, feedback_sha256=data
+    )
+
+
+FIELD_CHAMPION = on_feedback(CHAMPION, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("feedback", "accuracy", "tolerance", "outcome", "said"),
+    [
+        (85.0, 98.40, 0.25, Outcome.PROMOTE, "held-out feedback accuracy 85.00% against 60.00%"),
+        (85.0, 98.38, 0.25, Outcome.PROMOTE, "MNIST test accuracy 98.38% against 98.63%"),  # 0.25: within
+        (85.0, 98.37, 0.25, Outcome.REJECT, "0.26 points worse on MNIST's test set, more than "),
+        (85.0, 98.62, 0.0, Outcome.REJECT, "MNIST_PROMOTE_MNIST_TOLERANCE (0.00 points)"),
+        (85.0, 99.50, 5.0, Outcome.PROMOTE, "for the active model (champion0001)"),
+        (60.0, 98.63, 0.25, Outcome.PROMOTE, "against 60.00%"),  # as good on both
+        (59.99, 99.90, 0.25, Outcome.REJECT, "0.01 points worse on the held-out feedback"),
+    ],
+)
+def test_with_held_out_corrections_the_real_world_comes_first(
+    feedback: float, accuracy: float, tolerance: float, outcome: Outcome, said: str
+) -> None:
+    """Better on MNIST by far does not make up for worse on the corrections; a small loss on MNIST
+    is allowed for a gain there. The reason names both figures, promoted or not."""
+    challenger = on_feedback(standing("challenger01", accuracy, 0.05), feedback)
+    verdict = judge(PromoteRule.IF_BETTER, None, challenger, FIELD_CHAMPION, tolerance)
+    assert verdict.outcome is outcome
+    assert verdict.reason is not None and said in verdict.reason
+
+
+def test_the_active_model_is_measured_on_the_same_corrections_first() -> None:
+    challenger = on_feedback(standing("challenger01", 99.0, 0.03), 90.0)
+    for champion in (CHAMPION, on_feedback(CHAMPION, 60.0, data="ee" * 32), on_feedback(CHAMPION, None)):
+        assert judge(PromoteRule.IF_BETTER, None, challenger, champion).outcome is Outcome.MEASURE
+        assert not challenger.judged_alike(champion) and challenger.comparable_with(champion)
+    assert challenger.judged_alike(FIELD_CHAMPION)
+    # Corrections with no held-out item judge nothing: MNIST's rule, as before.
+    empty = on_feedback(standing("challenger01", 98.60, 0.03), None, count=0)
+    assert judge(PromoteRule.IF_BETTER, None, empty, CHAMPION).outcome is Outcome.REJECT
+    assert Standing.of(
+        {"version": "v", "feedback_heldout": {"sha256": FEEDBACK, "count": 61, "accuracy": 90.0}}
+    ) == (on_feedback(Standing("v"), 90.0))
 
 
 def test_standing_of_recorded_metadata() -> None:

@@ -17,6 +17,7 @@ from app.jobs.children import Commands
 from app.jobs.scheduler import JobManager
 from app.jobs.store import Job, JobStatus, JobStore
 from app.records.database import Database, database_url
+from app.records.feedback import FeedbackStore
 from app.records.model_store import LocalModelStore
 from app.records.versions import Adopt, ModelVersions
 from models.checkpoint import metadata_path
@@ -66,10 +67,10 @@ class Programs:
     figures: Path | None = None  # what the evaluation prints, or where a hanging one writes its pid
 
     def commands(self, checkpoint: Path) -> Commands:
-        def training(params: dict[str, Any], out: Path) -> list[str]:
+        def training(params: dict[str, Any], out: Path, feedback: Path | None) -> list[str]:
             return [sys.executable, "-c", STAND_IN, "training", self.training, str(checkpoint), str(out)]
 
-        def evaluation(weights: Path) -> list[str]:
+        def evaluation(weights: Path, feedback: Path | None) -> list[str]:
             figures = str(self.figures or "none")
             return [sys.executable, "-c", STAND_IN, "evaluate", self.evaluation, figures, str(weights)]
 
@@ -110,7 +111,14 @@ async def trainer(tmp_path: Path, small_checkpoint: Path) -> AsyncIterator[Train
     async def on_promotion() -> None:
         promoted.append(None)
 
-    manager = JobManager(store, versions, on_promotion, settings, programs.commands(small_checkpoint))
+    manager = JobManager(
+        store,
+        versions,
+        on_promotion,
+        settings,
+        FeedbackStore(store.database),
+        programs.commands(small_checkpoint),
+    )
     await manager.start()
     try:
         yield Trainer(manager, store, versions, programs, promoted)
