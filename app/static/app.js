@@ -59,6 +59,9 @@ $("predict").addEventListener("click", () => predictCanvas());
 
 function showNothing() {
   newestRequest += 1;  // an answer still on its way is for what was cleared
+  lastInput = null;
+  $("correct").hidden = true;
+  $("feedback-status").textContent = "";
   $("digit").textContent = "–";
   $("confidence").textContent = "–";
   $("bars").replaceChildren();
@@ -93,6 +96,8 @@ function showPrediction(result) {
 // Only the newest request's answer is shown: an older one that arrives late (a drawing's, say,
 // after a file was chosen) must not overwrite it.
 let newestRequest = 0;
+// The image of the prediction on show, for a correction: the same bytes, so the same 28x28.
+let lastInput = null;
 
 async function predictBlob(blob, name) {
   const form = new FormData();
@@ -106,7 +111,10 @@ async function predictBlob(blob, name) {
       $("error").textContent = `Could not predict: ${shown}`;
       return;
     }
+    lastInput = { blob, name, predictionId: shown.prediction_id };
     showPrediction(shown);
+    $("correct").hidden = false;
+    $("feedback-status").textContent = "";
   } catch (error) {
     if (request === newestRequest) $("error").textContent = `Could not reach the server: ${error.message}`;
   }
@@ -136,6 +144,48 @@ drop.addEventListener("drop", (event) => {
   const file = event.dataTransfer.files[0];
   if (file) predictBlob(file, file.name);
 });
+
+// "Wrong? It was: 0 ... 9": the image shown is sent again with the digit it really is.
+for (let digit = 0; digit <= 9; digit += 1) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = String(digit);
+  button.setAttribute("aria-label", `It was a ${digit}`);
+  button.addEventListener("click", () => sendCorrection(digit));
+  $("correct").append(button);
+}
+
+async function sendCorrection(label) {
+  if (!lastInput) return;
+  const form = new FormData();
+  form.append("file", lastInput.blob, lastInput.name);
+  form.append("label", String(label));
+  form.append("prediction_id", lastInput.predictionId);
+  try {
+    const response = await fetch("/feedback", { method: "POST", headers: authHeaders(), body: form });
+    if (!response.ok) {
+      $("feedback-status").textContent = `Could not send the correction: ${await detailOf(response)}`;
+      return;
+    }
+    const item = await response.json();
+    $("correct").hidden = true;
+    $("feedback-status").textContent = item.status === "pending"
+      ? `Thank you: a ${label}, kept for review (correction ${item.id}).`
+      : `Thank you: a ${label}, kept for training (correction ${item.id}).`;
+    loadFeedbackCount();
+  } catch (error) {
+    $("feedback-status").textContent = `Could not reach the server: ${error.message}`;
+  }
+}
+
+async function loadFeedbackCount() {
+  const response = await fetch("/feedback?limit=0");
+  if (!response.ok) return;
+  const counts = (await response.json()).counts;
+  const split = counts.accepted_by_split;
+  $("feedback-count").textContent = `(${counts.by_status.accepted} accepted: ${split.train} to train on, `
+    + `${split.heldout} held out; ${counts.by_status.pending} pending)`;
+}
 
 async function loadModel() {
   const response = await fetch("/model");
@@ -167,7 +217,8 @@ function showCard(model) {
   $("card-summary").textContent = `Model ${model.model_version}: test accuracy ${model.test_accuracy}%, `
     + `${errors} of ${total.toLocaleString("en")} test digits wrong.`
     + (tradeOff ? ` Flagging answers below ${100 * threshold}% confidence marks ${tradeOff.flagged_percent}% of `
-      + `digits and catches ${tradeOff.errors_caught_percent}% of the errors.` : "");
+      + `digits and catches ${tradeOff.errors_caught_percent}% of the errors.` : "")
+    + realWorld(model.feedback_heldout);
   const worstError = Math.max(1, ...matrix.flatMap((row, digit) => row.filter((_, col) => col !== digit)));
   const head = document.createElement("tr");
   head.innerHTML = '<th scope="col">true \\ predicted</th>'
@@ -197,6 +248,13 @@ function showCard(model) {
   });
   $("confusion").tBodies[0].replaceChildren(...rows);
   $("confusion").hidden = false;
+}
+
+// The model on users' held-out corrections, beside MNIST's figures.
+function realWorld(heldout) {
+  if (!heldout || !heldout.count) return " Not measured on held-out corrections yet.";
+  return ` Real world: ${heldout.accuracy}% right on ${heldout.count} held-out correction`
+    + `${heldout.count === 1 ? "" : "s"}.`;
 }
 
 // The job's live curves, drawn by hand on a canvas: the training loss over the run (left axis)
@@ -341,6 +399,7 @@ $("train-form").addEventListener("submit", async (event) => {
   }
   body.recipe = fields.recipe.value;
   body.promote = fields.promote.value;
+  if (fields.use_feedback.checked) body.use_feedback = true;
   if (!$("procs-field").hidden && Number(fields.nproc_per_node.value) > 1) {
     body.nproc_per_node = Number(fields.nproc_per_node.value);
   }
@@ -367,3 +426,4 @@ $("cancel").addEventListener("click", async () => {
 
 loadModel();
 loadTrainingLimits();
+loadFeedbackCount();

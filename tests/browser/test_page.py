@@ -223,6 +223,43 @@ def test_the_heat_map_shows_the_serving_models_confusion_matrix(page: "playwrigh
     assert f"test accuracy {model['test_accuracy']}%" in page.locator("#card-summary").inner_text()
 
 
+def test_correcting_a_prediction(page: "playwright_api.Page", mnist: Mnist) -> None:
+    """ "Wrong? It was:" sends the image on show with the digit chosen; the panel counts it."""
+    page.click("#clear")
+    assert not page.locator("#correct").is_visible()  # nothing on show to correct
+    digit = mnist.test_images[1]
+    page.set_input_files("#file", files=[{"name": "d.png", "mimeType": "image/png", "buffer": encode(digit)}])
+    predicted(page, str(int(mnist.test_labels[1])))
+    shown = page.evaluate("fetch('/feedback?limit=0').then((response) => response.json())")["counts"]
+    page.click("#correct button[aria-label='It was a 4']")
+    page.wait_for_function("document.getElementById('feedback-status').textContent.includes('Thank you')")
+    assert "a 4, kept for training" in page.locator("#feedback-status").inner_text()
+    assert not page.locator("#correct").is_visible()  # one correction per prediction
+    listed = page.evaluate("fetch('/feedback').then((response) => response.json())")
+    item = listed["items"][0]
+    assert listed["counts"]["total"] == shown["total"] + 1
+    assert (item["label"], item["status"]) == (4, "accepted")
+    assert item["prediction_id"] and item["model_version"] == page.locator("#model-version").inner_text()
+    accepted = shown["by_status"]["accepted"] + 1
+    page.wait_for_function(
+        f"document.getElementById('feedback-count').textContent.startsWith('({accepted} accepted')"
+    )
+    page.click("#clear")
+    assert not page.locator("#correct").is_visible() and page.locator("#feedback-status").inner_text() == ""
+    assert (
+        page.evaluate(f"fetch('/feedback/{item['id']}', {{method: 'DELETE'}}).then((r) => r.status)") == 204
+    )
+    # The card says how the model does on held-out corrections, beside MNIST's figures.
+    summary = page.locator("#card-summary")
+    assert "Not measured on held-out corrections yet." in summary.inner_text()
+    page.evaluate(
+        "fetch('/model').then((r) => r.json()).then((model) =>"
+        " showCard({...model, feedback_heldout: {count: 3, accuracy: 66.67}}))"
+    )
+    assert "Real world: 66.67% right on 3 held-out corrections." in summary.inner_text()
+    page.evaluate("loadModel(); loadFeedbackCount()")
+
+
 def canvas_ink(page: "playwright_api.Page") -> int:
     """How many of the training chart's pixels are drawn in the curves' colours."""
     return pixels_where(
@@ -246,6 +283,7 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
     assert page.locator("#procs-field").is_visible()
     assert page.locator("input[name=nproc_per_node]").get_attribute("max") == "2"
     page.fill("input[name=nproc_per_node]", "2")
+    page.check("input[name=use_feedback]")  # none are held: it trains on MNIST alone
     page.click("#train")
     # Points on the chart while the job still runs.
     page.wait_for_function(
@@ -267,6 +305,7 @@ def test_training_from_the_panel(page: "playwright_api.Page", mnist: Mnist) -> N
     assert "points below the active model's" in detail and "not promoted" in detail, detail
     assert page.locator("#model-version").inner_text() == before
     job = page.evaluate("fetch('/train?limit=1').then((response) => response.json())")["jobs"][0]
+    assert job["hyperparameters"]["use_feedback"] is True
     drawn = int(page.locator("#curve").get_attribute("data-points"))
     assert drawn == len(job["progress"]["losses"]) + 2  # and one accuracy point per epoch
     assert page.locator("#activate").is_visible()
