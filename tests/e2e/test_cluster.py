@@ -162,14 +162,25 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
     assert httpx.get(f"{cluster.trainer.url}/readyz").status_code == 200
     assert httpx.post(f"{cluster.trainer.url}/predict").status_code == 404  # a trainer serves no model
 
+    # Corrections sent to C are trained on by the trainer. (Those that fell in the held-out split
+    # are deleted, through B: the promotion rule stays MNIST's alone here, as without them.)
+    c = httpx.Client(base_url=cluster.replicas[2].url, timeout=30)
+    sent = [c.post("/feedback", files=image_file(body), data={"label": "7"}).json() for _ in range(6)]
+    for item in sent:
+        if item["split"] == "heldout":
+            assert b.delete(f"/feedback/{item['id']}").status_code == 204
+    kept = sorted(item["id"] for item in sent if item["split"] == "train")
     with cluster.under_load(body) as loads:
-        accepted = a.post("/train", json=BETTER)
+        accepted = a.post("/train", json={**BETTER, "use_feedback": True})
         assert accepted.status_code == 202, accepted.text
         second_job = b.post("/train", json=QUICK)  # one trainer, one slot, no queue: 409 naming it
         assert second_job.status_code == 409 and accepted.json()["id"] in second_job.json()["detail"]
         job = polled_job(b, accepted.json()["id"], finished)  # watched through another replica
         assert job["status"] == "succeeded", job
         new = job["model_version"]
+        trained = next(v for v in a.get("/model/versions").json()["versions"] if v["model_version"] == new)
+        assert trained["data"]["feedback"]["ids"] == {"train": kept, "heldout": []}
+        assert trained["train_samples"] == BETTER["limit_train"] + 10 * len(kept)
         took = cluster.wait_all_serve(new, body)
         # A few more answers on each replica, all from the new model.
         polled(
