@@ -23,6 +23,8 @@ class Standing:
     feedback_accuracy: float | None = None
     feedback_count: int = 0
     feedback_sha256: str | None = None
+    # Trained on the training split of corrections (`data.feedback`), not only measured on them.
+    trained_on_feedback: bool = False
 
     @classmethod
     def of(cls, metadata: Mapping[str, Any]) -> "Standing":
@@ -30,6 +32,8 @@ class Standing:
         data = metadata.get("data")
         feedback = metadata.get("feedback_heldout")
         feedback = feedback if isinstance(feedback, dict) else {}
+        taught = data.get("feedback") if isinstance(data, dict) else None
+        taught_counts = taught.get("counts") if isinstance(taught, dict) else None
         return cls(
             model_version=str(metadata.get("version", metadata.get("model_version"))),
             test_accuracy=metadata.get("test_accuracy"),
@@ -38,6 +42,7 @@ class Standing:
             feedback_accuracy=feedback.get("accuracy"),
             feedback_count=int(feedback.get("count") or 0),
             feedback_sha256=feedback.get("sha256"),
+            trained_on_feedback=isinstance(taught_counts, dict) and bool(taught_counts.get("train")),
         )
 
     @property

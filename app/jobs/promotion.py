@@ -10,6 +10,7 @@ data are never compared (models/comparison.py): the active model is measured fir
 activate it.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -87,9 +88,25 @@ def judge(
     return Verdict(Outcome.PROMOTE)
 
 
+# A one-sided test at 95%: a model trained on corrections that is no better on the held-out ones
+# than chance explains learned nothing that holds beyond the items it saw. Corrections that are
+# wrong at random look exactly like that: their held-out labels are as wrong as the rest, and no
+# model can learn to predict them.
+SIGNIFICANT_Z = 1.645
+
+
+def gain_z(ours: float, theirs: float, count: int) -> float:
+    """The two-proportion z statistic of accuracy `ours` over `theirs` (percent), each measured on
+    the same `count` items (pooled; unpaired, so a little conservative)."""
+    pooled = (ours + theirs) / 200
+    spread = math.sqrt(2 * pooled * (1 - pooled) / count) if count else 0.0
+    return (ours - theirs) / 100 / spread if spread else 0.0
+
+
 def judge_with_feedback(challenger: Standing, champion: Standing, mnist_tolerance: float) -> Verdict:
-    """At least as accurate on the held-out corrections, and on MNIST's test set no more than
-    `mnist_tolerance` points below the active model; the reason names both figures either way."""
+    """At least as accurate on the held-out corrections (and, trained on the corrections, better than
+    chance explains), and on MNIST's test set no more than `mnist_tolerance` points below the active
+    model; the reason names both figures either way."""
     ours, theirs = challenger.feedback_accuracy, champion.feedback_accuracy
     mnist, their_mnist = challenger.test_accuracy, champion.test_accuracy
     assert ours is not None and theirs is not None and mnist is not None and their_mnist is not None
@@ -99,6 +116,15 @@ def judge_with_feedback(challenger: Standing, champion: Standing, mnist_toleranc
     )
     if ours < theirs:
         return Verdict(Outcome.REJECT, f"{figures}: {points(theirs - ours)} worse on the held-out feedback")
+    if challenger.trained_on_feedback:
+        z = gain_z(ours, theirs, challenger.feedback_count)
+        if z < SIGNIFICANT_Z:
+            return Verdict(
+                Outcome.REJECT,
+                f"{figures}: trained on the corrections, it gains {points(ours - theirs)} on the "
+                f"held-out feedback ({challenger.feedback_count} items), no more than chance gives "
+                f"(z = {z:.2f}, under {SIGNIFICANT_Z})",
+            )
     drop = round(their_mnist - mnist, 6)
     if drop > mnist_tolerance:
         return Verdict(

@@ -120,5 +120,7 @@ def test_a_job_taught_by_mislabelled_corrections_is_refused(server: httpx.Client
     active = server.get("/model").json()["model_version"]
     job = trained_with_feedback(server)
     assert job["status"] == "rejected", job
-    assert not job["promotion"]["promoted"] and "worse on" in job["promotion"]["reason"]
+    # Refused by the held-out corrections (as wrong as the rest), not by MNIST: worse there, or no
+    # better than chance, as wrong labels drawn at random cannot be learned.
+    assert not job["promotion"]["promoted"] and "on the held-out feedback" in job["promotion"]["reason"]
     assert server.get("/model").json()["model_version"] == active

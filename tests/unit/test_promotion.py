@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from app.jobs.progress import MAX_CURVE_POINTS, LossCurve
-from app.jobs.promotion import Outcome, PromoteRule, Verdict, judge, record
+from app.jobs.promotion import Outcome, PromoteRule, Verdict, gain_z, judge, record
 from models.comparison import Standing, difference
 
 DATA = "c3" * 32
@@ -112,6 +112,7 @@ def test_the_record_shows_the_champion_only_where_compared() -> None:
             "feedback_accuracy": None,
             "feedback_count": 0,
             "feedback_sha256": None,
+            "trained_on_feedback": False,
         },
         "champion": None,
         "difference": None,
@@ -153,6 +154,43 @@ def test_with_held_out_corrections_the_real_world_comes_first(
     verdict = judge(PromoteRule.IF_BETTER, None, challenger, FIELD_CHAMPION, tolerance)
     assert verdict.outcome is outcome
     assert verdict.reason is not None and said in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("feedback", "outcome"),
+    [
+        (60.0, Outcome.REJECT),  # as good: it learned nothing from them
+        (74.0, Outcome.REJECT),  # 14 points on 61 items: z = 1.644, within chance
+        (75.0, Outcome.PROMOTE),  # z = 1.77
+        (85.0, Outcome.PROMOTE),
+    ],
+)
+def test_a_model_trained_on_corrections_must_gain_more_than_chance_on_the_held_out_ones(
+    feedback: float, outcome: Outcome
+) -> None:
+    """Corrections that are wrong at random cannot be learned: the held-out ones (as wrong) come
+    out no better than chance allows, and the model is refused. Only measured on them, a model
+    that is as good is promoted as before."""
+    measured = on_feedback(standing("challenger01", 98.63, 0.0452), feedback)
+    taught = dataclasses.replace(measured, trained_on_feedback=True)
+    verdict = judge(PromoteRule.IF_BETTER, None, taught, FIELD_CHAMPION)
+    assert verdict.outcome is outcome
+    assert verdict.reason is not None
+    assert ("no more than chance gives" in verdict.reason) is (outcome is Outcome.REJECT)
+    assert judge(PromoteRule.IF_BETTER, None, measured, FIELD_CHAMPION).outcome is Outcome.PROMOTE
+    assert 1.62 < gain_z(74.0, 60.0, 61) < 1.645 < gain_z(75.0, 60.0, 61)
+    assert gain_z(100.0, 100.0, 61) == gain_z(50.0, 50.0, 0) == 0.0
+
+
+def test_trained_on_corrections_is_read_from_the_card() -> None:
+    taught = {
+        "version": "v",
+        "data": {"test_sha256": DATA, "feedback": {"counts": {"train": 3, "heldout": 1}}},
+    }
+    assert Standing.of(taught).trained_on_feedback
+    none = {"version": "v", "data": {"test_sha256": DATA, "feedback": {"counts": {"train": 0, "heldout": 1}}}}
+    assert not Standing.of(none).trained_on_feedback
+    assert not Standing.of({"version": "v", "data": {"test_sha256": DATA}}).trained_on_feedback
 
 
 def test_the_active_model_is_measured_on_the_same_corrections_first() -> None:
