@@ -194,8 +194,10 @@ class Settings(BaseSettings):
     )
     train_token: str | None = Field(
         None,
-        description="bearer token for POST /train, DELETE /train/{id} and activating a version (401 "
-        "without it); unset: anyone who can reach the server may train and swap models",
+        description="bearer token for POST /train, DELETE /train/{id}, activating a version, and "
+        "reviewing or deleting corrections (401 without it; corrections sent with it are accepted at "
+        "once, others wait for review); unset: anyone who can reach the server may train, swap models "
+        "and teach it",
     )
     state_dir: Path = Field(
         Path("state"), description="job records (SQLite), kept model versions, caches and scratch space"

@@ -84,6 +84,13 @@ class ErrorBody(BaseModel):
 VALIDATION: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "a parameter or field is missing, unknown or out of bounds"}
 }
+# The routes that take MNIST_TRAIN_TOKEN.
+AUTH: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorBody,
+        "description": "MNIST_TRAIN_TOKEN is set and the bearer token is missing or wrong",
+    }
+}
 
 
 def request_field(spec: dataclasses.Field[Any]) -> tuple[Any, Any]:

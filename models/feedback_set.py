@@ -13,6 +13,7 @@ import json
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class FeedbackSet:
     def __len__(self) -> int:
         return len(self.train) + len(self.heldout)
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """Of every id, image and label, split by split: the set's identity."""
         digest = hashlib.sha256()

@@ -103,7 +103,7 @@ class Hyperparameters:
         10,
         "times each correction of the training split is seen per epoch, when training on feedback",
         ge=1,
-        server_max=1000,
+        server_max=100,  # each repeat is a copy in the training set's memory
     )
 
     def __post_init__(self) -> None:

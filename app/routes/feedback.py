@@ -1,5 +1,6 @@
 """Users' corrections: send one, list them, review, delete, and export the accepted ones as IDX files."""
 
+import asyncio
 from typing import Annotated, Any
 
 import numpy as np
@@ -7,13 +8,22 @@ import torch
 from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import FeedbackDep, TokenDep, holds_token, services_of
-from app.errors import InvalidRequest, NoModel, RecentInputGone
+from app.errors import (
+    InferenceFailed,
+    InferenceTimeout,
+    InvalidRequest,
+    NoModel,
+    QueueFull,
+    RecentInputGone,
+    ShuttingDown,
+)
 from app.predict.preprocess import Invert, png_data_url
 from app.predict.uploads import Upload, client_of
 from app.records.feedback import Correction, FeedbackStatus
 from app.routes.json_bodies import is_json, json_body, parsed_json
 from app.routes.predict import ERRORS, EXTRA_PARTS, IMAGE_TYPES, INVERT, files_named
 from app.schemas import (
+    AUTH,
     VALIDATION,
     ErrorBody,
     FeedbackByPrediction,
@@ -28,12 +38,6 @@ from models.signature import SIGNATURE
 router = APIRouter(prefix="/feedback", tags=["feedback"], responses=VALIDATION)
 
 MAX_JSON_BYTES = 4 * 1024
-AUTH: dict[int | str, dict[str, Any]] = {
-    401: {
-        "model": ErrorBody,
-        "description": "MNIST_TRAIN_TOKEN is set and the bearer token is missing or wrong",
-    }
-}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such correction"}}
 BODY: dict[str, Any] = {
     "requestBody": {
@@ -147,12 +151,14 @@ async def create_feedback(request: Request, response: Response, invert: Invert =
     trusted = holds_token(request)
     image, label, prediction_id = await received_correction(request, services, invert)
     predicted, confidence, version = None, None, None
-    try:  # what the serving model says of the image now; a correction is kept even with no model
+    # What the serving model says of the image now: a correction is kept all the same when there is no
+    # model or it cannot answer now.
+    try:
         inputs = SIGNATURE.input.normalize(image.float()[None, None])
         log_probs, version = await services.engine.infer(inputs)
         best, digit = log_probs[0].max(dim=0)
         predicted, confidence = int(digit), float(best.exp())
-    except NoModel:
+    except (NoModel, QueueFull, ShuttingDown, InferenceTimeout, InferenceFailed):
         pass
     status = FeedbackStatus.ACCEPTED if trusted or not settings.train_token else FeedbackStatus.PENDING
     correction = Correction(
@@ -186,9 +192,10 @@ async def export_feedback(feedback: FeedbackDep) -> Response:
     """The accepted corrections in MNIST's IDX format (`train-` and `heldout-` images and labels) with
     a manifest of their ids and sha256: what `python -m training --feedback` reads."""
     found = await feedback.aaccepted()
+    data = await asyncio.to_thread(found.to_zip)  # hashes and compresses every image: not on the loop
     filename = f"feedback-{found.sha256[:12]}.zip"
     return Response(
-        found.to_zip(),
+        data,
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -7,18 +7,12 @@ from fastapi import APIRouter, Query, Request, Response
 from app.deps import JobsDep, SettingsDep, StoreDep, TokenDep
 from app.errors import InvalidRequest
 from app.routes.json_bodies import json_body
-from app.schemas import VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
+from app.schemas import AUTH, VALIDATION, ErrorBody, JobList, JobPublic, TrainRequest
 
 router = APIRouter(prefix="/train", tags=["train"], responses=VALIDATION)
 
 # A full set of hyperparameters is a few hundred bytes of JSON.
 MAX_TRAIN_BODY_BYTES = 16 * 1024
-AUTH: dict[int | str, dict[str, Any]] = {
-    401: {
-        "model": ErrorBody,
-        "description": "MNIST_TRAIN_TOKEN is set and the bearer token is missing or wrong",
-    }
-}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such job"}}
 JSON_BODY: dict[str, Any] = {
     "requestBody": {

@@ -216,3 +216,13 @@ async def test_a_restart_loses_nothing(serve: Serve, digit: bytes) -> None:
         assert (await client.get(f"/feedback/{first['id']}")).json()["status"] == "pending"
         assert (await client.get(f"/feedback/{second['id']}")).json()["label"] == 8
         assert await count(client) == 2
+
+
+async def test_a_correction_is_kept_when_the_model_cannot_answer_now(serve: Serve, digit: bytes) -> None:
+    """What the model says of the image is a courtesy: a correction is not refused for a busy or slow
+    model (a queue of one, an inference deadline nothing meets)."""
+    async with serve(REQUEST_TIMEOUT_S="0.000001", QUEUE_SIZE="1", MAX_BATCH_SIZE="1") as client:
+        answers = [await client.post("/feedback", **sent(digit, 1)) for _ in range(5)]
+        assert {answer.status_code for answer in answers} == {201}, [answer.text for answer in answers]
+        assert None in [answer.json()["predicted"] for answer in answers]
+        assert await count(client) == 5
