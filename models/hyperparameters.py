@@ -99,8 +99,9 @@ class Hyperparameters:
     limit_train: int | None = hyperparameter(
         None, "train on the first N training images only", ge=1, server_max=60000
     )
+    # The largest weight the gate promoted at every seed tried (docs/guides/feedback.md#training-on-them).
     feedback_weight: int = hyperparameter(
-        10,
+        3,
         "times each correction of the training split is seen per epoch, when training on feedback",
         ge=1,
         server_max=100,  # each repeat is a copy in the training set's memory

@@ -180,7 +180,8 @@ def test_a_job_from_one_replica_is_trained_elsewhere_and_served_by_all(
         new = job["model_version"]
         trained = next(v for v in a.get("/model/versions").json()["versions"] if v["model_version"] == new)
         assert trained["data"]["feedback"]["ids"] == {"train": kept, "heldout": []}
-        assert trained["train_samples"] == BETTER["limit_train"] + 10 * len(kept)
+        weight = trained["hyperparameters"]["feedback_weight"]
+        assert trained["train_samples"] == BETTER["limit_train"] + weight * len(kept)
         took = cluster.wait_all_serve(new, body)
         # A few more answers on each replica, all from the new model.
         polled(

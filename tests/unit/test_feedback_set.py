@@ -99,10 +99,10 @@ def test_training_on_corrections_records_them_and_measures_the_held_out(
         "data_dir": str(mnist_dir),
         "feedback": str(export),
     }
-    used = run(TrainConfig(**common, out=str(tmp_path / "used.pt"), use_feedback=True, feedback_weight=3))
+    used = run(TrainConfig(**common, out=str(tmp_path / "used.pt"), use_feedback=True, feedback_weight=4))
     assert used is not None
-    assert used["train_samples"] == 640 + 3 * len(found.train)
-    assert used["data"]["feedback"] == {**found.manifest(), "weight": 3}  # the frozen dataset version
+    assert used["train_samples"] == 640 + 4 * len(found.train)
+    assert used["data"]["feedback"] == {**found.manifest(), "weight": 4}  # the frozen dataset version
     heldout = used["feedback_heldout"]
     assert (heldout["sha256"], heldout["count"]) == (found.sha256, len(found.heldout))
     assert sum(map(sum, heldout["confusion_matrix"])) == len(found.heldout)
@@ -127,6 +127,4 @@ def test_the_cli_takes_an_export(tmp_path: Path, mnist_dir: Path, mnist: Mnist) 
     assert alone.returncode == 2 and "--use-feedback needs --feedback" in alone.stderr
     subprocess.run([*base, "--feedback", str(export), "--use-feedback"], cwd=REPO, check=True)
     metadata = json.loads((tmp_path / "m.json").read_text())
-    assert (
-        metadata["data"]["feedback"]["weight"] == 10 and metadata["hyperparameters"]["feedback_weight"] == 10
-    )
+    assert metadata["data"]["feedback"]["weight"] == 3 and metadata["hyperparameters"]["feedback_weight"] == 3
