@@ -20,6 +20,13 @@ from training.data import Mnist
 
 # What the page sends with its fields untouched.
 PAGE_DEFAULT = {"epochs": 1, "lr": 0.01, "limit_train": 2000, "recipe": "tutorial"}
+# A promotion record shows every model's figures on corrections; with none held, none.
+NO_CORRECTIONS = {
+    "feedback_accuracy": None,
+    "feedback_count": 0,
+    "feedback_sha256": None,
+    "trained_on_feedback": False,
+}
 
 
 @pytest.fixture
@@ -59,12 +66,14 @@ def test_a_better_model_trains_promotes_and_swaps_with_no_failed_request(
             "test_accuracy": job["test_accuracy"],
             "test_loss": pytest.approx(job["progress"]["test_loss"], abs=1e-6),
             "test_sha256": champion["data"]["test_sha256"],  # both measured on the same test data
+            **NO_CORRECTIONS,
         },
         "champion": {
             "model_version": old,
             "test_accuracy": champion["test_accuracy"],
             "test_loss": champion["test_loss"],
             "test_sha256": champion["data"]["test_sha256"],
+            **NO_CORRECTIONS,
         },
         "difference": {
             "test_accuracy": pytest.approx(job["test_accuracy"] - champion["test_accuracy"], abs=0.005),
@@ -246,6 +255,7 @@ def test_a_model_without_figures_is_measured_before_the_comparison(
             "test_accuracy": recorded["test_accuracy"],
             "test_loss": pytest.approx(recorded["test_loss"], abs=1e-5),
             "test_sha256": recorded["data"]["test_sha256"],  # measured on the job's test data
+            **NO_CORRECTIONS,
         }
         entry = next(v for v in client.get("/model/versions").json()["versions"] if v["active"])
         assert entry["confusion_matrix"] == recorded["confusion_matrix"]
