@@ -30,13 +30,13 @@ from app.errors import (
     ServiceError,
 )
 from app.predict.uploads import Upload
+from models.framing import to_mnist_frame
 from models.signature import SIGNATURE
 
 INPUT = SIGNATURE.input
 
 T = TypeVar("T")
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
-DIGIT_BOX = 20  # MNIST scaled each digit so its longer side is 20 px
 MIN_CONTRAST = 16  # grey levels between darkest and lightest pixel below which nothing is drawn
 
 # We check the size ourselves, from the header, against MNIST_MAX_IMAGE_PIXELS, before any pixel is
@@ -220,25 +220,6 @@ def light_background(gray: np.ndarray) -> bool:
     """MNIST's background is dark; a light border means a dark digit on light paper."""
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     return float(border.mean()) > 127.5
-
-
-def to_mnist_frame(digit: np.ndarray) -> np.ndarray:
-    """Crop to the ink, scale the longer side to 20 px, centre by centre of mass in the input's frame."""
-    rows, cols = np.nonzero(digit > 0.25 * float(digit.max()))
-    crop = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    height, width = crop.shape
-    scale = DIGIT_BOX / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-    small = np.clip(small, 0.0, 255.0)
-    mass = small.sum()
-    ys, xs = np.indices(small.shape)
-    centre_y, centre_x = (ys * small).sum() / mass, (xs * small).sum() / mass
-    top = int(np.clip(round(INPUT.height / 2 - centre_y), 0, INPUT.height - small.shape[0]))
-    left = int(np.clip(round(INPUT.width / 2 - centre_x), 0, INPUT.width - small.shape[1]))
-    frame = np.zeros(INPUT.size, dtype=np.float32)
-    frame[top : top + small.shape[0], left : left + small.shape[1]] = small
-    return frame
 
 
 def mnist_pixels(
