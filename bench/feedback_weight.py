@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.config import Settings
 from app.jobs.promotion import Outcome, PromoteRule, judge
 from app.predict.preprocess import mnist_pixels
 from bench import plots
@@ -90,7 +91,8 @@ def verdict(challenger: dict[str, Any], without: Path, export: Path) -> tuple[bo
         champion["feedback_heldout"] = feedback_figures(
             checkpoint.model, FeedbackSet.from_zip(export), torch.device("cpu"), 1000
         )
-    judged = judge(PromoteRule.IF_BETTER, None, Standing.of(challenger), Standing.of(champion))
+    tolerance = Settings().promote_mnist_tolerance
+    judged = judge(PromoteRule.IF_BETTER, None, Standing.of(challenger), Standing.of(champion), tolerance)
     return judged.outcome is Outcome.PROMOTE, judged.reason or ""
 
 

@@ -54,7 +54,7 @@ def judge(
     min_accuracy: float | None,
     challenger: Standing,
     champion: Standing | None,
-    mnist_tolerance: float = 0.25,
+    mnist_tolerance: float,
 ) -> Verdict:
     """The rule, given the active model's figures (None: nothing is active). MEASURE when the rule
     must compare the two and the active model's figures are not on the challenger's test data (and

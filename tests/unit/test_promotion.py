@@ -6,9 +6,13 @@ import itertools
 
 import pytest
 
+from app.config import Settings
 from app.jobs.progress import MAX_CURVE_POINTS, LossCurve
 from app.jobs.promotion import Outcome, PromoteRule, Verdict, gain_z, judge, record
 from models.comparison import Standing, difference
+
+# The setting's default, so the figures below are judged as the service judges them.
+TOLERANCE = Settings.model_fields["promote_mnist_tolerance"].default
 
 DATA = "c3" * 32
 
@@ -31,39 +35,45 @@ CHAMPION = standing("champion0001", 98.63, 0.0421)
     ],
 )
 def test_if_better_compares_accuracy_then_loss(accuracy: float, loss: float, outcome: Outcome) -> None:
-    verdict = judge(PromoteRule.IF_BETTER, None, standing("challenger01", accuracy, loss), CHAMPION)
+    verdict = judge(
+        PromoteRule.IF_BETTER, None, standing("challenger01", accuracy, loss), CHAMPION, TOLERANCE
+    )
     assert verdict.outcome is outcome
     assert (verdict.reason is None) == (outcome is Outcome.PROMOTE)
 
 
 def test_the_reasons_say_by_how_much() -> None:
-    worse = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 72.61, 0.9), CHAMPION)
+    worse = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 72.61, 0.9), CHAMPION, TOLERANCE)
     assert (
         worse.reason == "test accuracy 72.61% is 26.02 points below the active model's (champion0001) 98.63%"
     )
-    tied = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 98.63, 0.0452), CHAMPION)
+    tied = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 98.63, 0.0452), CHAMPION, TOLERANCE)
     assert tied.reason == (
         "test accuracy 98.63% equals the active model's (champion0001) and its test loss 0.045200 is "
         "0.003100 above that model's 0.042100"
     )
-    one = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 97.63, 0.05), CHAMPION)
+    one = judge(PromoteRule.IF_BETTER, None, standing("challenger01", 97.63, 0.05), CHAMPION, TOLERANCE)
     assert one.reason is not None and "is 1.00 point below" in one.reason
 
 
 def test_min_accuracy_applies_under_every_rule() -> None:
     challenger = standing("challenger01", 99.0, 0.03)
     for rule in PromoteRule:
-        verdict = judge(rule, 99.5, challenger, CHAMPION)
+        verdict = judge(rule, 99.5, challenger, CHAMPION, TOLERANCE)
         assert verdict.outcome is Outcome.REJECT
         assert verdict.reason == "test accuracy 99.0% is below min_accuracy 99.5%"
-    assert judge(PromoteRule.IF_BETTER, 99.0, challenger, CHAMPION).outcome is Outcome.PROMOTE
+    assert judge(PromoteRule.IF_BETTER, 99.0, challenger, CHAMPION, TOLERANCE).outcome is Outcome.PROMOTE
 
 
 def test_always_never_and_no_champion() -> None:
     worse = standing("challenger01", 10.3, 2.3)
-    assert judge(PromoteRule.ALWAYS, None, worse, CHAMPION).outcome is Outcome.PROMOTE
-    assert judge(PromoteRule.NEVER, None, standing("c", 99.9, 0.01), CHAMPION).outcome is Outcome.KEEP
-    assert judge(PromoteRule.IF_BETTER, None, worse, None).outcome is Outcome.PROMOTE  # nothing active
+    assert judge(PromoteRule.ALWAYS, None, worse, CHAMPION, TOLERANCE).outcome is Outcome.PROMOTE
+    assert (
+        judge(PromoteRule.NEVER, None, standing("c", 99.9, 0.01), CHAMPION, TOLERANCE).outcome is Outcome.KEEP
+    )
+    assert (
+        judge(PromoteRule.IF_BETTER, None, worse, None, TOLERANCE).outcome is Outcome.PROMOTE
+    )  # nothing active
 
 
 def metadata(version: str, accuracy: float | None, loss: float | None, data: str | None = DATA) -> dict:
@@ -81,10 +91,10 @@ def test_figures_on_other_data_are_not_comparable() -> None:
     assert not challenger.comparable_with(standing("champion0001", None, None))
     assert not standing("c", 99.0, 0.03, data=None).comparable_with(standing("d", 99.0, 0.03, data=None))
     # Not comparable, and the rule compares: the active model is measured on this data first.
-    assert judge(PromoteRule.IF_BETTER, None, challenger, other_data).outcome is Outcome.MEASURE
-    assert judge(PromoteRule.ALWAYS, None, challenger, other_data).outcome is Outcome.PROMOTE
-    assert judge(PromoteRule.NEVER, None, challenger, other_data).outcome is Outcome.KEEP
-    assert judge(PromoteRule.IF_BETTER, 99.5, challenger, other_data).outcome is Outcome.REJECT
+    assert judge(PromoteRule.IF_BETTER, None, challenger, other_data, TOLERANCE).outcome is Outcome.MEASURE
+    assert judge(PromoteRule.ALWAYS, None, challenger, other_data, TOLERANCE).outcome is Outcome.PROMOTE
+    assert judge(PromoteRule.NEVER, None, challenger, other_data, TOLERANCE).outcome is Outcome.KEEP
+    assert judge(PromoteRule.IF_BETTER, 99.5, challenger, other_data, TOLERANCE).outcome is Outcome.REJECT
     new, old = metadata("challenger01", 99.0, 0.03), metadata("champion0001", 98.63, 0.0421)
     figures = ("test_accuracy", "test_loss")
     assert difference(new, old, figures) == {"test_accuracy": 0.37, "test_loss": -0.0121}
@@ -173,11 +183,11 @@ def test_a_model_trained_on_corrections_must_gain_more_than_chance_on_the_held_o
     that is as good is promoted as before."""
     measured = on_feedback(standing("challenger01", 98.63, 0.0452), feedback)
     taught = dataclasses.replace(measured, trained_on_feedback=True)
-    verdict = judge(PromoteRule.IF_BETTER, None, taught, FIELD_CHAMPION)
+    verdict = judge(PromoteRule.IF_BETTER, None, taught, FIELD_CHAMPION, TOLERANCE)
     assert verdict.outcome is outcome
     assert verdict.reason is not None
     assert ("no more than chance gives" in verdict.reason) is (outcome is Outcome.REJECT)
-    assert judge(PromoteRule.IF_BETTER, None, measured, FIELD_CHAMPION).outcome is Outcome.PROMOTE
+    assert judge(PromoteRule.IF_BETTER, None, measured, FIELD_CHAMPION, TOLERANCE).outcome is Outcome.PROMOTE
     assert 1.62 < gain_z(74.0, 60.0, 61) < 1.645 < gain_z(75.0, 60.0, 61)
     assert gain_z(100.0, 100.0, 61) == gain_z(50.0, 50.0, 0) == 0.0
 
@@ -196,12 +206,12 @@ def test_trained_on_corrections_is_read_from_the_card() -> None:
 def test_the_active_model_is_measured_on_the_same_corrections_first() -> None:
     challenger = on_feedback(standing("challenger01", 99.0, 0.03), 90.0)
     for champion in (CHAMPION, on_feedback(CHAMPION, 60.0, data="ee" * 32), on_feedback(CHAMPION, None)):
-        assert judge(PromoteRule.IF_BETTER, None, challenger, champion).outcome is Outcome.MEASURE
+        assert judge(PromoteRule.IF_BETTER, None, challenger, champion, TOLERANCE).outcome is Outcome.MEASURE
         assert not challenger.judged_alike(champion) and challenger.comparable_with(champion)
     assert challenger.judged_alike(FIELD_CHAMPION)
     # Corrections with no held-out item judge nothing: MNIST's rule, as before.
     empty = on_feedback(standing("challenger01", 98.60, 0.03), None, count=0)
-    assert judge(PromoteRule.IF_BETTER, None, empty, CHAMPION).outcome is Outcome.REJECT
+    assert judge(PromoteRule.IF_BETTER, None, empty, CHAMPION, TOLERANCE).outcome is Outcome.REJECT
     assert Standing.of(
         {"version": "v", "feedback_heldout": {"sha256": FEEDBACK, "count": 61, "accuracy": 90.0}}
     ) == (on_feedback(Standing("v"), 90.0))
