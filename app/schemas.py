@@ -18,7 +18,7 @@ class Prediction(BaseModel):
     """What the model says about one image."""
 
     digit: int = Field(ge=0, le=CLASSES - 1, description="the most probable digit")
-    confidence: float = Field(ge=0, le=1, description="its probability")
+    confidence: float = Field(ge=0, le=1, description="its calibrated probability")
     low_confidence: bool = Field(
         description="confidence below MNIST_LOW_CONFIDENCE: worth a person's look (the model card's "
         "`low_confidence` table says what share of errors that catches)"
@@ -26,10 +26,13 @@ class Prediction(BaseModel):
     log_probs: list[float] = Field(
         min_length=CLASSES,
         max_length=CLASSES,
-        description=f"log-softmax output, digits {SIGNATURE.output.labels_text}",
+        description=f"the network's own log-softmax output, digits {SIGNATURE.output.labels_text}",
     )
     probs: list[float] = Field(
-        min_length=CLASSES, max_length=CLASSES, description="exp(log_probs), summing to 1"
+        min_length=CLASSES,
+        max_length=CLASSES,
+        description="calibrated probabilities, summing to 1: softmax(log_probs / T) at the model's "
+        "fitted temperature T (the card's calibration; exp(log_probs) where T is 1)",
     )
     model_version: str = Field(description="first 12 hex digits of the weights' sha256")
     prediction_id: str = Field(

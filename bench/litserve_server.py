@@ -37,7 +37,7 @@ class DigitAPI(ls.LitAPI):
         return list(output)
 
     def encode_response(self, output: torch.Tensor) -> dict[str, Any]:
-        return answered(request_id(), output.unsqueeze(0), self.checkpoint.version, LOW_CONFIDENCE, None)[0]
+        return answered(request_id(), output.unsqueeze(0), self.checkpoint, LOW_CONFIDENCE, None)[0]
 
 
 def main() -> None:

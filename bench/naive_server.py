@@ -27,4 +27,4 @@ def predict(file: Annotated[UploadFile, File()]) -> dict[str, object]:
     x = preprocess(file.file.read())
     with torch.inference_mode():
         log_probs = checkpoint.model(x.unsqueeze(0).to(device)).cpu()
-    return answered(request_id(), log_probs, checkpoint.version, LOW_CONFIDENCE, None)[0]
+    return answered(request_id(), log_probs, checkpoint, LOW_CONFIDENCE, None)[0]

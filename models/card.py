@@ -69,6 +69,7 @@ CARD_FIELDS = (
     "hyperparameters",
     "low_confidence",
     "feedback_heldout",
+    "calibration",
 )
 
 

@@ -8,6 +8,7 @@ model fresh, so a bad file is refused whole instead of leaving a half-loaded mod
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class LoadedCheckpoint:
     @property
     def arch(self) -> str:
         return str(self.metadata["arch"])
+
+    @property
+    def temperature(self) -> float:
+        """What its log-softmax is divided by for calibrated probabilities (models/calibration.py):
+        1.0, the network's own, where training fitted none."""
+        return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
 
 
 def metadata_path(weights_path: str | os.PathLike[str]) -> Path:
@@ -205,4 +212,13 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     except RuntimeError:
         raise CheckpointError(misfit(state, arch, weights_path)) from None
     metadata = {**metadata, "sha256": digest, "version": digest[:VERSION_LENGTH]}
-    return LoadedCheckpoint(model=model.to(device).eval(), metadata=metadata)
+    loaded = LoadedCheckpoint(model=model.to(device).eval(), metadata=metadata)
+    try:
+        fitted = math.isfinite(loaded.temperature) and loaded.temperature > 0
+    except (TypeError, ValueError, AttributeError):
+        fitted = False
+    if not fitted:
+        raise CheckpointError(
+            f"{metadata_path(weights_path).name} names a temperature that is not a positive number"
+        )
+    return loaded

@@ -31,6 +31,8 @@ class Recipe:
     max_rotation: float = 0.0
     max_scale: float = 0.0
     max_shift: float = 0.0
+    # Training images held out (never trained on) to fit the confidence's calibration.
+    validation: int = 0
 
 
 RECIPES: dict[str, Recipe] = {
@@ -42,6 +44,7 @@ RECIPES: dict[str, Recipe] = {
         max_rotation=10.0,
         max_scale=0.1,
         max_shift=2.0,
+        validation=2000,
     ),
 }
 

@@ -11,6 +11,9 @@ from models.idx import IdxError, decode_idx
 from models.signature import SIGNATURE
 
 DATA_DIR_ENV = "MNIST_DATA_DIR"
+# Which training images a recipe holds out for validation does not depend on its seed, so runs of
+# every seed are calibrated and thresholded on the same images.
+VALIDATION_SEED = 0
 DEFAULT_DATA_DIR = Path("data")
 FILES = {
     "train_images": ("train-images-idx3-ubyte", 60000),
@@ -108,3 +111,15 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, download: bool = 
             raise DataError(f"{path}: label {int(array.max())} is not a digit")
         arrays[key] = array
     return Mnist(source=root, **arrays)
+
+
+def split_validation(
+    images: torch.Tensor, labels: torch.Tensor, count: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(training, validation): `count` images drawn by a fixed permutation are held out, and the
+    rest keep their order (with none held out, the training set is exactly what it was)."""
+    if not count:
+        return (images, labels), (images[:0], labels[:0])
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    kept, held = order[:-count].sort().values, order[-count:].sort().values
+    return (images[kept], labels[kept]), (images[held], labels[held])

@@ -35,7 +35,11 @@ def evaluation(
     mnist = load_mnist(data_dir)
     images, labels = to_model_input(mnist.test_images, where), mnist.test_labels.long().to(where)
     results = answers_on(model, images, labels, batch_size)
-    figures = {"version": checkpoint.version, **test_figures(results, labels, mnist)}
+    held = int((checkpoint.metadata.get("calibration") or {}).get("validation_samples", 0))
+    figures = {
+        "version": checkpoint.version,
+        **test_figures(results, labels, mnist, checkpoint.temperature, held),
+    }
     if (corrections := read_feedback(feedback)) is not None:
         figures["feedback_heldout"] = feedback_figures(model, corrections, where, batch_size)
     return figures

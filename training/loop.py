@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from models.calibration import ECE_BINS, calibrated, expected_calibration_error, fit_temperature, reliability
 from models.card import model_card
 from models.checkpoint import save_checkpoint
 from models.cnn import build_model
@@ -27,7 +28,7 @@ from models.feedback_set import FeedbackSet, FeedbackSetError
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from models.signature import SIGNATURE
 from training import cuda_graph
-from training.data import DataError, Mnist, load_mnist
+from training.data import DataError, Mnist, load_mnist, split_validation
 from training.distributed import (
     DEFAULT_RDZV_TIMEOUT_S,
     ONE_PROCESS,
@@ -126,11 +127,18 @@ def build_optimizer(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A model's answers on a test set: the mean NLL loss, each prediction and its probability."""
+    """A model's answers on a test set: the mean NLL loss and each row of log-probabilities."""
 
     loss: float
-    predicted: torch.Tensor
-    confidence: torch.Tensor
+    log_probs: torch.Tensor
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.log_probs.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.log_probs.max(dim=1).values.exp()
 
     def correct(self, labels: torch.Tensor) -> int:
         return int((self.predicted == labels).sum().item())
@@ -138,17 +146,14 @@ class Evaluation:
 
 @torch.inference_mode()
 def answers_on(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Evaluation:
-    """The tutorial's test() over a normalised set, keeping each prediction for the model card."""
+    """The tutorial's test() over a normalised set, keeping each answer for the model card."""
     model.eval()
-    total_loss, predicted, confidence = 0.0, [], []
+    total_loss, outputs = 0.0, []
     for start in range(0, len(images), batch_size):
         output = model(images[start : start + batch_size])
-        target = labels[start : start + batch_size]
-        total_loss += F.nll_loss(output, target, reduction="sum").item()
-        best, digit = output.max(dim=1)
-        predicted.append(digit)
-        confidence.append(best.exp())
-    return Evaluation(total_loss / len(images), torch.cat(predicted), torch.cat(confidence))
+        total_loss += F.nll_loss(output, labels[start : start + batch_size], reduction="sum").item()
+        outputs.append(output)
+    return Evaluation(total_loss / len(images), torch.cat(outputs))
 
 
 def evaluate(
@@ -166,9 +171,17 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def test_figures(results: Evaluation, labels: torch.Tensor, mnist: Mnist) -> dict[str, Any]:
-    """A model's test accuracy and loss, its model card, and the test data they were measured on
-    (`data`: figures are comparable only where its sha256 is the same)."""
+def test_figures(
+    results: Evaluation,
+    labels: torch.Tensor,
+    mnist: Mnist,
+    temperature: float = 1.0,
+    validation_samples: int = 0,
+) -> dict[str, Any]:
+    """A model's test accuracy and loss, its model card (its confidences at `temperature`, as the
+    service states them), and the test data they were measured on (`data`: figures are comparable
+    only where its sha256 is the same)."""
+    confidence = calibrated(results.log_probs, temperature).max(dim=1).values.exp()
     return {
         "test_accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
         "test_loss": round(results.loss, 6),
@@ -177,7 +190,26 @@ def test_figures(results: Evaluation, labels: torch.Tensor, mnist: Mnist) -> dic
             "test_samples": len(mnist.test_images),
             "test_sha256": data_fingerprint(mnist.test_images, mnist.test_labels),
         },
-        **model_card(labels, results.predicted, results.confidence),
+        **model_card(labels, results.predicted, confidence),
+        "calibration": calibration_card(temperature, validation_samples, results, labels),
+    }
+
+
+def calibration_card(
+    temperature: float, validation_samples: int, test: Evaluation, test_labels: torch.Tensor
+) -> dict[str, Any]:
+    """The temperature (fitted on `validation_samples` held-out training images), and the expected
+    calibration error on the test set before and after it, with the reliability diagram's bins after."""
+    right = test.predicted == test_labels
+    before = reliability(test.confidence, right)
+    after = reliability(calibrated(test.log_probs, temperature).max(dim=1).values.exp(), right)
+    return {
+        "temperature": temperature,
+        "validation_samples": validation_samples,
+        "bins": ECE_BINS,
+        "ece_percent_before": expected_calibration_error(before),
+        "ece_percent": expected_calibration_error(after),
+        "reliability": after,
     }
 
 
@@ -299,7 +331,9 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     mnist = load_mnist(config.data_dir)
-    train_images, train_labels = mnist.train_images, mnist.train_labels
+    (train_images, train_labels), (val_images, val_labels) = split_validation(
+        mnist.train_images, mnist.train_labels, recipe.validation
+    )
     if config.limit_train is not None:
         train_images, train_labels = train_images[: config.limit_train], train_labels[: config.limit_train]
     feedback = read_feedback(config.feedback)
@@ -393,7 +427,13 @@ def run(
     if not world.is_main:
         return None
     assert results is not None  # rank 0 evaluated after every epoch
-    figures = test_figures(results, y_test, mnist)
+    # A temperature fitted on images no epoch trained on; the network's own (1.0) with none held out.
+    temperature = 1.0
+    if len(val_images):
+        y_val = val_labels.long().to(device)
+        validation = answers_on(model, to_model_input(val_images, device), y_val, config.test_batch_size)
+        temperature = fit_temperature(validation.log_probs, y_val)
+    figures = test_figures(results, y_test, mnist, temperature, len(val_images))
     if feedback is not None:
         figures["feedback_heldout"] = feedback_figures(model, feedback, device, config.test_batch_size)
     provenance = {}

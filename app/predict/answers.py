@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from app.predict.preprocess import png_data_url
+from models.calibration import calibrated
+from models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,21 @@ def logged(request: str, digits: Callable[[], list[int]], version: str) -> None:
 
 
 def prediction(
-    log_probs: torch.Tensor, version: str, unsure_below: float, named: str, image: np.ndarray | None = None
+    log_probs: torch.Tensor,
+    version: str,
+    unsure_below: float,
+    named: str,
+    image: np.ndarray | None = None,
+    calibrated_log_probs: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """One row of log-softmax output (a value per class; a class's index is its digit) as the API's
     prediction (plain floats: torch ops on a row this short would cost more than the list
-    arithmetic); `low_confidence` when its probability is below `unsure_below` (MNIST_LOW_CONFIDENCE)."""
+    arithmetic). `log_probs` stays the network's own; `probs` and `confidence` are calibrated, and
+    `low_confidence` is a confidence below `unsure_below` (MNIST_LOW_CONFIDENCE). No calibrated row:
+    the network's own are."""
     logs: list[float] = log_probs.tolist()
-    probs = [math.exp(value) for value in logs]
+    shown = logs if calibrated_log_probs is None else calibrated_log_probs.tolist()
+    probs = [math.exp(value) for value in shown]
     digit = max(range(len(probs)), key=probs.__getitem__)
     result = {
         "digit": digit,
@@ -57,15 +67,22 @@ def prediction(
 
 
 def answered(
-    named: str, log_probs: torch.Tensor, version: str, unsure_below: float, images: list[np.ndarray] | None
+    named: str,
+    log_probs: torch.Tensor,
+    served: LoadedCheckpoint,
+    unsure_below: float,
+    images: list[np.ndarray] | None,
 ) -> list[dict[str, Any]]:
-    """One request's predictions (its id `named`, from `request_id`), a row each, named
-    `<request>-<row>` and logged together; with `images` (return_input) each carries the image its
-    row was computed from."""
+    """One request's predictions (its id `named`, from `request_id`) by the model `served`, a row
+    each, named `<request>-<row>` and logged together; with `images` (return_input) each carries
+    the image its row was computed from."""
     shown = images if images is not None else [None] * len(log_probs)
+    version, temperature = served.version, served.temperature
+    # At the network's own temperature, each row's figures are computed once.
+    calibrated_rows = [None] * len(log_probs) if temperature == 1.0 else calibrated(log_probs, temperature)
     answers = [
-        prediction(row, version, unsure_below, prediction_id(named, i), image)
-        for i, (row, image) in enumerate(zip(log_probs, shown, strict=True))
+        prediction(row, version, unsure_below, prediction_id(named, i), image, calibrated_row)
+        for i, (row, calibrated_row, image) in enumerate(zip(log_probs, calibrated_rows, shown, strict=True))
     ]
     logged(named, lambda: [answer["digit"] for answer in answers], version)
     return answers

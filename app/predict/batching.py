@@ -43,7 +43,7 @@ class Pending:
     """Some preprocessed rows waiting for inference, and where their answer goes."""
 
     inputs: torch.Tensor  # k images, each of the signature's input shape
-    future: "asyncio.Future[tuple[torch.Tensor, str]]"
+    future: "asyncio.Future[tuple[torch.Tensor, LoadedCheckpoint]]"
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -177,8 +177,9 @@ class BatchingEngine:
         self._waiting.clear()
         self._executor.shutdown(wait=True)
 
-    async def infer(self, inputs: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """Log-probabilities (k x classes, on the CPU) for k preprocessed images, and the model version."""
+    async def infer(self, inputs: torch.Tensor) -> tuple[torch.Tensor, LoadedCheckpoint]:
+        """Log-probabilities (k x classes, on the CPU) for k preprocessed images, and the model that
+        computed them (its version, and how its answers are calibrated)."""
         self.serving()  # NoModel when there is none
         if self._closing:
             raise shutting_down()
@@ -202,10 +203,10 @@ class BatchingEngine:
             for item in pending:
                 item.future.cancel()
             raise
-        versions = {version for _, version in results}
-        if len(versions) > 1:  # a model swap fell between chunks of one request: redo on one model
+        models = {id(served): served for _, served in results}
+        if len(models) > 1:  # a model swap fell between chunks of one request: redo on one model
             return await self.infer(inputs)
-        return torch.cat([rows for rows, _ in results]), versions.pop()
+        return torch.cat([rows for rows, _ in results]), results[0][1]
 
     async def _run(self) -> None:
         while True:
@@ -248,7 +249,7 @@ class BatchingEngine:
         for item in batch:
             rows = len(item.inputs)
             if not item.future.done():
-                item.future.set_result((outputs[start : start + rows], checkpoint.version))
+                item.future.set_result((outputs[start : start + rows], checkpoint))
             start += rows
 
     def _forward(self, checkpoint: LoadedCheckpoint, batch: list[Pending]) -> torch.Tensor:

@@ -33,6 +33,7 @@ from app.schemas import (
     FeedbackReview,
 )
 from app.services import Services
+from models.calibration import calibrated
 from models.signature import SIGNATURE
 
 router = APIRouter(prefix="/feedback", tags=["feedback"], responses=VALIDATION)
@@ -155,8 +156,9 @@ async def create_feedback(request: Request, response: Response, invert: Invert =
     # model or it cannot answer now.
     try:
         inputs = SIGNATURE.input.normalize(image.float()[None, None])
-        log_probs, version = await services.engine.infer(inputs)
-        best, digit = log_probs[0].max(dim=0)
+        log_probs, served = await services.engine.infer(inputs)
+        version = served.version
+        best, digit = calibrated(log_probs[0], served.temperature).max(dim=0)  # as /predict states it
         predicted, confidence = int(digit), float(best.exp())
     except (NoModel, QueueFull, ShuttingDown, InferenceTimeout, InferenceFailed):
         pass

@@ -86,12 +86,10 @@ async def predict_digit(
     async with services.bodies.uploads(request, settings.max_upload_bytes, EXTRA_PARTS + 1) as uploads:
         upload = files_named(uploads, "file")[0]
         inputs, images = await services.decoder.decode([upload], invert, batch=False)
-        log_probs, version = await services.engine.infer(inputs)
+        log_probs, served = await services.engine.infer(inputs)
         named = request_id()
         services.recent.keep(named, inputs)  # a correction may name this prediction instead of the image
-        answer = answered(
-            named, log_probs, version, settings.low_confidence, images if return_input else None
-        )
+        answer = answered(named, log_probs, served, settings.low_confidence, images if return_input else None)
         return json_response(answer[0])
 
 
@@ -118,10 +116,10 @@ async def predict_digits(
         if len(files) > settings.max_batch_files:
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
         inputs, images = await services.decoder.decode(files, invert, batch=True)
-        log_probs, version = await services.engine.infer(inputs)
+        log_probs, served = await services.engine.infer(inputs)
     named = request_id()
     services.recent.keep(named, inputs)
     predictions = answered(
-        named, log_probs, version, settings.low_confidence, images if return_input else None
+        named, log_probs, served, settings.low_confidence, images if return_input else None
     )
-    return json_response({"predictions": predictions, "model_version": version})
+    return json_response({"predictions": predictions, "model_version": served.version})

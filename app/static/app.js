@@ -193,6 +193,7 @@ async function loadModel() {
     $("model-version").textContent = `none (${await detailOf(response)})`;
     $("card-summary").textContent = "No model is being served.";
     $("confusion").hidden = true;
+    $("reliability-figure").hidden = true;
     return;
   }
   const model = await response.json();
@@ -208,6 +209,7 @@ function showCard(model) {
     $("card-summary").textContent = `Model ${model.model_version} has no recorded test figures (a file made without `
       + "its metadata): the next training job measures it on the test set before comparing.";
     $("confusion").hidden = true;
+    $("reliability-figure").hidden = true;
     return;
   }
   const total = matrix.flat().reduce((a, b) => a + b, 0);
@@ -248,6 +250,51 @@ function showCard(model) {
   });
   $("confusion").tBodies[0].replaceChildren(...rows);
   $("confusion").hidden = false;
+  showReliability(model.calibration);
+}
+
+// The reliability diagram: in each bin of confidence, the share of test digits answered right
+// (bars) against the confidence the answers stated (the diagonal, where a calibrated model's bars end).
+function showReliability(calibration) {
+  const bins = calibration && Array.isArray(calibration.reliability) ? calibration.reliability : [];
+  $("reliability-figure").hidden = bins.length === 0;
+  if (!bins.length) return;
+  const svg = "http://www.w3.org/2000/svg";
+  const [left, top, size] = [36, 8, 190];
+  const x = (value) => left + size * value;
+  const y = (value) => top + size * (1 - value);
+  const shape = (name, attributes, text) => {
+    const element = document.createElementNS(svg, name);
+    Object.entries(attributes).forEach(([key, value]) => element.setAttribute(key, String(value)));
+    if (text !== undefined) element.textContent = text;
+    return element;
+  };
+  const parts = [
+    shape("rect", { x: left, y: top, width: size, height: size, fill: "#fafbfc", stroke: "#ccc" }),
+    shape("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(1), stroke: "#999", "stroke-dasharray": "4 3" }),
+  ];
+  bins.filter((bin) => bin.count > 0).forEach((bin) => {
+    const bar = shape("rect", {
+      x: x(bin.low) + 1, y: y(bin.accuracy), width: size * (bin.high - bin.low) - 2,
+      height: Math.max(0, size * bin.accuracy), fill: "#0b5cad", class: "bin",
+    });
+    bar.dataset.count = String(bin.count);
+    bar.append(shape("title", {}, `confidence ${(100 * bin.low).toFixed(0)}-${(100 * bin.high).toFixed(0)}%: `
+      + `${bin.count} digit${bin.count === 1 ? "" : "s"}, ${(100 * bin.accuracy).toFixed(1)}% right `
+      + `(stated ${(100 * bin.confidence).toFixed(1)}%)`));
+    parts.push(bar);
+  });
+  [0, 0.5, 1].forEach((tick) => {
+    parts.push(shape("text", { x: x(tick), y: top + size + 14, "text-anchor": "middle", class: "tick" }, String(tick)));
+    parts.push(shape("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end", class: "tick" }, String(tick)));
+  });
+  parts.push(shape("text", { x: x(0.5), y: top + size + 28, "text-anchor": "middle", class: "tick" }, "confidence"));
+  $("reliability").replaceChildren(...parts);
+  $("reliability-caption").textContent = `Reliability on the test digits: each bar is the share right among `
+    + `answers of that confidence; a calibrated model's bars reach the dashed line. Expected calibration error `
+    + `${calibration.ece_percent}% (${calibration.ece_percent_before}% before calibration, temperature `
+    + `${calibration.temperature}${calibration.validation_samples ? `, fitted on ${calibration.validation_samples} `
+      + "held-out training digits" : ", the network's own: nothing was held out to fit one"}).`;
 }
 
 // The model on users' held-out corrections, beside MNIST's figures.

@@ -18,6 +18,7 @@ from app.predict.answers import logged, request_id
 from app.predict.batching import BatchingEngine
 from app.predict.preprocess import Decoder, Invert, model_input
 from app.predict.recent import RecentInputs
+from models.calibration import calibrated
 from models.signature import SIGNATURE
 
 MODEL_NAME = "mnist"
@@ -375,7 +376,8 @@ async def infer(
     and compute the outputs asked for."""
     tensor, rows, wanted = check_declared(request, model, version, engine)
     x = await engine_input(tensor, rows, decoder)
-    log_probs, served = await engine.infer(x)
+    log_probs, answering = await engine.infer(x)
+    served = answering.version
     if version and served != version:  # the active version changed while this request waited
         raise VersionNotFound(
             f"model {MODEL_NAME!r} version {shown(version)} stopped being served while this request waited; "
@@ -384,7 +386,10 @@ async def infer(
     logs = log_probs.numpy().astype(NUMPY_TYPES["FP32"], copy=False)
     computed: dict[str, Callable[[], np.ndarray]] = {
         "log_probs": lambda: logs,
-        "probs": lambda: np.exp(logs),
+        # Calibrated: the network's own log-softmax at its fitted temperature (1.0: unchanged).
+        "probs": lambda: np.exp(
+            calibrated(log_probs, answering.temperature).numpy().astype(NUMPY_TYPES["FP32"], copy=False)
+        ),
         "digit": lambda: logs.argmax(axis=1).astype(NUMPY_TYPES["INT64"]),
     }
     outputs = [

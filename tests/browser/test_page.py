@@ -223,6 +223,25 @@ def test_the_heat_map_shows_the_serving_models_confusion_matrix(page: "playwrigh
     assert f"test accuracy {model['test_accuracy']}%" in page.locator("#card-summary").inner_text()
 
 
+def test_the_reliability_diagram_beside_it_draws_the_card_s_bins(page: "playwright_api.Page") -> None:
+    """A bar per non-empty bin of confidence, as high as the share right in it, and the expected
+    calibration error in the caption."""
+    calibration = page.evaluate("fetch('/model').then((response) => response.json())")["calibration"]
+    page.wait_for_function("!document.getElementById('reliability-figure').hidden")
+    bars = page.evaluate(
+        """[...document.querySelectorAll('#reliability rect.bin')].map(bar =>
+            [Number(bar.dataset.count), bar.getBBox().height, bar.querySelector('title').textContent])"""
+    )
+    filled = [row for row in calibration["reliability"] if row["count"]]
+    assert [count for count, _, _ in bars] == [row["count"] for row in filled]
+    plot = 190  # the plot's height in the SVG's units (app.js)
+    for (_, height, title), row in zip(bars, filled, strict=True):
+        assert height == pytest.approx(plot * row["accuracy"], abs=0.01)
+        assert f"{100 * row['accuracy']:.1f}% right" in title
+    caption = page.locator("#reliability-caption").inner_text()
+    assert f"Expected calibration error {calibration['ece_percent']}%" in caption
+
+
 def test_correcting_a_prediction(page: "playwright_api.Page", mnist: Mnist) -> None:
     """ "Wrong? It was:" sends the image on show with the digit chosen; the panel counts it."""
     page.click("#clear")

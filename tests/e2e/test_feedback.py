@@ -13,13 +13,11 @@ import pytest
 import torch
 
 from models.checkpoint import read_metadata
-from tests.conftest import trained
 from tests.images import encode
 from tests.jobs import finished, polled_job
 from tests.server import ServerProcess, fresh_deployment
 from tests.styles import ruled_paper
 from training.data import Mnist
-from training.loop import TrainConfig
 
 pytestmark = pytest.mark.slow  # a model of the accurate recipe, and a job of each recipe in full
 
@@ -29,15 +27,6 @@ STYLE_TESTS = 500
 # The gain on held-out digits of the style the issue asks for, in points, and how far MNIST may move.
 GAIN = 20.0
 MNIST_TOLERANCE = 0.25
-
-
-@pytest.fixture(scope="module")
-def accurate_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """The accurate recipe without corrections. Its one-cycle schedule anneals the learning rate to
-    nothing, so MNIST's figure is steady from run to run (the tutorial's constant rate leaves the
-    last steps' noise in it: an SD of about 0.2 points across seeds, as much as the tolerance)."""
-    recipe = TrainConfig.from_recipe("accurate").hyperparameters()
-    return trained(tmp_path_factory.mktemp("accurate"), mnist_dir, **recipe)
 
 
 @contextmanager

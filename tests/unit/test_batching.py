@@ -77,7 +77,7 @@ async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows()
     async with engine_for(
         checkpoint(model), CPU, max_batch_size=16, observers=EngineObservers(batch_rows=sizes.append)
     ) as engine:
-        lone, version = await engine.infer(inputs[:1])
+        lone, served = await engine.infer(inputs[:1])
         assert sizes == [1]  # a lone request runs at once, alone
         results = await asyncio.gather(*(engine.infer(inputs[i : i + 1]) for i in range(48)))
     with torch.inference_mode():
@@ -85,7 +85,7 @@ async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows()
     got = torch.cat([rows for rows, _ in results])
     assert_log_probs_close(got, expected)
     assert_log_probs_close(lone, expected[:1])
-    assert version == "v1"
+    assert served.version == "v1"
     assert max(sizes[1:]) > 1 and max(sizes) <= 16
     assert sum(sizes[1:]) == 48
 
@@ -132,8 +132,8 @@ async def test_a_swap_between_the_chunks_of_one_request_redoes_it_on_the_new_mod
     )
     box.append(engine)
     async with engine:
-        rows, version = await engine.infer(inputs)
-    assert version == "new"
+        rows, served = await engine.infer(inputs)
+    assert served.version == "new"
     assert sizes == [8, 8, 4, 8, 8, 4]  # the first chunk ran on the old model: the whole request again
     with torch.inference_mode():
         assert_log_probs_close(rows, new(inputs))  # every row from the model the version names
@@ -338,8 +338,8 @@ async def test_a_fault_outside_the_forward_fails_what_the_worker_holds_and_it_go
         [logged] = [record for record in caplog.records if record.levelname == "ERROR"]
         assert logged.getMessage() == "the inference worker failed; failing the requests it held"
         assert "RuntimeError: a metric hook broke" in caplog.text  # with its traceback
-        rows, version = await engine.infer(torch.randn(2, 1, 28, 28))  # the worker is still there
-    assert rows.shape == (2, 10) and version == "v1"
+        rows, served = await engine.infer(torch.randn(2, 1, 28, 28))  # the worker is still there
+    assert rows.shape == (2, 10) and served.version == "v1"
 
 
 def channels_last(engine: BatchingEngine) -> bool:
@@ -351,10 +351,10 @@ def channels_last(engine: BatchingEngine) -> bool:
 
 async def test_swap_takes_effect_from_the_next_batch() -> None:
     async with engine_for(checkpoint(Net(), "old"), CPU) as engine:
-        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "old"
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1].version == "old"
         assert channels_last(engine)
         engine.swap(checkpoint(Net(), "new"))
-        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "new"
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1].version == "new"
         assert channels_last(engine)
 
 
@@ -371,7 +371,7 @@ async def test_no_model_says_how_to_make_one() -> None:
             await engine.infer(torch.randn(1, 1, 28, 28))
         engine.swap(checkpoint(Net(), "v1"))
         engine.unavailable("a newer file failed to load")  # while one is served: ignored
-        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1] == "v1"
+        assert (await engine.infer(torch.randn(1, 1, 28, 28)))[1].version == "v1"
 
 
 async def test_ready_only_with_a_model_and_a_running_worker_and_says_why_not() -> None:

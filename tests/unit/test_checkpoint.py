@@ -4,6 +4,7 @@ import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -311,3 +312,15 @@ def test_a_write_stopped_before_its_rename_leaves_the_old_file_whole(tmp_path: P
     assert temporary.startswith(".mnist_cnn.pt.") and temporary.endswith(".tmp")
     assert seen[temporary] == b"new bytes"
     assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [("mnist_cnn.pt", b"old")]
+
+
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "hot", [1.0]])
+def test_a_temperature_that_is_no_positive_number_is_refused(tmp_path: Path, temperature: Any) -> None:
+    """Every answer divides by it: a file that names a bad one is refused when loaded, not at the
+    first prediction."""
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(Net(), path, arch="net", extra={"calibration": {"temperature": temperature}})
+    with pytest.raises(CheckpointError, match="names a temperature that is not a positive number"):
+        load_checkpoint(path)
+    save_checkpoint(Net(), path, arch="net", extra={"calibration": {"temperature": 0.5}})
+    assert load_checkpoint(path).temperature == 0.5

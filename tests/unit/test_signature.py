@@ -159,7 +159,7 @@ def test_another_signature_reaches_every_place_that_reads_it(tmp_path: Path) -> 
     card follow it."""
     seen = python_json(ANOTHER_MODEL, str(tmp_path / "mnist_cnn.pt"))
     assert seen["log_probs"] == seen["probs"] == [3, 3] and seen["digit_maximum"] == 2
-    assert seen["log_probs_text"] == "log-softmax output, digits a-c"
+    assert seen["log_probs_text"] == "the network's own log-softmax output, digits a-c"
     assert "preprocessed 32x32 image" in seen["input_image_text"]
     assert seen["v2_inputs"] == [[-1, 1, 32, 32], [-1, 32, 32], [-1]]
     assert seen["v2_outputs"] == [[-1, 3], [-1, 3], [-1]]
