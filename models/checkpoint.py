@@ -45,10 +45,15 @@ class LoadedCheckpoint:
         return str(self.metadata["arch"])
 
     @property
+    def calibration(self) -> dict[str, Any]:
+        """The card's calibration block (empty where training recorded none)."""
+        return self.metadata.get("calibration") or {}
+
+    @property
     def temperature(self) -> float:
         """What its log-softmax is divided by for calibrated probabilities (models/calibration.py):
         1.0, the network's own, where training fitted none."""
-        return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
+        return float(self.calibration.get("temperature", 1.0))
 
 
 def metadata_path(weights_path: str | os.PathLike[str]) -> Path:

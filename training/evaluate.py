@@ -35,7 +35,7 @@ def evaluation(
     mnist = load_mnist(data_dir)
     images, labels = to_model_input(mnist.test_images, where), mnist.test_labels.long().to(where)
     results = answers_on(model, images, labels, batch_size)
-    held = int((checkpoint.metadata.get("calibration") or {}).get("validation_samples", 0))
+    held = int(checkpoint.calibration.get("validation_samples", 0))
     figures = {
         "version": checkpoint.version,
         **test_figures(results, labels, mnist, checkpoint.temperature, held),

@@ -138,7 +138,11 @@ class Evaluation:
 
     @property
     def confidence(self) -> torch.Tensor:
-        return self.log_probs.max(dim=1).values.exp()
+        return self.confidence_at(1.0)
+
+    def confidence_at(self, temperature: float) -> torch.Tensor:
+        """Each answer's probability as the service states it at `temperature`."""
+        return calibrated(self.log_probs, temperature).max(dim=1).values.exp()
 
     def correct(self, labels: torch.Tensor) -> int:
         return int((self.predicted == labels).sum().item())
@@ -181,7 +185,7 @@ def test_figures(
     """A model's test accuracy and loss, its model card (its confidences at `temperature`, as the
     service states them), and the test data they were measured on (`data`: figures are comparable
     only where its sha256 is the same)."""
-    confidence = calibrated(results.log_probs, temperature).max(dim=1).values.exp()
+    stated = results.confidence_at(temperature)
     return {
         "test_accuracy": round(100.0 * results.correct(labels) / len(labels), 2),
         "test_loss": round(results.loss, 6),
@@ -190,19 +194,24 @@ def test_figures(
             "test_samples": len(mnist.test_images),
             "test_sha256": data_fingerprint(mnist.test_images, mnist.test_labels),
         },
-        **model_card(labels, results.predicted, confidence),
-        "calibration": calibration_card(temperature, validation_samples, results, labels),
+        **model_card(labels, results.predicted, stated),
+        "calibration": calibration_card(temperature, validation_samples, results, stated, labels),
     }
 
 
 def calibration_card(
-    temperature: float, validation_samples: int, test: Evaluation, test_labels: torch.Tensor
+    temperature: float,
+    validation_samples: int,
+    test: Evaluation,
+    stated: torch.Tensor,
+    test_labels: torch.Tensor,
 ) -> dict[str, Any]:
     """The temperature (fitted on `validation_samples` held-out training images), and the expected
-    calibration error on the test set before and after it, with the reliability diagram's bins after."""
+    calibration error on the test set before it and after it (`stated`: each confidence at it),
+    with the reliability diagram's bins after."""
     right = test.predicted == test_labels
     before = reliability(test.confidence, right)
-    after = reliability(calibrated(test.log_probs, temperature).max(dim=1).values.exp(), right)
+    after = reliability(stated, right)
     return {
         "temperature": temperature,
         "validation_samples": validation_samples,
