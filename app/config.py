@@ -161,6 +161,17 @@ class Settings(BaseSettings):
         le=1,
         description="a prediction less sure than this carries low_confidence: true",
     )
+    not_a_digit_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="an image whose ood_score is above this carries not_a_digit: true",
+        json_schema_extra={"shown_default": "the model's own, chosen when it was trained"},
+    )
+    refuse_not_a_digit: bool = Field(
+        False,
+        description="answer an image flagged not_a_digit with a 422 that says so, instead of its best digit",
+    )
     feedback_per_minute: int = Field(
         20,
         ge=0,

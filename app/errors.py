@@ -139,6 +139,12 @@ class BlankImage(ServiceError):
     status_code = 422
 
 
+class NotADigit(ServiceError):
+    """An image flagged not a digit while MNIST_REFUSE_NOT_A_DIGIT is on."""
+
+    status_code = 422
+
+
 class TooManyFiles(ServiceError):
     status_code = 413
 

@@ -23,6 +23,17 @@ class Prediction(BaseModel):
         description="confidence below MNIST_LOW_CONFIDENCE: worth a person's look (the model card's "
         "`low_confidence` table says what share of errors that catches)"
     )
+    not_a_digit: bool = Field(
+        description="ood_score above the threshold in force (GET /model: serving.not_a_digit): the "
+        "image does not look like a digit; `digit` is still the model's best guess"
+    )
+    ood_score: float = Field(
+        ge=0,
+        le=1,
+        description="1 - the network's own (uncalibrated) largest probability: higher is less like "
+        "a digit (from a model trained with outlier exposure, the card's not_a_digit says how well "
+        "it separates)",
+    )
     log_probs: list[float] = Field(
         min_length=CLASSES,
         max_length=CLASSES,
@@ -61,7 +72,10 @@ class ModelInfo(BaseModel):
     model_version: str
     version: str
     arch: str
-    serving: dict[str, Any] = Field(description="device and the settings in force")
+    serving: dict[str, Any] = Field(
+        description="device, the settings in force, and not_a_digit: the threshold in force and "
+        "where it comes from (the setting, the model's card, or none)"
+    )
 
 
 class Status(BaseModel):

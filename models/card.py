@@ -70,6 +70,7 @@ CARD_FIELDS = (
     "low_confidence",
     "feedback_heldout",
     "calibration",
+    "not_a_digit",
 )
 
 

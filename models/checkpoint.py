@@ -55,6 +55,14 @@ class LoadedCheckpoint:
         1.0, the network's own, where training fitted none."""
         return float(self.calibration.get("temperature", 1.0))
 
+    @property
+    def not_a_digit_threshold(self) -> float | None:
+        """Above which its ood_score flags an image as not a digit (models/not_a_digit.py): None
+        where training recorded none (a tutorial-made file adopted as it is)."""
+        block = self.metadata.get("not_a_digit") or {}
+        threshold = block.get("threshold")
+        return None if threshold is None else float(threshold)
+
 
 def metadata_path(weights_path: str | os.PathLike[str]) -> Path:
     """`mnist_cnn.pt` -> `mnist_cnn.json`, beside it."""
@@ -225,5 +233,14 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     if not fitted:
         raise CheckpointError(
             f"{metadata_path(weights_path).name} names a temperature that is not a positive number"
+        )
+    try:
+        threshold = loaded.not_a_digit_threshold
+        usable = threshold is None or 0.0 <= threshold <= 1.0
+    except (TypeError, ValueError, AttributeError):
+        usable = False
+    if not usable:
+        raise CheckpointError(
+            f"{metadata_path(weights_path).name} names a not-a-digit threshold that is not a number from 0 to 1"
         )
     return loaded

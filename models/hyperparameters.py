@@ -31,12 +31,20 @@ class Recipe:
     max_rotation: float = 0.0
     max_scale: float = 0.0
     max_shift: float = 0.0
-    # Training images held out (never trained on) to fit the confidence's calibration.
+    # Training images held out (never trained on) to fit the confidence's calibration and to
+    # choose the not-a-digit threshold.
     validation: int = 0
+    # Outlier Exposure (models/not_a_digit.py): beside each batch of digits, as many non-digits
+    # (training/outliers.py) whose answers are pulled towards uniform with this weight (0: none).
+    outlier_exposure: float = 0.0
 
 
+# What `python -m training`, `POST /train` and the quick start train when no recipe is named.
+DEFAULT_RECIPE = "outlier_aware"
 RECIPES: dict[str, Recipe] = {
     "tutorial": Recipe(presets={}),
+    # The tutorial's hyperparameters, trained to know what is not a digit.
+    "outlier_aware": Recipe(presets={}, validation=2000, outlier_exposure=0.5),
     "accurate": Recipe(
         presets={"epochs": 8, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
         schedule="onecycle",
@@ -85,9 +93,10 @@ def hyperparameter(default: Any, help: str, **bounds: Any) -> Any:
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """What, with the data, determines the trained weights. The defaults are the tutorial's."""
+    """What, with the data, determines the trained weights. The values' defaults are the tutorial's
+    (the default recipe changes how they are used, not what they are)."""
 
-    recipe: str = hyperparameter("tutorial", "preset of the values below", choices=tuple(RECIPES))
+    recipe: str = hyperparameter(DEFAULT_RECIPE, "preset of the values below", choices=tuple(RECIPES))
     arch: str = hyperparameter("net", "network", choices=tuple(ARCHITECTURES))
     epochs: int = hyperparameter(2, "epochs", ge=1, server_max=50)
     batch_size: int = hyperparameter(
@@ -120,7 +129,7 @@ class Hyperparameters:
     def from_recipe(cls, recipe: str | None = None, **overrides: Any) -> Self:
         """The recipe's values, then explicit overrides (None means 'not given'); any extra field
         of a subclass may be overridden too."""
-        recipe = recipe or "tutorial"
+        recipe = recipe or DEFAULT_RECIPE
         if recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
         values = dict(RECIPES[recipe].presets)

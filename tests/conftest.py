@@ -82,7 +82,9 @@ def trained(folder: Path, mnist_dir: Path, **settings: Any) -> Path:
 
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """A real checkpoint: the tutorial's Net trained for one epoch on 2,000 images (72.63% accurate)."""
+    """A real checkpoint: the default recipe (the tutorial's Net and values, with outlier exposure)
+    for one epoch on 2,000 images (76.76% accurate), its temperature and not-a-digit threshold
+    chosen on the 2,000 held-out images."""
     return trained(tmp_path_factory.mktemp("model"), mnist_dir, epochs=1, limit_train=2000)
 
 
@@ -113,8 +115,9 @@ def other_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """The tutorial's model, good enough to judge recognition: its recipe in full (2 epochs,
-    98.65%). About a minute on a CPU, once per session."""
+    """The default model, good enough to judge recognition: the default recipe in full (the
+    tutorial's values, 2 epochs, with outlier exposure: 98.93%). A minute or two on a CPU, once per
+    session."""
     return trained(tmp_path_factory.mktemp("trained"), mnist_dir)
 
 

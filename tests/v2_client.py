@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from models.signature import SIGNATURE
 from tests.images import encode
 
-OUTPUTS = ("log_probs", "probs", "digit")
+OUTPUTS = ("log_probs", "probs", "digit", "not_a_digit", "ood_score")
 
 
 def as_inputs(kind: str, images: torch.Tensor) -> tuple[str, np.ndarray]:
@@ -77,7 +77,7 @@ def call_grpc(url: str, method: str, request: Any) -> Any:
 
 def raw_outputs(response: Any) -> dict[str, np.ndarray]:
     """A ModelInferResponse's outputs, shaped, from raw_output_contents."""
-    types = {"FP32": "<f4", "INT64": "<i8"}
+    types = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
     return {
         output.name: np.frombuffer(raw, dtype=types[output.datatype]).reshape(list(output.shape))
         for output, raw in zip(response.outputs, response.raw_output_contents, strict=True)

@@ -26,6 +26,7 @@ from models.hyperparameters import (
     hyperparameter_fields,
     value_type,
 )
+from training import outliers
 from training.data import DataError
 from training.distributed import (
     World,
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train on the corrections' training split (needs --feedback), each one "
         "--feedback-weight times an epoch",
     )
+    parser.add_argument(
+        "--outlier-families",
+        type=families,
+        metavar="FAMILY[,FAMILY]",
+        help="the families of non-digits Outlier Exposure draws from, where the recipe uses it "
+        f"(default: all of {','.join(outliers.FAMILIES)}); one left out is measured as a kind never seen",
+    )
     parser.add_argument("--events", metavar="FILE", help="write JSON-lines events here ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="one batch per epoch, one epoch")
     parser.add_argument("--quiet", action="store_true", help="no text output (errors still go to stderr)")
@@ -125,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_launch_flags(parser, positive_int)
     return parser
+
+
+def families(text: str) -> tuple[str, ...]:
+    named = tuple(name for name in text.split(",") if name)
+    if not named:
+        raise argparse.ArgumentTypeError("name at least one family")
+    if unknown := [name for name in named if name not in outliers.FAMILIES]:
+        raise argparse.ArgumentTypeError(
+            f"unknown {', '.join(unknown)} (known: {', '.join(outliers.FAMILIES)})"
+        )
+    return named
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -71,7 +71,7 @@ class GraphedStep:
         return self.loss
 
 
-def supports(device: torch.device, augment: bool, scheduled: bool, full_batches: int) -> bool:
+def supports(device: torch.device, random_steps: bool, scheduled: bool, full_batches: int) -> bool:
     """Whether a run can use the graph: CUDA, no per-step randomness, no per-step learning rate, and
     at least one full batch to replay it on."""
-    return device.type == "cuda" and not augment and not scheduled and full_batches > 0
+    return device.type == "cuda" and not random_steps and not scheduled and full_batches > 0

@@ -18,6 +18,7 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import resolve_device
 from training.data import DataError, load_mnist
 from training.loop import answers_on, feedback_figures, read_feedback, test_figures, to_model_input
+from training.not_a_digit_card import CHOICE_FIELDS, chosen_threshold, not_a_digit_card
 
 
 def evaluation(
@@ -40,6 +41,22 @@ def evaluation(
         "version": checkpoint.version,
         **test_figures(results, labels, mnist, checkpoint.temperature, held),
     }
+    # The threshold training chose on its held-out digits; one chosen on the test set where it
+    # recorded none (a tutorial-made file), and so marked.
+    recorded = checkpoint.metadata.get("not_a_digit") or {}
+    choice = {key: recorded[key] for key in CHOICE_FIELDS if key in recorded}
+    if len(choice) < len(CHOICE_FIELDS):
+        choice = chosen_threshold(None, results.log_probs)
+    exposure = recorded.get("outlier_exposure") or {"weight": 0.0, "families": []}
+    figures["not_a_digit"] = not_a_digit_card(
+        model,
+        choice,
+        results.log_probs,
+        mnist.test_images,
+        exposure,
+        lambda x: to_model_input(x, where),
+        batch_size,
+    )
     if (corrections := read_feedback(feedback)) is not None:
         figures["feedback_heldout"] = feedback_figures(model, corrections, where, batch_size)
     return figures

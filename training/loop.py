@@ -27,7 +27,7 @@ from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, Tra
 from models.feedback_set import FeedbackSet, FeedbackSetError
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
 from models.signature import SIGNATURE
-from training import cuda_graph
+from training import cuda_graph, outliers
 from training.data import DataError, Mnist, load_mnist, split_validation
 from training.distributed import (
     DEFAULT_RDZV_TIMEOUT_S,
@@ -38,10 +38,14 @@ from training.distributed import (
     rank_device,
     shard,
 )
+from training.not_a_digit_card import chosen_threshold, not_a_digit_card
 
 EventCallback = Callable[[TrainingEvent], None]
 # Grey level 0, normalised: what augmentation fills the space a moved digit leaves with.
 BACKGROUND = SIGNATURE.input.normalized(0.0)
+# Non-digits drawn for Outlier Exposure: at most this many (fewer for a smaller training set), each
+# batch of digits beside as many picked at random from them.
+OUTLIER_POOL = 30000
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class TrainConfig(Hyperparameters):
     out: str = "mnist_cnn.pt"
     feedback: str | None = None  # an export of users' corrections: its held-out split is measured
     use_feedback: bool = False  # and its training split trained on, feedback_weight times an epoch
+    # The families of non-digits Outlier Exposure draws from (None: every one; the card records
+    # which): measuring a family the model never saw means leaving it out here.
+    outlier_families: tuple[str, ...] | None = None
     rdzv_timeout: float = DEFAULT_RDZV_TIMEOUT_S  # how long a rank waits for the others
 
 
@@ -265,6 +272,42 @@ def with_feedback(
     )
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """Outlier Exposure (Hendrycks et al., 2019): non-digits (normalised, on the device), the
+    weight of their loss and the generator that picks a batch of them for each batch of digits."""
+
+    outliers: torch.Tensor
+    weight: float
+    picker: torch.Generator
+
+    def loss(self, model: nn.Module, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The digits' NLL plus `weight` x the cross-entropy from uniform to the answers on as many
+        non-digits (the mean over classes of -log p, averaged over the non-digits)."""
+        picked = torch.randint(
+            len(self.outliers), (len(data),), generator=self.picker, device=self.outliers.device
+        )
+        out: torch.Tensor = model(torch.cat([data, self.outliers[picked]]))
+        return F.nll_loss(out[: len(data)], target) - self.weight * out[len(data) :].mean()
+
+
+def exposure_for(
+    recipe: Recipe,
+    families: tuple[str, ...],
+    seed: int,
+    digits: torch.Tensor,
+    count: int,
+    device: torch.device,
+) -> Exposure | None:
+    """The recipe's Outlier Exposure, its non-digits drawn from `families` (fragments cut from
+    `digits`), or None where it has none."""
+    if not recipe.outlier_exposure:
+        return None
+    drawn = outliers.pool(families, min(OUTLIER_POOL, count), seed, digits)
+    picker = torch.Generator(device=device).manual_seed(seed)
+    return Exposure(to_model_input(drawn, device), recipe.outlier_exposure, picker)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -277,11 +320,13 @@ def train_epoch(
     on_event: EventCallback,
     graphed: cuda_graph.GraphedStep | None = None,
     world: World = ONE_PROCESS,
+    exposure: Exposure | None = None,
 ) -> float:
     """One pass over this rank's share of the training set in the tutorial's order, reporting
     every log_interval (samples counted over all ranks); returns the epoch's mean training loss.
 
-    With `graphed`, each full batch is one CUDA graph replay of the same step.
+    With `graphed`, each full batch is one CUDA graph replay of the same step; with `exposure`,
+    each batch of digits is trained beside a batch of non-digits.
     """
     recipe = RECIPES[config.recipe]
     model.train()
@@ -300,7 +345,7 @@ def train_epoch(
                 data = augment(data, recipe, jitter)
             # Zeroed, not released: a graph's gradients must stay where the graph writes them.
             optimizer.zero_grad(set_to_none=graphed is None)
-            loss = F.nll_loss(model(data), target)
+            loss = exposure.loss(model, data, target) if exposure else F.nll_loss(model(data), target)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         total_loss += loss.detach()
@@ -366,8 +411,10 @@ def run(
         jitter = torch.Generator(device=device).manual_seed(config.seed + world.rank)
         graphed, graph_error = None, None
         full_batches = n // config.batch_size
+        families = outliers.FAMILIES if config.outlier_families is None else config.outlier_families
+        exposure = exposure_for(recipe, families, config.seed + world.rank, train_images, n, device)
         graphable = not world.distributed and cuda_graph.supports(
-            device, recipe.augment, scheduler is not None, full_batches
+            device, recipe.augment or exposure is not None, scheduler is not None, full_batches
         )
         if config.cuda_graph and graphable:
             try:
@@ -400,7 +447,18 @@ def run(
         results: Evaluation | None = None
         for epoch in range(1, config.epochs + 1):
             train_loss = train_epoch(
-                trained, optimizer, scheduler, x_train, y_train, config, epoch, jitter, report, graphed, world
+                trained,
+                optimizer,
+                scheduler,
+                x_train,
+                y_train,
+                config,
+                epoch,
+                jitter,
+                report,
+                graphed,
+                world,
+                exposure,
             )
             if not math.isfinite(summed := loss_everywhere(train_loss, world, device)):
                 raise TrainingDiverged(
@@ -437,12 +495,24 @@ def run(
         return None
     assert results is not None  # rank 0 evaluated after every epoch
     # A temperature fitted on images no epoch trained on; the network's own (1.0) with none held out.
-    temperature = 1.0
+    temperature, validation = 1.0, None
     if len(val_images):
         y_val = val_labels.long().to(device)
         validation = answers_on(model, to_model_input(val_images, device), y_val, config.test_batch_size)
         temperature = fit_temperature(validation.log_probs, y_val)
     figures = test_figures(results, y_test, mnist, temperature, len(val_images))
+    # The threshold from the held-out digits, as the temperature.
+    choice = chosen_threshold(validation.log_probs if validation else None, results.log_probs)
+    exposed = {"weight": recipe.outlier_exposure, "families": list(families) if exposure else []}
+    figures["not_a_digit"] = not_a_digit_card(
+        model,
+        choice,
+        results.log_probs,
+        mnist.test_images,
+        exposed,
+        lambda images: to_model_input(images, device),
+        config.test_batch_size,
+    )
     if feedback is not None:
         figures["feedback_heldout"] = feedback_figures(model, feedback, device, config.test_batch_size)
     provenance = {}

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.predict.not_a_digit import Judged
 from app.predict.preprocess import png_data_url
 from models.calibration import calibrated
 from models.checkpoint import LoadedCheckpoint
@@ -42,12 +43,14 @@ def prediction(
     named: str,
     image: np.ndarray | None = None,
     calibrated_log_probs: torch.Tensor | None = None,
+    ood_score: float = 0.0,
+    not_a_digit: bool = False,
 ) -> dict[str, Any]:
     """One row of log-softmax output (a value per class; a class's index is its digit) as the API's
     prediction (plain floats: torch ops on a row this short would cost more than the list
     arithmetic). `log_probs` stays the network's own; `probs` and `confidence` are calibrated, and
     `low_confidence` is a confidence below `unsure_below` (MNIST_LOW_CONFIDENCE). No calibrated row:
-    the network's own are."""
+    the network's own are. `not_a_digit` and its `ood_score` come from app/predict/not_a_digit.py."""
     logs: list[float] = log_probs.tolist()
     shown = logs if calibrated_log_probs is None else calibrated_log_probs.tolist()
     probs = [math.exp(value) for value in shown]
@@ -56,6 +59,8 @@ def prediction(
         "digit": digit,
         "confidence": probs[digit],
         "low_confidence": probs[digit] < unsure_below,
+        "not_a_digit": not_a_digit,
+        "ood_score": ood_score,
         "log_probs": logs,
         "probs": probs,
         "model_version": version,
@@ -72,16 +77,20 @@ def answered(
     served: LoadedCheckpoint,
     unsure_below: float,
     images: list[np.ndarray] | None,
+    judged: Judged,
 ) -> list[dict[str, Any]]:
     """One request's predictions (its id `named`, from `request_id`) by the model `served`, a row
     each, named `<request>-<row>` and logged together; with `images` (return_input) each carries
-    the image its row was computed from."""
+    the image its row was computed from; `judged` says which are not digits."""
     shown = images if images is not None else [None] * len(log_probs)
     version, temperature = served.version, served.temperature
     # At the network's own temperature, each row's figures are computed once.
     calibrated_rows = [None] * len(log_probs) if temperature == 1.0 else calibrated(log_probs, temperature)
+    scores, flagged = judged.scores.tolist(), judged.flagged.tolist()
     answers = [
-        prediction(row, version, unsure_below, prediction_id(named, i), image, calibrated_row)
+        prediction(
+            row, version, unsure_below, prediction_id(named, i), image, calibrated_row, scores[i], flagged[i]
+        )
         for i, (row, calibrated_row, image) in enumerate(zip(log_probs, calibrated_rows, shown, strict=True))
     ]
     logged(named, lambda: [answer["digit"] for answer in answers], version)

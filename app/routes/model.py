@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.deps import EngineDep, FollowerDep, SettingsDep, TokenDep, VersionsDep
+from app.predict.not_a_digit import NotADigitPolicy
 from app.schemas import VALIDATION, CardComparison, ErrorBody, ModelInfo, VersionList
 from models.card import card_of
 from models.comparison import Standing, difference
@@ -17,7 +18,16 @@ async def read_model(engine: EngineDep, settings: SettingsDep, follower: Followe
     """The served checkpoint's metadata (version, accuracy, hyperparameters...) and the settings in
     force; `serving.fallback` says why, when it is not the active version."""
     checkpoint = engine.serving()
-    serving: dict[str, Any] = {"device": str(engine.device), "settings": settings.public(paths=False)}
+    policy = NotADigitPolicy.of(settings)
+    serving: dict[str, Any] = {
+        "device": str(engine.device),
+        "settings": settings.public(paths=False),
+        "not_a_digit": {
+            "threshold": policy.threshold(checkpoint),
+            "source": policy.source(checkpoint),
+            "refuse": policy.refuse,
+        },
+    }
     if follower.fallback:
         serving["fallback"] = follower.fallback
     return {**checkpoint.metadata, "model_version": checkpoint.version, "serving": serving}

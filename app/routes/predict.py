@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from app.deps import services_of
 from app.errors import MissingField, TooManyFiles
 from app.predict.answers import answered, request_id
+from app.predict.not_a_digit import NotADigitPolicy
 from app.predict.preprocess import Invert
 from app.predict.uploads import Upload
 from app.schemas import BatchPrediction, ErrorBody, Prediction
@@ -87,9 +88,14 @@ async def predict_digit(
         upload = files_named(uploads, "file")[0]
         inputs, images = await services.decoder.decode([upload], invert, batch=False)
         log_probs, served = await services.engine.infer(inputs)
+        policy = NotADigitPolicy.of(settings)
+        judged = policy.judged(log_probs, served)
+        policy.check(judged)
         named = request_id()
         services.recent.keep(named, inputs)  # a correction may name this prediction instead of the image
-        answer = answered(named, log_probs, served, settings.low_confidence, images if return_input else None)
+        answer = answered(
+            named, log_probs, served, settings.low_confidence, images if return_input else None, judged
+        )
         return json_response(answer[0])
 
 
@@ -117,9 +123,12 @@ async def predict_digits(
             raise TooManyFiles(f"{len(files)} files; at most {settings.max_batch_files} per request")
         inputs, images = await services.decoder.decode(files, invert, batch=True)
         log_probs, served = await services.engine.infer(inputs)
+    policy = NotADigitPolicy.of(settings)
+    judged = policy.judged(log_probs, served)
+    policy.check(judged, [upload.filename for upload in files])
     named = request_id()
     services.recent.keep(named, inputs)
     predictions = answered(
-        named, log_probs, served, settings.low_confidence, images if return_input else None
+        named, log_probs, served, settings.low_confidence, images if return_input else None, judged
     )
     return json_response({"predictions": predictions, "model_version": served.version})

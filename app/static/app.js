@@ -64,6 +64,7 @@ function showNothing() {
   $("feedback-status").textContent = "";
   $("digit").textContent = "–";
   $("confidence").textContent = "–";
+  $("not-a-digit").hidden = true;
   $("bars").replaceChildren();
   $("seen").removeAttribute("src");
   $("error").textContent = "";
@@ -81,6 +82,11 @@ function showPrediction(result) {
   $("error").textContent = "";
   $("digit").textContent = String(result.digit);
   $("confidence").textContent = `${(100 * result.confidence).toFixed(1)}%`;
+  $("not-a-digit").textContent = result.not_a_digit
+    ? `That does not look like a digit (its out-of-distribution score ${result.ood_score.toFixed(2)} is above `
+      + "the threshold): the digit above is only the model's best guess."
+    : "";
+  $("not-a-digit").hidden = !result.not_a_digit;
   $("model-version").textContent = result.model_version;
   if (result.input_image) $("seen").src = result.input_image;
   const bars = result.probs.map((p, digit) => {
@@ -194,6 +200,7 @@ async function loadModel() {
     $("card-summary").textContent = "No model is being served.";
     $("confusion").hidden = true;
     $("reliability-figure").hidden = true;
+    $("not-a-digit-kinds").hidden = true;
     return;
   }
   const model = await response.json();
@@ -210,6 +217,7 @@ function showCard(model) {
       + "its metadata): the next training job measures it on the test set before comparing.";
     $("confusion").hidden = true;
     $("reliability-figure").hidden = true;
+    $("not-a-digit-kinds").hidden = true;
     return;
   }
   const total = matrix.flat().reduce((a, b) => a + b, 0);
@@ -251,6 +259,7 @@ function showCard(model) {
   $("confusion").tBodies[0].replaceChildren(...rows);
   $("confusion").hidden = false;
   showReliability(model.calibration);
+  showNotADigit(model.not_a_digit, model.serving && model.serving.not_a_digit);
 }
 
 // The reliability diagram: in each bin of confidence, the share of test digits answered right
@@ -295,6 +304,27 @@ function showReliability(calibration) {
     + `${calibration.ece_percent}% (${calibration.ece_percent_before}% before calibration, temperature `
     + `${calibration.temperature}${calibration.validation_samples ? `, fitted on ${calibration.validation_samples} `
       + "held-out training digits" : ", the network's own: nothing was held out to fit one"}).`;
+}
+
+// Per kind of non-digit: the share the model's own threshold flags and the AUROC against MNIST's
+// test digits (the card's figures, measured at training on images no training run drew).
+function showNotADigit(card, inForce) {
+  const table = $("not-a-digit-kinds");
+  table.hidden = !card || !card.kinds;
+  if (table.hidden) return;
+  const rows = Object.entries(card.kinds).map(([kind, figures]) => {
+    const row = document.createElement("tr");
+    for (const text of [kind, `${figures.flagged_percent}%`, figures.auroc.toFixed(3), figures.trained_on ? "yes" : "no"]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+  const setting = inForce && inForce.source === "setting" ? ` (MNIST_NOT_A_DIGIT_THRESHOLD ${inForce.threshold} is in force)` : "";
+  $("not-a-digit-caption").textContent = `Not a digit: the threshold ${card.threshold.toFixed(4)}${setting} flags `
+    + `${card.test_flagged_percent}% of the test digits, and of each kind of non-digit:`;
 }
 
 // The model on users' held-out corrections, beside MNIST's figures.

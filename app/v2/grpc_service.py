@@ -21,6 +21,7 @@ from app.logs import Throttled
 from app.memory import Trimmer
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
+from app.predict.not_a_digit import NotADigitPolicy
 from app.predict.preprocess import Decoder
 from app.predict.recent import RecentInputs
 from app.predict.uploads import Bodies, client_of_peer
@@ -206,6 +207,7 @@ class InferenceService:
             self.engine,
             self.decoder,
             self.recent,
+            NotADigitPolicy.of(self.settings),
         )
         return infer_response_of(result, request.id)
 

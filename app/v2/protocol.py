@@ -16,6 +16,7 @@ from app import NAME, __version__
 from app.errors import BadRequest, ServiceError, TooManyFiles, VersionNotFound
 from app.predict.answers import logged, request_id
 from app.predict.batching import BatchingEngine
+from app.predict.not_a_digit import NotADigitPolicy
 from app.predict.preprocess import Decoder, Invert, model_input
 from app.predict.recent import RecentInputs
 from models.calibration import calibrated
@@ -90,6 +91,8 @@ OUTPUTS = {
         TensorSpec("log_probs", "FP32", (-1, SIGNATURE.output.classes)),
         TensorSpec("probs", "FP32", (-1, SIGNATURE.output.classes)),
         TensorSpec("digit", "INT64", (-1,)),
+        TensorSpec("not_a_digit", "BOOL", (-1,)),
+        TensorSpec("ood_score", "FP32", (-1,)),
     )
 }
 DEFAULT_OUTPUTS = ("log_probs",)
@@ -98,6 +101,7 @@ NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype("<f4"),
     "UINT8": np.dtype("u1"),
     "INT64": np.dtype("<i8"),
+    "BOOL": np.dtype("?"),  # one byte each
 }
 INPUT_CHOICES = " or ".join(f"{s.name} ({s.datatype} {list(s.shape)})" for s in INPUTS.values())
 
@@ -178,7 +182,13 @@ def model_metadata(engine: BatchingEngine) -> dict[str, Any]:
 
 
 # Triton's names for the datatypes, in its model configuration.
-CONFIG_TYPES = {"FP32": "TYPE_FP32", "UINT8": "TYPE_UINT8", "BYTES": "TYPE_STRING", "INT64": "TYPE_INT64"}
+CONFIG_TYPES = {
+    "FP32": "TYPE_FP32",
+    "UINT8": "TYPE_UINT8",
+    "BYTES": "TYPE_STRING",
+    "INT64": "TYPE_INT64",
+    "BOOL": "TYPE_BOOL",
+}
 
 
 def model_config(engine: BatchingEngine) -> dict[str, Any]:
@@ -371,9 +381,10 @@ async def infer(
     engine: BatchingEngine,
     decoder: Decoder,
     recent: RecentInputs,
+    policy: NotADigitPolicy,
 ) -> InferResult:
     """Check, run through the batching engine (split into engine batches and reassembled in order)
-    and compute the outputs asked for."""
+    and compute the outputs asked for (with refusing on, a row not a digit is a 422 for all)."""
     tensor, rows, wanted = check_declared(request, model, version, engine)
     x = await engine_input(tensor, rows, decoder)
     log_probs, answering = await engine.infer(x)
@@ -383,6 +394,8 @@ async def infer(
             f"model {MODEL_NAME!r} version {shown(version)} stopped being served while this request waited; "
             f"the active version is {served!r}"
         )
+    judged = policy.judged(log_probs, answering)
+    policy.check(judged)
     logs = log_probs.numpy().astype(NUMPY_TYPES["FP32"], copy=False)
     computed: dict[str, Callable[[], np.ndarray]] = {
         "log_probs": lambda: logs,
@@ -391,6 +404,8 @@ async def infer(
             calibrated(log_probs, answering.temperature).numpy().astype(NUMPY_TYPES["FP32"], copy=False)
         ),
         "digit": lambda: logs.argmax(axis=1).astype(NUMPY_TYPES["INT64"]),
+        "not_a_digit": lambda: judged.flagged.numpy().astype(NUMPY_TYPES["BOOL"], copy=False),
+        "ood_score": lambda: judged.scores.numpy().astype(NUMPY_TYPES["FP32"], copy=False),
     }
     outputs = [
         OutputTensor(out.name, OUTPUTS[out.name].datatype, computed[out.name](), out.binary) for out in wanted

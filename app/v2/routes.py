@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.deps import EngineDep, services_of
+from app.predict.not_a_digit import NotADigitPolicy
 from app.v2 import protocol, rest
 from app.v2.schemas import InferRequestBody, InferResponseBody, ModelMetadata, ServerMetadata, V2Error
 
@@ -155,7 +156,13 @@ async def answer(request: Request, model_name: str, model_version: str | None) -
 
         parsed = await protocol.parsed(len(body), parse, services.decoder)
         result = await protocol.infer(
-            parsed, model_name, model_version, services.engine, services.decoder, services.recent
+            parsed,
+            model_name,
+            model_version,
+            services.engine,
+            services.decoder,
+            services.recent,
+            NotADigitPolicy.of(services.settings),
         )
     content, headers, media_type = rest.encode_response(parsed, result)
     return Response(content, headers=headers, media_type=media_type)

@@ -30,13 +30,29 @@ async def test_an_answer_has_every_field_and_they_agree(
     response = await api.post("/predict", files=image_file(digit))
     assert response.status_code == 200
     body = response.json()
-    fields = {"digit", "confidence", "low_confidence", "log_probs", "probs", "model_version", "prediction_id"}
+    fields = {
+        "digit",
+        "confidence",
+        "low_confidence",
+        "not_a_digit",
+        "ood_score",
+        "log_probs",
+        "probs",
+        "model_version",
+        "prediction_id",
+    }
     assert set(body) == fields
+    served = load_checkpoint(small_checkpoint)
     assert body["low_confidence"] == (body["confidence"] < LOW_CONFIDENCE)
-    assert body["model_version"] == load_checkpoint(small_checkpoint).version
+    assert body["model_version"] == served.version
     assert abs(sum(body["probs"]) - 1) < 1e-5
     assert body["confidence"] == max(body["probs"]) and body["digit"] == int(np.argmax(body["probs"]))
-    assert np.allclose(np.exp(body["log_probs"]), body["probs"], atol=1e-7)
+    calibrated = torch.softmax(torch.tensor(body["log_probs"], dtype=torch.float64) / served.temperature, 0)
+    assert np.allclose(calibrated.numpy(), body["probs"], atol=1e-7)
+    # The score is the network's own, before calibration; the model's threshold flags it.
+    assert body["ood_score"] == pytest.approx(1 - np.exp(max(body["log_probs"])), abs=1e-6)
+    assert served.not_a_digit_threshold is not None
+    assert body["not_a_digit"] == (body["ood_score"] > served.not_a_digit_threshold)
 
 
 async def test_every_prediction_has_an_id_of_its_own(api: httpx.AsyncClient, digit: bytes) -> None:

@@ -6,10 +6,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.images import encode
 from tests.server import ServerProcess, fresh_deployment
+from training import outliers
 from training.data import Mnist
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -240,6 +242,37 @@ def test_the_reliability_diagram_beside_it_draws_the_card_s_bins(page: "playwrig
         assert f"{100 * row['accuracy']:.1f}% right" in title
     caption = page.locator("#reliability-caption").inner_text()
     assert f"Expected calibration error {calibration['ece_percent']}%" in caption
+
+
+def test_a_non_digit_is_said_to_be_one_and_the_card_s_kinds_are_shown(
+    page: "playwright_api.Page", mnist: Mnist
+) -> None:
+    """Speckle, sent as a photo of it would come (dark on light): the page says it does not look
+    like a digit; a digit after it clears the message. The card's table lists each kind."""
+    model = page.evaluate("fetch('/model').then((response) => response.json())")
+    speckle = np.asarray(outliers.speckle(np.random.default_rng(1)))
+    page.set_input_files(
+        "#file", files=[{"name": "dots.png", "mimeType": "image/png", "buffer": encode(speckle)}]
+    )
+    page.wait_for_function("!document.getElementById('not-a-digit').hidden")
+    message = page.locator("#not-a-digit").inner_text()
+    assert message.startswith("That does not look like a digit")
+    page.screenshot(path=str(SHOTS / "not-a-digit.png"), full_page=True)
+    page.set_input_files(
+        "#file", files=[{"name": "d.png", "mimeType": "image/png", "buffer": encode(mnist.test_images[0])}]
+    )
+    page.wait_for_function("document.getElementById('not-a-digit').hidden")
+    predicted(page, str(int(mnist.test_labels[0])))
+    rows = page.evaluate(
+        """[...document.querySelectorAll('#not-a-digit-kinds tbody tr')]
+            .map(row => [...row.cells].map(cell => cell.textContent))"""
+    )
+    kinds = model["not_a_digit"]["kinds"]
+    assert [row[0] for row in rows] == list(kinds)
+    for kind, flagged, _, _ in rows:
+        assert flagged == f"{kinds[kind]['flagged_percent']}%"
+    caption = page.locator("#not-a-digit-caption").inner_text()
+    assert f"flags {model['not_a_digit']['test_flagged_percent']}% of the test digits" in caption
 
 
 def test_correcting_a_prediction(page: "playwright_api.Page", mnist: Mnist) -> None:

@@ -40,12 +40,21 @@ async def test_answers_over_http_are_what_the_model_computes(
     digits = [r.json()["digit"] for r in responses]
     assert digits == expected.argmax(1).tolist()
     assert_log_probs_close(got, expected)
+    threshold = loaded.not_a_digit_threshold
+    assert threshold is not None  # the default recipe chose one
     for r in responses[:50]:
         body = r.json()
         assert body["model_version"] == loaded.version
         assert abs(sum(body["probs"]) - 1) < 1e-5
         assert body["confidence"] == max(body["probs"])
-        assert np.allclose(np.exp(body["log_probs"]), body["probs"], atol=1e-7)
+        calibrated = torch.softmax(
+            torch.tensor(body["log_probs"], dtype=torch.float64) / loaded.temperature, 0
+        )
+        assert np.allclose(calibrated.numpy(), body["probs"], atol=1e-7)
+        assert body["not_a_digit"] == (body["ood_score"] > threshold)
+    # The network's own probabilities, before calibration, give the score.
+    scores = torch.tensor([r.json()["ood_score"] for r in responses], dtype=torch.float64)
+    assert torch.allclose(scores, 1 - expected.double().exp().max(dim=1).values, atol=1e-6)
 
 
 async def test_a_batch_over_http_agrees_with_single_requests(server: ServerProcess, mnist: Mnist) -> None:

@@ -28,6 +28,7 @@ from tests.tolerances import assert_log_probs_close
 from tests.tools import polled
 from tests.uploads import post_all
 from tests.v2_client import (
+    OUTPUTS,
     as_inputs,
     call_grpc,
     infer_grpc,
@@ -74,10 +75,14 @@ def expected(server: V2Server, mnist: Mnist) -> dict[str, Any]:
 
     responses = asyncio.run(predict())
     assert all(response.status_code == 200 for response in responses)
+    answers = [response.json() for response in responses]
     return {
-        "digits": [response.json()["digit"] for response in responses],
-        "log_probs": torch.tensor([response.json()["log_probs"] for response in responses]),
-        "version": responses[0].json()["model_version"],
+        "digits": [answer["digit"] for answer in answers],
+        "log_probs": torch.tensor([answer["log_probs"] for answer in answers]),
+        "probs": np.array([answer["probs"] for answer in answers]),
+        "not_a_digit": [answer["not_a_digit"] for answer in answers],
+        "ood_score": np.array([answer["ood_score"] for answer in answers]),
+        "version": answers[0]["model_version"],
     }
 
 
@@ -87,7 +92,10 @@ def assert_same_as_predict(outputs: dict[str, np.ndarray], expected: dict[str, A
     assert digits.tolist() == expected["digits"][rows]
     log_probs = torch.from_numpy(outputs["log_probs"].copy())
     assert_log_probs_close(log_probs, expected["log_probs"][rows])
-    np.testing.assert_allclose(outputs["probs"], np.exp(outputs["log_probs"]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(outputs["probs"], expected["probs"][rows], rtol=1e-5, atol=1e-6)
+    flagged = outputs["not_a_digit"]
+    assert flagged.dtype == np.bool_ and flagged.tolist() == expected["not_a_digit"][rows]
+    np.testing.assert_allclose(outputs["ood_score"], expected["ood_score"][rows], atol=1e-6)
 
 
 def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkpoint: Path) -> None:
@@ -101,6 +109,8 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
         {"name": "log_probs", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "probs", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "digit", "datatype": "INT64", "shape": [-1]},
+        {"name": "not_a_digit", "datatype": "BOOL", "shape": [-1]},
+        {"name": "ood_score", "datatype": "FP32", "shape": [-1]},
     ]
     with triton_http.InferenceServerClient(server.http_url) as client:
         assert client.is_server_live() and client.is_server_ready()
@@ -128,7 +138,13 @@ def test_health_and_metadata_over_http_and_grpc(server: V2Server, trained_checkp
             ("pixels", "TYPE_UINT8", [28, 28], True),
             ("image", "TYPE_STRING", [], True),
         ]
-        assert [o["name"] for o in config["output"]] == ["log_probs", "probs", "digit"]
+        assert [o["name"] for o in config["output"]] == [
+            "log_probs",
+            "probs",
+            "digit",
+            "not_a_digit",
+            "ood_score",
+        ]
         with pytest.raises(InferenceServerException) as unknown:
             client.get_model_metadata("fashion")
         assert unknown.value.status() == "404" and "unknown model 'fashion'" in unknown.value.message()
@@ -179,9 +195,7 @@ def test_http_answers_match_predict_for_1000_digits(
         named = result.get_response()["parameters"]["prediction_id"]
         assert re.fullmatch(r"[0-9a-f]{16}", named) and named not in seen
         seen.add(named)
-        assert_same_as_predict(
-            {name: result.as_numpy(name) for name in ("digit", "log_probs", "probs")}, expected, rows
-        )
+        assert_same_as_predict({name: result.as_numpy(name) for name in OUTPUTS}, expected, rows)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -192,9 +206,7 @@ def test_grpc_answers_match_predict_for_1000_digits(
     raw = infer_grpc(server.grpc_url, kind, images, request_id="raw")
     assert raw.get_response().id == "raw" and raw.get_response().model_version == expected["version"]
     assert re.fullmatch(r"[0-9a-f]{16}", raw.get_response().parameters["prediction_id"].string_param)
-    assert_same_as_predict(
-        {name: raw.as_numpy(name) for name in ("digit", "log_probs", "probs")}, expected, slice(0, N_EXACT)
-    )
+    assert_same_as_predict({name: raw.as_numpy(name) for name in OUTPUTS}, expected, slice(0, N_EXACT))
     typed = call_grpc(server.grpc_url, "ModelInfer", typed_contents_request(kind, images))
     assert_same_as_predict(raw_outputs(typed), expected, slice(0, N_EXACT))
 

@@ -314,6 +314,20 @@ def test_a_write_stopped_before_its_rename_leaves_the_old_file_whole(tmp_path: P
     assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [("mnist_cnn.pt", b"old")]
 
 
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "high", [0.5]])
+def test_a_not_a_digit_threshold_outside_0_to_1_is_refused(tmp_path: Path, threshold: Any) -> None:
+    path = tmp_path / "mnist_cnn.pt"
+    save_checkpoint(Net(), path, arch="net", extra={"not_a_digit": {"threshold": threshold}})
+    with pytest.raises(
+        CheckpointError, match="names a not-a-digit threshold that is not a number from 0 to 1"
+    ):
+        load_checkpoint(path)
+    save_checkpoint(Net(), path, arch="net", extra={"not_a_digit": {"threshold": 0.25}})
+    assert load_checkpoint(path).not_a_digit_threshold == 0.25
+    save_checkpoint(Net(), path, arch="net")
+    assert load_checkpoint(path).not_a_digit_threshold is None
+
+
 @pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "hot", [1.0]])
 def test_a_temperature_that_is_no_positive_number_is_refused(tmp_path: Path, temperature: Any) -> None:
     """Every answer divides by it: a file that names a bad one is refused when loaded, not at the

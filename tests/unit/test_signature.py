@@ -9,6 +9,7 @@ import torch
 
 from models.signature import SIGNATURE
 from tests.tools import python_json
+from training import outliers
 from training.data import Mnist
 
 INPUT, OUTPUT = SIGNATURE.input, SIGNATURE.output
@@ -118,6 +119,7 @@ from models.card import confusion_matrix
 from models.checkpoint import save_checkpoint
 from models.cnn import LeNet5, Net
 from tests.images import encode
+from training import outliers
 from training.loop import BACKGROUND, to_model_input
 
 def settles(**values):
@@ -147,6 +149,8 @@ print(json.dumps({
     "training_input": list(to_model_input(torch.zeros(2, 32, 32, dtype=torch.uint8), "cpu").shape),
     "background": BACKGROUND,
     "networks": [Net().fc2.out_features, LeNet5().fc3.out_features],
+    "outliers": [list(outliers.drawn(name, 2, 0, torch.full((3, 32, 32), 200, dtype=torch.uint8)).shape)
+                 for name in outliers.FAMILIES],
     "card": list(confusion_matrix(torch.tensor([0, 2]), torch.tensor([1, 2])).shape),
     "normalize": save_checkpoint(Net(), sys.argv[1], arch="net")["normalize"],
 }))
@@ -162,7 +166,8 @@ def test_another_signature_reaches_every_place_that_reads_it(tmp_path: Path) -> 
     assert seen["log_probs_text"] == "the network's own log-softmax output, digits a-c"
     assert "preprocessed 32x32 image" in seen["input_image_text"]
     assert seen["v2_inputs"] == [[-1, 1, 32, 32], [-1, 32, 32], [-1]]
-    assert seen["v2_outputs"] == [[-1, 3], [-1, 3], [-1]]
+    assert seen["v2_outputs"] == [[-1, 3], [-1, 3], [-1], [-1], [-1]]
+    assert seen["outliers"] == [[2, 32, 32]] * len(outliers.FAMILIES)
     assert "FP32 `input` [N,1,32,32] normalised, UINT8 `pixels` [N,32,32]" in seen["v2_text"]
     assert seen["image_pixels_settle"] == seen["request_pixels_settle"] == [False, True]
     assert seen["preprocessed"] == [1, 32, 32] and seen["normalised_black"] == -2.0

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from models.checkpoint import read_metadata
 from models.events import StartEvent
 from models.hyperparameters import RECIPES
+from training import outliers
 from training.data import Mnist
 from training.loop import TrainConfig, TrainingDiverged, augment, epoch_order, run, to_model_input
 
@@ -115,6 +116,31 @@ def test_the_model_card_agrees_with_the_test_set(tmp_path: Path, mnist_dir: Path
         assert lower["errors_caught_percent"] <= higher["errors_caught_percent"]
 
 
+@pytest.mark.slow  # training runs of their own
+def test_outlier_exposure_trains_on_the_families_named_and_the_card_says_which(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """The default recipe draws non-digits from the families named (all by default) and the card
+    marks which kinds it saw; the tutorial recipe has none, and its threshold is marked as chosen
+    on the test set (it holds no digits out)."""
+    some = quick(tmp_path, mnist_dir, "some.pt", limit_train=300, outlier_families=("speckle", "glyphs"))
+    block = some["not_a_digit"]
+    assert block["outlier_exposure"] == {"weight": 0.5, "families": ["speckle", "glyphs"]}
+    assert block["chosen_on"] == "validation" and block["chosen_samples"] == 2000
+    assert {kind for kind, figures in block["kinds"].items() if figures["trained_on"]} == {
+        "speckle",
+        "glyphs",
+    }
+    every = quick(tmp_path, mnist_dir, "every.pt", limit_train=300)
+    assert every["not_a_digit"]["outlier_exposure"]["families"] == list(outliers.FAMILIES)
+    assert every["sha256"] != some["sha256"]
+    tutorial = quick(tmp_path, mnist_dir, "tutorial.pt", limit_train=300, recipe="tutorial")
+    plain = tutorial["not_a_digit"]
+    assert plain["outlier_exposure"] == {"weight": 0.0, "families": []} and plain["chosen_on"] == "test"
+    assert plain["chosen_flagged_percent"] == plain["test_flagged_percent"] <= 0.75
+    assert not any(figures["trained_on"] for figures in plain["kinds"].values())
+
+
 def test_augment_keeps_shape_and_background(mnist: Mnist) -> None:
     x = to_model_input(mnist.test_images[:64], torch.device("cpu"))
     moved = augment(x, RECIPES["accurate"], torch.Generator().manual_seed(0))
@@ -165,6 +191,12 @@ def test_default_training_reaches_the_tutorial_accuracy(trained_checkpoint: Path
     assert meta is not None and meta["hyperparameters"] == TrainConfig().hyperparameters()
     assert meta["test_accuracy"] >= 98.5
     assert tutorial_accuracy(trained_checkpoint, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
+    # It knows what is not a digit, at a small cost in digits, and says so calibrated.
+    block = meta["not_a_digit"]
+    assert block["chosen_on"] == "validation" and block["test_flagged_percent"] <= 1.5
+    for kind in ("strokes", "textures", "speckle"):
+        assert block["kinds"][kind]["auroc"] >= 0.97, kind
+    assert meta["calibration"]["ece_percent"] <= 1.0
 
 
 @pytest.mark.slow
