@@ -241,6 +241,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         usable = False
     if not usable:
         raise CheckpointError(
-            f"{metadata_path(weights_path).name} names a not-a-digit threshold that is not a number from 0 to 1"
+            f"{metadata_path(weights_path).name} names a not-a-digit threshold that is not a number "
+            "from 0 to 1"
         )
     return loaded
