@@ -18,6 +18,7 @@ from app.jobs.scheduler import JobManager
 from app.jobs.store import JobStore
 from app.metrics import Metrics
 from app.predict.batching import BatchingEngine
+from app.predict.not_a_digit import NotADigitPolicy
 from app.predict.preprocess import DecodeLimits, Decoder
 from app.predict.recent import RecentInputs
 from app.predict.uploads import Bodies
@@ -153,6 +154,13 @@ async def serving(
             settings.role,
             settings.public(),
         )
+        policy = NotADigitPolicy.of(settings)
+        if policy.refuse and engine.checkpoint and policy.threshold(engine.checkpoint) is None:
+            log.warning(
+                "MNIST_REFUSE_NOT_A_DIGIT is on, but model %s records no not-a-digit threshold and "
+                "MNIST_NOT_A_DIGIT_THRESHOLD is not set: nothing is flagged, so nothing is refused",
+                engine.checkpoint.version,
+            )
         feedback = FeedbackStore(store.database)
         jobs = JobManager(store, versions, follower.check if serves else nothing_to_swap, settings, feedback)
         await jobs.start()

@@ -69,7 +69,8 @@ def style_tests(count: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def trained(export: Path | None, weight: int, seed: int, out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "training", "--quiet", "--seed", str(seed), "--out", str(out)]
+    command = [sys.executable, "-m", "training", "--quiet", "--recipe", "tutorial", "--seed", str(seed)]
+    command += ["--out", str(out)]
     if export is not None:
         command += ["--feedback", str(export), "--use-feedback", "--feedback-weight", str(weight)]
     subprocess.run(command, check=True)

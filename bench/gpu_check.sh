@@ -113,7 +113,7 @@ else
   SERVERS=ours DURATION=2
 fi
 stage serve 150 bash -c '
-  "$0" -m training --epochs 1 --device "$1" --out "$2/mnist_cnn.pt" >"$2/train.log" 2>&1 || { tail -5 "$2/train.log"; exit 1; }
+  "$0" -m training --recipe tutorial --epochs 1 --device "$1" --out "$2/mnist_cnn.pt" >"$2/train.log" 2>&1 || { tail -5 "$2/train.log"; exit 1; }
   tail -1 "$2/train.log"
   "$0" -m bench.serve_load --client python --device "$1" --servers "$3" --concurrency 1,16,64,256 \
     --repeats 1 --duration "$4" --no-training-row --model "$2/mnist_cnn.pt" --json "$2/serve.json"

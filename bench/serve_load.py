@@ -171,7 +171,7 @@ def prepared(tmp: Path, model: str | None, client_kind: str) -> tuple[Path, str,
     posting a real MNIST digit, with its name."""
     served = Path(model) if model else tmp / "mnist_cnn.pt"
     if not model:
-        run(TrainConfig(epochs=1, limit_train=5000, device="cpu", out=str(served)))
+        run(TrainConfig(recipe="tutorial", epochs=1, limit_train=5000, device="cpu", out=str(served)))
     script, body = tmp / "post.lua", tmp / "body.bin"
     script.write_text(LUA)
     multipart_png(body)

@@ -98,7 +98,7 @@ def ours_epochs(epochs: int, device: torch.device, graph: bool = False) -> tuple
     accuracy and the one-off setup time (loading the set, and capturing the graph)."""
     sync(device)
     setup_start = time.perf_counter()
-    config = TrainConfig(epochs=epochs, device=str(device))
+    config = TrainConfig(recipe="tutorial", epochs=epochs, device=str(device))
     torch.manual_seed(config.seed)
     mnist = load_mnist()
     x_train, y_train = to_model_input(mnist.train_images, device), mnist.train_labels.long().to(device)
@@ -153,7 +153,8 @@ def launched_epoch(procs: int, device: torch.device, out: Path) -> dict[str, flo
     """One epoch of the tutorial's recipe by `python -m training --nproc-per-node procs`: images per
     second between the first and the last step's progress events, and the test accuracy. Eager
     steps in every row (DDP steps cannot be CUDA graphs), so the rows compare like with like."""
-    command = [sys.executable, "-m", "training", "--nproc-per-node", str(procs), "--device", device.type]
+    command = [sys.executable, "-m", "training", "--recipe", "tutorial", "--nproc-per-node", str(procs)]
+    command += ["--device", device.type]
     command += ["--epochs", "1", "--log-interval", "1000000", "--events", "-", "--quiet", "--out", str(out)]
     command += ["--no-cuda-graph"]
     began = time.perf_counter()

@@ -58,7 +58,8 @@ class LoadedCheckpoint:
     @property
     def not_a_digit_threshold(self) -> float | None:
         """Above which its ood_score flags an image as not a digit (models/not_a_digit.py): None
-        where training recorded none (a tutorial-made file adopted as it is)."""
+        where training recorded none (a file the tutorial's own script made, adopted as it is, or
+        one trained before models had one)."""
         block = self.metadata.get("not_a_digit") or {}
         threshold = block.get("threshold")
         return None if threshold is None else float(threshold)

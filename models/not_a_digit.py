@@ -15,15 +15,17 @@ import torch
 
 
 def ood_scores(log_probs: torch.Tensor) -> torch.Tensor:
-    """Each row's score in [0, 0.9]: 1 - its largest probability (the network's own, uncalibrated)."""
+    """Each row's score, from 0 to 1 - 1/classes: 1 - its largest probability (the network's own,
+    uncalibrated)."""
     return 1.0 - log_probs.max(dim=-1).values.exp()
 
 
 def flags(scores: torch.Tensor, threshold: float | None) -> torch.Tensor:
-    """Which scores are not a digit's: above the threshold (none without one)."""
+    """Which scores are not a digit's: above the threshold (none without one), compared in float64
+    as a client comparing the answer's numbers would."""
     if threshold is None:
         return torch.zeros(scores.shape, dtype=torch.bool)
-    return scores > threshold
+    return scores.double() > threshold
 
 
 def threshold_flagging(digit_scores: torch.Tensor, percent: float) -> float:

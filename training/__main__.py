@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from models.checkpoint import CheckpointError
 from models.events import ErrorEvent, ProgressEvent, TrainingEvent
 from models.hyperparameters import (
+    DEFAULT_RECIPE,
     RECIPES,
     Hyperparameters,
     bounds_of,
@@ -139,6 +140,8 @@ def families(text: str) -> tuple[str, ...]:
     named = tuple(name for name in text.split(",") if name)
     if not named:
         raise argparse.ArgumentTypeError("name at least one family")
+    if len(set(named)) < len(named):
+        raise argparse.ArgumentTypeError("a family is named twice")
     if unknown := [name for name in named if name not in outliers.FAMILIES]:
         raise argparse.ArgumentTypeError(
             f"unknown {', '.join(unknown)} (known: {', '.join(outliers.FAMILIES)})"
@@ -151,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.use_feedback and not args.feedback:
         parser.error("--use-feedback needs --feedback EXPORT")
+    recipe = args.recipe or DEFAULT_RECIPE
+    if args.outlier_families and not RECIPES[recipe].outlier_exposure:
+        parser.error(f"--outlier-families needs a recipe with Outlier Exposure: {recipe} has none")
     return args
 
 

@@ -42,7 +42,7 @@ def evaluation(
         **test_figures(results, labels, mnist, checkpoint.temperature, held),
     }
     # The threshold training chose on its held-out digits; one chosen on the test set where it
-    # recorded none (a tutorial-made file), and so marked.
+    # recorded none (a file the tutorial's own script made, or one older than the block), and so marked.
     recorded = checkpoint.metadata.get("not_a_digit") or {}
     choice = {key: recorded[key] for key in CHOICE_FIELDS if key in recorded}
     if len(choice) < len(CHOICE_FIELDS):

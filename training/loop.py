@@ -281,14 +281,18 @@ class Exposure:
     weight: float
     picker: torch.Generator
 
-    def loss(self, model: nn.Module, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The digits' NLL plus `weight` x the cross-entropy from uniform to the answers on as many
-        non-digits (the mean over classes of -log p, averaged over the non-digits)."""
+    def losses(
+        self, model: nn.Module, data: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what is minimised, the digits' NLL): the NLL plus `weight` x the cross-entropy from
+        uniform to the answers on as many non-digits (the mean over classes of -log p, averaged
+        over the non-digits). The NLL alone is what is reported, comparable with the test loss."""
         picked = torch.randint(
             len(self.outliers), (len(data),), generator=self.picker, device=self.outliers.device
         )
         out: torch.Tensor = model(torch.cat([data, self.outliers[picked]]))
-        return F.nll_loss(out[: len(data)], target) - self.weight * out[len(data) :].mean()
+        digits = F.nll_loss(out[: len(data)], target)
+        return digits - self.weight * out[len(data) :].mean(), digits
 
 
 def exposure_for(
@@ -298,13 +302,15 @@ def exposure_for(
     digits: torch.Tensor,
     count: int,
     device: torch.device,
+    world: World = ONE_PROCESS,
 ) -> Exposure | None:
     """The recipe's Outlier Exposure, its non-digits drawn from `families` (fragments cut from
-    `digits`), or None where it has none."""
+    `digits`) by the run's seed, the same on every rank, each rank picking from them with its own
+    generator; or None where it has none."""
     if not recipe.outlier_exposure:
         return None
     drawn = outliers.pool(families, min(OUTLIER_POOL, count), seed, digits)
-    picker = torch.Generator(device=device).manual_seed(seed)
+    picker = torch.Generator(device=device).manual_seed(seed + world.rank)
     return Exposure(to_model_input(drawn, device), recipe.outlier_exposure, picker)
 
 
@@ -345,8 +351,11 @@ def train_epoch(
                 data = augment(data, recipe, jitter)
             # Zeroed, not released: a graph's gradients must stay where the graph writes them.
             optimizer.zero_grad(set_to_none=graphed is None)
-            loss = exposure.loss(model, data, target) if exposure else F.nll_loss(model(data), target)
-            loss.backward()  # type: ignore[no-untyped-call]
+            if exposure:
+                minimised, loss = exposure.losses(model, data, target)
+            else:
+                minimised = loss = F.nll_loss(model(data), target)
+            minimised.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         total_loss += loss.detach()
         if scheduler is not None:
@@ -412,7 +421,7 @@ def run(
         graphed, graph_error = None, None
         full_batches = n // config.batch_size
         families = outliers.FAMILIES if config.outlier_families is None else config.outlier_families
-        exposure = exposure_for(recipe, families, config.seed + world.rank, train_images, n, device)
+        exposure = exposure_for(recipe, families, config.seed, train_images, n, device, world)
         graphable = not world.distributed and cuda_graph.supports(
             device, recipe.augment or exposure is not None, scheduler is not None, full_batches
         )

@@ -208,10 +208,15 @@ def drawn(family: str, count: int, seed: int, digits: torch.Tensor) -> torch.Ten
     return torch.from_numpy(stacked)
 
 
+def inked(images: torch.Tensor) -> torch.Tensor:
+    """The images with any ink: those the service would not refuse as blank."""
+    return images[(images.flatten(1) > 0).any(dim=1)]
+
+
 def pool(families: tuple[str, ...], count: int, seed: int, digits: torch.Tensor) -> torch.Tensor:
     """`count` non-digits, as many of each family as of the others, blank ones left out."""
     per = -(-count // len(families)) if families else 0
     images = torch.cat([drawn(family, per, seed, digits) for family in families]) if families else None
     if images is None:
         return torch.zeros((0, *SIGNATURE.input.size), dtype=torch.uint8)
-    return images[(images.flatten(1) > 0).any(dim=1)][:count]
+    return inked(images)[:count]

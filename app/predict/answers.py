@@ -41,10 +41,10 @@ def prediction(
     version: str,
     unsure_below: float,
     named: str,
-    image: np.ndarray | None = None,
-    calibrated_log_probs: torch.Tensor | None = None,
-    ood_score: float = 0.0,
-    not_a_digit: bool = False,
+    image: np.ndarray | None,
+    calibrated_log_probs: torch.Tensor | None,
+    ood_score: float,
+    not_a_digit: bool,
 ) -> dict[str, Any]:
     """One row of log-softmax output (a value per class; a class's index is its digit) as the API's
     prediction (plain floats: torch ops on a row this short would cost more than the list

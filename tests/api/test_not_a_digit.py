@@ -39,8 +39,7 @@ def percent_flagged(answers: list[dict[str, Any]]) -> float:
 
 def card_kind(family: str, mnist: Mnist) -> torch.Tensor:
     """The non-digits of one family the card was measured on."""
-    images = outliers.drawn(family, KIND_SAMPLES, CARD_SEED, mnist.test_images)
-    return images[(images.flatten(1) > 0).any(dim=1)]
+    return outliers.inked(outliers.drawn(family, KIND_SAMPLES, CARD_SEED, mnist.test_images))
 
 
 @pytest.mark.slow  # every test digit and each kind of the card, through /predict/batch

@@ -19,7 +19,7 @@ from tests.tools import gone, polled, processes_with
 from training.data import Mnist
 
 # What the page sends with its fields untouched.
-PAGE_DEFAULT = {"epochs": 1, "lr": 0.01, "limit_train": 2000, "recipe": "tutorial"}
+PAGE_DEFAULT = {"epochs": 1, "lr": 0.01, "limit_train": 2000, "recipe": "outlier_aware"}
 # A promotion record shows every model's figures on corrections; with none held, none.
 NO_CORRECTIONS = {
     "feedback_accuracy": None,

@@ -29,10 +29,13 @@ def test_the_threshold_flags_at_most_the_share_asked_for_and_no_lower_one_would(
 
 
 def test_flags_are_strictly_above_the_threshold_and_none_without_one() -> None:
-    scores = torch.tensor([0.1, 0.2, 0.3])
-    assert flags(scores, 0.2).tolist() == [False, False, True]
+    scores = torch.tensor([0.25, 0.5, 0.75])
+    assert flags(scores, 0.5).tolist() == [False, False, True]
     assert flags(scores, None).tolist() == [False, False, False]
     assert flagged_percent(scores, 0.0) == pytest.approx(100.0)
+    # Compared as the numbers a client reads: a float32 score just above a threshold float32
+    # cannot hold is above it.
+    assert flags(torch.tensor([0.2]), 0.2).tolist() == [float(torch.tensor(0.2)) > 0.2]
 
 
 def brute_auroc(digits: list[float], others: list[float]) -> float:

@@ -38,7 +38,16 @@ def quick(tmp_path: Path, mnist_dir: Path, name: str, **overrides) -> dict:
 def test_a_run_that_diverges_stops_saying_why_and_writes_nothing(tmp_path: Path, mnist_dir: Path) -> None:
     """Within every bound, yet the loss turns NaN: such weights must never become a checkpoint."""
     with pytest.raises(TrainingDiverged) as diverged:
-        quick(tmp_path, mnist_dir, "nan.pt", limit_train=200, lr=10.0, momentum=0.99, batch_size=1)
+        quick(
+            tmp_path,
+            mnist_dir,
+            "nan.pt",
+            recipe="tutorial",
+            limit_train=200,
+            lr=10.0,
+            momentum=0.99,
+            batch_size=1,
+        )
     assert str(diverged.value) == (
         "training diverged in epoch 1: the training loss is nan (lr 10, momentum 0.99, batch size 1); "
         "no checkpoint was written: try a lower learning rate or momentum"
@@ -212,7 +221,9 @@ def test_accurate_recipe_reaches_99_4(accurate_checkpoint: Path) -> None:
 
 @pytest.mark.gpu
 def test_training_on_cuda_keeps_the_data_on_the_gpu(tmp_path: Path, mnist_dir: Path) -> None:
-    config = TrainConfig(epochs=1, device="cuda", data_dir=str(mnist_dir), out=str(tmp_path / "m.pt"))
+    config = TrainConfig(
+        recipe="tutorial", epochs=1, device="cuda", data_dir=str(mnist_dir), out=str(tmp_path / "m.pt")
+    )
     meta = run(config)
     assert meta["device"].startswith("cuda")
     assert meta["test_accuracy"] >= 97.5
@@ -227,7 +238,15 @@ def train_twice_on_cuda(
         starts: list[StartEvent] = []
         out = tmp_path / f"graph-{graph}.pt"
         meta = run(
-            TrainConfig(device="cuda", cuda_graph=graph, data_dir=str(mnist_dir), out=str(out), **config),
+            # The tutorial's recipe: a step with Outlier Exposure draws non-digits, so it runs eagerly.
+            TrainConfig(
+                recipe="tutorial",
+                device="cuda",
+                cuda_graph=graph,
+                data_dir=str(mnist_dir),
+                out=str(out),
+                **config,
+            ),
             lambda event: starts.append(event) if event["event"] == "start" else None,  # noqa: B023
         )
         results.append((meta, starts[0]))

@@ -103,6 +103,9 @@ def test_a_failure_is_an_error_event_for_programs(tmp_path: Path, mnist_dir: Pat
         ["--seed", "2147483648"],
         ["--weight-decay", "-1"],
         ["--recipe", "magic"],
+        ["--outlier-families", "faces"],
+        ["--outlier-families", "glyphs,glyphs"],
+        ["--outlier-families", ","],
     ],
 )
 def test_bad_flags_are_a_usage_error(
@@ -113,6 +116,17 @@ def test_bad_flags_are_a_usage_error(
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("python -m training: error: argument ")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_outlier_families_need_a_recipe_with_outlier_exposure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--recipe", "tutorial", "--outlier-families", "glyphs", "--out", str(tmp_path / "m.pt")])
+    assert exit_.value.code == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    expected = "--outlier-families needs a recipe with Outlier Exposure: tutorial has none"
+    assert said == f"python -m training: error: {expected}"
 
 
 @pytest.mark.slow  # a real training process
