@@ -17,7 +17,14 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import resolve_device
 from training.data import DataError, load_mnist
-from training.loop import answers_on, feedback_figures, read_feedback, test_figures, to_model_input
+from training.loop import (
+    answers_on,
+    feedback_figures,
+    log_probs_on,
+    read_feedback,
+    test_figures,
+    to_model_input,
+)
 from training.not_a_digit_card import CHOICE_FIELDS, chosen_threshold, not_a_digit_card
 
 
@@ -49,13 +56,11 @@ def evaluation(
         choice = chosen_threshold(None, results.log_probs)
     exposure = recorded.get("outlier_exposure") or {"weight": 0.0, "families": []}
     figures["not_a_digit"] = not_a_digit_card(
-        model,
         choice,
         results.log_probs,
         mnist.test_images,
         exposure,
-        lambda x: to_model_input(x, where),
-        batch_size,
+        lambda images: log_probs_on(model, to_model_input(images, where), batch_size),
     )
     if (corrections := read_feedback(feedback)) is not None:
         figures["feedback_heldout"] = feedback_figures(model, corrections, where, batch_size)

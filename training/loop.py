@@ -156,15 +156,26 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def answers_on(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Evaluation:
-    """The tutorial's test() over a normalised set, keeping each answer for the model card."""
+def log_probs_on(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's answers (log-probabilities) for a normalised set, in batches, in eval mode."""
     model.eval()
-    total_loss, outputs = 0.0, []
-    for start in range(0, len(images), batch_size):
-        output = model(images[start : start + batch_size])
-        total_loss += F.nll_loss(output, labels[start : start + batch_size], reduction="sum").item()
-        outputs.append(output)
-    return Evaluation(total_loss / len(images), torch.cat(outputs))
+    return torch.cat(
+        [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    )
+
+
+@torch.inference_mode()
+def answers_on(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Evaluation:
+    """The tutorial's test() over a normalised set (its loss summed batch by batch, as it sums),
+    keeping each answer for the model card."""
+    outputs = log_probs_on(model, images, batch_size)
+    total_loss = sum(
+        F.nll_loss(
+            outputs[start : start + batch_size], labels[start : start + batch_size], reduction="sum"
+        ).item()
+        for start in range(0, len(images), batch_size)
+    )
+    return Evaluation(total_loss / len(images), outputs)
 
 
 def evaluate(
@@ -514,13 +525,11 @@ def run(
     choice = chosen_threshold(validation.log_probs if validation else None, results.log_probs)
     exposed = {"weight": recipe.outlier_exposure, "families": list(families) if exposure else []}
     figures["not_a_digit"] = not_a_digit_card(
-        model,
         choice,
         results.log_probs,
         mnist.test_images,
         exposed,
-        lambda images: to_model_input(images, device),
-        config.test_batch_size,
+        lambda images: log_probs_on(model, to_model_input(images, device), config.test_batch_size),
     )
     if feedback is not None:
         figures["feedback_heldout"] = feedback_figures(model, feedback, device, config.test_batch_size)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from models.not_a_digit import auroc, flagged_percent, ood_scores, threshold_flagging
 from training import outliers
@@ -23,14 +22,6 @@ KIND_SAMPLES = 500
 FLAG_PERCENT = 0.75
 # What chosen_threshold records: the threshold and where it was chosen.
 CHOICE_FIELDS = ("threshold", "chosen_on", "chosen_samples", "chosen_flagged_percent")
-
-
-@torch.inference_mode()
-def log_probs_on(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat(
-        [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
-    )
 
 
 def chosen_threshold(validation: torch.Tensor | None, test: torch.Tensor) -> dict[str, Any]:
@@ -50,23 +41,21 @@ def chosen_threshold(validation: torch.Tensor | None, test: torch.Tensor) -> dic
 
 
 def not_a_digit_card(
-    model: nn.Module,
     choice: dict[str, Any],
     test_log_probs: torch.Tensor,
     test_images: torch.Tensor,
     exposure: dict[str, Any],
-    to_input: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
+    log_probs_of: Callable[[torch.Tensor], torch.Tensor],
 ) -> dict[str, Any]:
     """The card's block: `choice` (chosen_threshold), the test digits' flagged share, and each
-    family's figures (drawn with the test digits for fragments; `to_input` makes them the model's
-    input); `exposure` says what the model was trained on (weight, families)."""
+    family's figures (drawn with the test digits for fragments; `log_probs_of` gives the model's
+    answers for uint8 images); `exposure` says what the model was trained on (weight, families)."""
     threshold = choice["threshold"]
     digits = ood_scores(test_log_probs)
     kinds = {}
     for family in outliers.FAMILIES:
         images = outliers.inked(outliers.drawn(family, KIND_SAMPLES, CARD_SEED, test_images))
-        scores = ood_scores(log_probs_on(model, to_input(images), batch_size)).cpu()
+        scores = ood_scores(log_probs_of(images)).cpu()
         kinds[family] = {
             "samples": len(scores),
             "trained_on": family in exposure.get("families", ()),

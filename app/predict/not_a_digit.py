@@ -4,7 +4,7 @@ was trained), and the 422 that MNIST_REFUSE_NOT_A_DIGIT makes of an image that i
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import NoReturn, Self
 
 import torch
 
@@ -42,16 +42,20 @@ class NotADigitPolicy:
             return "setting"
         return "model" if served.not_a_digit_threshold is not None else None
 
-    def judged(self, log_probs: torch.Tensor, served: LoadedCheckpoint) -> Judged:
+    def judged(
+        self, log_probs: torch.Tensor, served: LoadedCheckpoint, filenames: Sequence[str | None] | None = None
+    ) -> Judged:
+        """Each row's score and flag by the model `served`; with refusing on, NotADigit (422) where
+        any row is flagged, naming the first: by its upload's `filenames` where a batch of uploads
+        has them, else by its row where there are several."""
         scores = ood_scores(log_probs)
         threshold = self.threshold(served)
-        return Judged(scores, flags(scores, threshold), threshold)
+        judged = Judged(scores, flags(scores, threshold), threshold)
+        if self.refuse and bool(judged.flagged.any()):
+            self._refuse(judged, filenames)
+        return judged
 
-    def check(self, judged: Judged, filenames: Sequence[str | None] | None = None) -> None:
-        """With refusing on, NotADigit (422) naming the first flagged image: by its upload's
-        `filenames` where a batch of uploads has them, else by its row where there are several."""
-        if not self.refuse or not bool(judged.flagged.any()):
-            return
+    def _refuse(self, judged: Judged, filenames: Sequence[str | None] | None) -> NoReturn:
         row = int(judged.flagged.nonzero()[0, 0])
         error = NotADigit(
             f"that does not look like a digit: its ood_score {float(judged.scores[row]):.4f} is above "

@@ -90,7 +90,6 @@ async def predict_digit(
         log_probs, served = await services.engine.infer(inputs)
         policy = NotADigitPolicy.of(settings)
         judged = policy.judged(log_probs, served)
-        policy.check(judged)
         named = request_id()
         services.recent.keep(named, inputs)  # a correction may name this prediction instead of the image
         answer = answered(
@@ -124,8 +123,7 @@ async def predict_digits(
         inputs, images = await services.decoder.decode(files, invert, batch=True)
         log_probs, served = await services.engine.infer(inputs)
     policy = NotADigitPolicy.of(settings)
-    judged = policy.judged(log_probs, served)
-    policy.check(judged, [upload.filename for upload in files])
+    judged = policy.judged(log_probs, served, [upload.filename for upload in files])
     named = request_id()
     services.recent.keep(named, inputs)
     predictions = answered(

@@ -395,7 +395,6 @@ async def infer(
             f"the active version is {served!r}"
         )
     judged = policy.judged(log_probs, answering)
-    policy.check(judged)
     logs = log_probs.numpy().astype(NUMPY_TYPES["FP32"], copy=False)
     computed: dict[str, Callable[[], np.ndarray]] = {
         "log_probs": lambda: logs,
