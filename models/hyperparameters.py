@@ -43,8 +43,9 @@ class Recipe:
 DEFAULT_RECIPE = "outlier_aware"
 RECIPES: dict[str, Recipe] = {
     "tutorial": Recipe(presets={}),
-    # The tutorial's hyperparameters, trained to know what is not a digit.
-    "outlier_aware": Recipe(presets={}, validation=2000, outlier_exposure=0.5),
+    # The tutorial's hyperparameters, trained to know what is not a digit (for four epochs rather
+    # than two: pulled towards uniform on as many non-digits as digits, the digits need the time).
+    "outlier_aware": Recipe(presets={"epochs": 4}, validation=2000, outlier_exposure=1.5),
     "accurate": Recipe(
         presets={"epochs": 8, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
         schedule="onecycle",

@@ -8,7 +8,7 @@ import httpx
 from tests.tools import polled
 
 QUICK = {"epochs": 1, "limit_train": 2000, "weight_decay": 1e-4}
-# Twice the images of `small_checkpoint` (76.76% on the test set): a better model.
+# Twice the images of `small_checkpoint` (76.06% on the test set): a better model.
 BETTER = {**QUICK, "limit_train": 4000}
 
 Job = dict[str, Any]

@@ -1,12 +1,16 @@
 """Non-digits for Outlier Exposure and for measuring the not-a-digit flag: procedural families of
-strokes, curves, shapes, glyphs, textures, speckle and pieces of digits, each drawn dark on light
-as a drawing or a photo arrives, then framed as the service frames an upload (models/framing.py).
+strokes, curves, shapes, glyphs, letters in other typefaces, textures, speckle and pieces of digits,
+each drawn dark on light as a drawing or a photo arrives, then framed as the service frames an
+upload (models/framing.py).
 
-Nothing but Pillow and numpy draws them (the glyphs are Pillow's own font), so they are made the
-same wherever the training runs, from a seed.
+Nothing but Pillow and numpy draws them, from fonts that ship with Pillow or in pinned packages,
+so they are made the same wherever the training runs, from a seed.
 """
 
+import functools
+import importlib.resources
 import math
+import string
 from collections.abc import Callable
 
 import numpy as np
@@ -120,6 +124,37 @@ def glyphs(rng: np.random.Generator) -> Image.Image:
     return image.rotate(float(rng.uniform(-25, 25)), fillcolor=255)
 
 
+# Open fonts in pinned packages (pyproject.toml): sans, serif, hand-lettered and rounded faces, in
+# many weights and slants. A network that has seen letters in one typeface only takes many letters
+# of another for digits; the variety of faces is what carries to fonts it never saw.
+TYPEFACE_PACKAGES = (
+    "font_roboto", "font_source_sans_pro", "font_source_serif_pro", "font_amatic_sc", "font_fredoka_one",
+)  # fmt: skip
+CHARACTERS = string.ascii_letters + string.punctuation
+
+
+@functools.cache
+def typeface_files() -> tuple[str, ...]:
+    """The packaged faces' files, in the order of their names (not of where they are installed)."""
+    found = {
+        font.name: str(font)
+        for package in TYPEFACE_PACKAGES
+        for font in (importlib.resources.files(package) / "files").iterdir()
+        if font.name.endswith(".ttf")
+    }
+    return tuple(found[name] for name in sorted(found))
+
+
+def typefaces(rng: np.random.Generator) -> Image.Image:
+    """A letter or symbol (sometimes two) in one of the packaged typefaces, turned a little."""
+    image, draw = canvas()
+    faces = typeface_files()
+    font = ImageFont.truetype(faces[int(rng.integers(len(faces)))], int(rng.integers(32, 53)))
+    text = "".join(rng.choice(list(CHARACTERS), size=1 if rng.random() < 0.8 else 2))
+    draw.text((32, 32), text, font=font, fill=0, anchor="mm")
+    return image.rotate(float(rng.uniform(-15, 15)), fillcolor=255)
+
+
 def textures(rng: np.random.Generator) -> Image.Image:
     """Blobs of smoothed noise, hatching and grids."""
     kind = int(rng.integers(3))
@@ -188,6 +223,7 @@ DRAWINGS: dict[str, Drawing] = {
     "curves": curves,
     "shapes": shapes,
     "glyphs": glyphs,
+    "typefaces": typefaces,
     "textures": textures,
     "speckle": speckle,
 }

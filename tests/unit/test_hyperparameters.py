@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from app.jobs.children import Commands
 from app.schemas import TrainRequest
-from models.hyperparameters import RECIPES, Hyperparameters, hyperparameter_fields
+from models.hyperparameters import DEFAULT_RECIPE, RECIPES, Hyperparameters, hyperparameter_fields
 from training.__main__ import parse_args
 from training.loop import TrainConfig
 
@@ -64,7 +64,9 @@ def test_left_out_values_come_from_the_recipe() -> None:
     assert config.epochs == 1
     assert config.lr == RECIPES["accurate"].presets["lr"]
     assert config.weight_decay == RECIPES["accurate"].presets["weight_decay"]
-    assert TrainConfig.from_recipe().hyperparameters() == Hyperparameters().hyperparameters()
+    # The default recipe: the tutorial's values but for its own presets.
+    expected = {**Hyperparameters().hyperparameters(), **RECIPES[DEFAULT_RECIPE].presets}
+    assert TrainConfig.from_recipe().hyperparameters() == expected
 
 
 def test_the_request_takes_the_hyperparameters_and_the_jobs_own_fields_only() -> None:

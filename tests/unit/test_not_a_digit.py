@@ -1,6 +1,7 @@
 """The not-a-digit score, its threshold and its AUROC, and the non-digits Outlier Exposure trains on."""
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,15 @@ def test_each_family_draws_the_same_non_digits_from_the_same_seed_and_frames_the
         assert float((centre - 13.5).abs().max()) < 3, family
     with pytest.raises(ValueError, match="unknown outlier family 'faces'"):
         outliers.drawn("faces", 1, 0, digits)
+
+
+def test_typefaces_come_from_the_pinned_packages_in_many_faces_and_none_the_benchmark_holds_out() -> None:
+    faces = outliers.typeface_files()
+    assert len(faces) == 39 and len({Path(face).name for face in faces}) == 39
+    # bench/not_a_digit.py measures letters in DejaVu's faces as fonts no training run draws in.
+    assert not any("dejavu" in face.lower() for face in faces)
+    styles = {Path(face).stem.split("-")[-1] for face in faces}
+    assert {"Regular", "Bold", "Italic", "Light"} <= styles
 
 
 def test_a_pool_mixes_every_family_and_leaves_blanks_out(mnist: Mnist) -> None:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models.checkpoint import read_metadata
 from models.events import StartEvent
-from models.hyperparameters import RECIPES
+from models.hyperparameters import DEFAULT_RECIPE, RECIPES
 from training import outliers
 from training.data import Mnist
 from training.loop import TrainConfig, TrainingDiverged, augment, epoch_order, run, to_model_input
@@ -134,7 +134,8 @@ def test_outlier_exposure_trains_on_the_families_named_and_the_card_says_which(
     on the test set (it holds no digits out)."""
     some = quick(tmp_path, mnist_dir, "some.pt", limit_train=300, outlier_families=("speckle", "glyphs"))
     block = some["not_a_digit"]
-    assert block["outlier_exposure"] == {"weight": 0.5, "families": ["speckle", "glyphs"]}
+    weight = RECIPES[DEFAULT_RECIPE].outlier_exposure
+    assert block["outlier_exposure"] == {"weight": weight, "families": ["speckle", "glyphs"]}
     assert block["chosen_on"] == "validation" and block["chosen_samples"] == 2000
     assert {kind for kind, figures in block["kinds"].items() if figures["trained_on"]} == {
         "speckle",
@@ -197,13 +198,13 @@ def tutorial_accuracy(path: Path, mnist: Mnist) -> float:
 @pytest.mark.slow
 def test_default_training_reaches_the_tutorial_accuracy(trained_checkpoint: Path, mnist: Mnist) -> None:
     meta = read_metadata(trained_checkpoint)  # trained with every default (tests/conftest.py)
-    assert meta is not None and meta["hyperparameters"] == TrainConfig().hyperparameters()
+    assert meta is not None and meta["hyperparameters"] == TrainConfig.from_recipe().hyperparameters()
     assert meta["test_accuracy"] >= 98.5
     assert tutorial_accuracy(trained_checkpoint, mnist) == pytest.approx(meta["test_accuracy"], abs=0.02)
     # It knows what is not a digit, at a small cost in digits, and says so calibrated.
     block = meta["not_a_digit"]
     assert block["chosen_on"] == "validation" and block["test_flagged_percent"] <= 1.5
-    for kind in ("strokes", "textures", "speckle"):
+    for kind in ("strokes", "curves", "shapes", "glyphs", "typefaces", "textures", "speckle"):
         assert block["kinds"][kind]["auroc"] >= 0.97, kind
     assert meta["calibration"]["ece_percent"] <= 1.0
 
