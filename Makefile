@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Train the tutorial's model once; later runs reuse it.
+# Train the default model once; later runs reuse it.
 model: install
 	@if [ -f "$(MODEL)" ]; then echo "$(MODEL) exists; delete it to retrain"; \
 	else $(PY) -m training --out "$(MODEL)"; fi

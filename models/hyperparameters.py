@@ -94,8 +94,9 @@ def hyperparameter(default: Any, help: str, **bounds: Any) -> Any:
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """What, with the data, determines the trained weights. The values' defaults are the tutorial's
-    (the default recipe changes how they are used, not what they are)."""
+    """What, with the data, determines the trained weights. The values' defaults are the tutorial's;
+    a recipe's presets (the default recipe's too) apply through `from_recipe`, as the CLI, jobs and
+    tests build them."""
 
     recipe: str = hyperparameter(DEFAULT_RECIPE, "preset of the values below", choices=tuple(RECIPES))
     arch: str = hyperparameter("net", "network", choices=tuple(ARCHITECTURES))

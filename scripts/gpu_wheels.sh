@@ -6,12 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 rm -rf .whl && mkdir -p .whl
-grep -v '^\s*#' bench/gpu-wheels.txt | grep -v '^\s*$' >.whl/requirements.txt
+grep -v '^\s*#' bench/gpu-wheels.txt | grep -v '^\s*$' | grep -v '# built here' >.whl/requirements.txt || true
+# Pure-Python packages published only as source: built into (py3-none-any) wheels here.
+grep '# built here' bench/gpu-wheels.txt | sed 's/\s*#.*//' >.whl/built.txt || true
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl -r .whl/requirements.txt 2> >(grep -v "^WARNING: Location" >&2)
-wanted=$(wc -l <.whl/requirements.txt)
+if [ -s .whl/built.txt ]; then
+  "$PY" -m pip wheel -q --no-deps -w .whl -r .whl/built.txt 2> >(grep -v "^WARNING: Location" >&2)
+fi
+wanted=$(cat .whl/requirements.txt .whl/built.txt | wc -l)
 got=$(ls .whl/*.whl | wc -l)
 [ "$got" -eq "$wanted" ] || { echo "expected $wanted wheels, got $got" >&2; exit 1; }
 ls -1 .whl/*.whl | xargs -n1 basename

@@ -133,23 +133,37 @@ TYPEFACE_PACKAGES = (
 CHARACTERS = string.ascii_letters + string.punctuation
 
 
+class MissingTypefaces(FileNotFoundError):
+    """The font packages the `typefaces` family draws in are not installed (files missing, as a
+    missing dataset is: the CLI says so in a line, with no traceback)."""
+
+
 @functools.cache
 def typeface_files() -> tuple[str, ...]:
     """The packaged faces' files, in the order of their names (not of where they are installed)."""
-    found = {
-        font.name: str(font)
-        for package in TYPEFACE_PACKAGES
-        for font in (importlib.resources.files(package) / "files").iterdir()
-        if font.name.endswith(".ttf")
-    }
+    found: dict[str, str] = {}
+    for package in TYPEFACE_PACKAGES:
+        try:
+            folder = importlib.resources.files(package) / "files"
+        except ModuleNotFoundError:
+            raise MissingTypefaces(
+                f"the typefaces outlier family needs the font package {package} "
+                "(a dependency in pyproject.toml: pip install -e .)"
+            ) from None
+        found.update({font.name: str(font) for font in folder.iterdir() if font.name.endswith(".ttf")})
     return tuple(found[name] for name in sorted(found))
+
+
+@functools.cache
+def typeface(path: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, size)
 
 
 def typefaces(rng: np.random.Generator) -> Image.Image:
     """A letter or symbol (sometimes two) in one of the packaged typefaces, turned a little."""
     image, draw = canvas()
     faces = typeface_files()
-    font = ImageFont.truetype(faces[int(rng.integers(len(faces)))], int(rng.integers(32, 53)))
+    font = typeface(faces[int(rng.integers(len(faces)))], int(rng.integers(32, 53)))
     text = "".join(rng.choice(list(CHARACTERS), size=1 if rng.random() < 0.8 else 2))
     draw.text((32, 32), text, font=font, fill=0, anchor="mm")
     return image.rotate(float(rng.uniform(-15, 15)), fillcolor=255)
@@ -229,13 +243,19 @@ DRAWINGS: dict[str, Drawing] = {
 }
 # Every family: the drawings, and fragments of digits (which need the digits to cut up).
 FAMILIES = (*DRAWINGS, "fragments")
+# Each family's own random stream under a seed, fixed once given: a family added later takes a new
+# number, so the others keep drawing the same images.
+STREAMS = {
+    "strokes": 0, "curves": 1, "shapes": 2, "glyphs": 3, "typefaces": 4, "textures": 5, "speckle": 6,
+    "fragments": 7,
+}  # fmt: skip
 
 
 def drawn(family: str, count: int, seed: int, digits: torch.Tensor) -> torch.Tensor:
     """`count` non-digits of one family (uint8, count x 28 x 28), the same for the same seed."""
     if family not in FAMILIES:
         raise ValueError(f"unknown outlier family {family!r} (known: {', '.join(FAMILIES)})")
-    rng = np.random.default_rng([seed, FAMILIES.index(family)])
+    rng = np.random.default_rng([seed, STREAMS[family]])
     if family == "fragments":
         images = [fragment(rng, digits) for _ in range(count)]
     else:

@@ -10,6 +10,7 @@ import torch
 from models.not_a_digit import auroc, flagged_percent, flags, ood_scores, threshold_flagging
 from training import outliers
 from training.data import Mnist
+from training.loop import TrainConfig, run
 
 
 def test_the_score_is_one_minus_the_network_s_own_largest_probability() -> None:
@@ -78,6 +79,29 @@ def test_typefaces_come_from_the_pinned_packages_in_many_faces_and_none_the_benc
     assert not any("dejavu" in face.lower() for face in faces)
     styles = {Path(face).stem.split("-")[-1] for face in faces}
     assert {"Regular", "Bold", "Italic", "Light"} <= styles
+    # ... nor any of the 61 other faces it holds out.
+    held_out = ("Liberation", "Free", "Nimbus", "URW", "C059", "P052", "Z003", "D050000L")
+    assert not any(name in Path(face).name for face in faces for name in held_out)
+
+
+def test_a_missing_font_package_is_named_before_anything_trains(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outliers.typeface_files.cache_clear()
+    monkeypatch.setattr(outliers, "TYPEFACE_PACKAGES", (*outliers.TYPEFACE_PACKAGES, "font_nowhere"))
+    try:
+        config = TrainConfig(recipe="tutorial", data_dir=str(mnist_dir), out=str(tmp_path / "m.pt"))
+        reported: list[object] = []
+        with pytest.raises(outliers.MissingTypefaces, match=r"font_nowhere .*pip install -e \."):
+            run(config, reported.append)
+        assert reported == [] and not (tmp_path / "m.pt").exists()  # not one step was trained
+    finally:
+        outliers.typeface_files.cache_clear()
+
+
+def test_each_family_keeps_its_own_stream_when_families_are_added() -> None:
+    assert set(outliers.STREAMS) == set(outliers.FAMILIES)
+    assert len(set(outliers.STREAMS.values())) == len(outliers.STREAMS)
 
 
 def test_a_pool_mixes_every_family_and_leaves_blanks_out(mnist: Mnist) -> None:
