@@ -400,7 +400,7 @@ def run(
     alone evaluates, reports and saves (the other ranks return None).
     """
     recipe = RECIPES[config.recipe]
-    outliers.typeface_files()  # the card draws every family: a missing font fails now, not after training
+    outliers.require_fonts()  # the card draws every family: a missing font fails now, not after training
     device = rank_device(config.device, world)
     report = on_event if world.is_main else lambda event: None
     started = time.perf_counter()

@@ -134,8 +134,8 @@ CHARACTERS = string.ascii_letters + string.punctuation
 
 
 class MissingTypefaces(FileNotFoundError):
-    """The font packages the `typefaces` family draws in are not installed (files missing, as a
-    missing dataset is: the CLI says so in a line, with no traceback)."""
+    """The font packages the `typefaces` and `pen_letters` families draw in are not installed
+    (files missing, as a missing dataset is: the CLI says so in a line, with no traceback)."""
 
 
 @functools.cache
@@ -167,6 +167,70 @@ def typefaces(rng: np.random.Generator) -> Image.Image:
     text = "".join(rng.choice(list(CHARACTERS), size=1 if rng.random() < 0.8 else 2))
     draw.text((32, 32), text, font=font, fill=0, anchor="mm")
     return image.rotate(float(rng.uniform(-15, 15)), fillcolor=255)
+
+
+# Hershey's vector fonts (a pinned package): letters and symbols as a pen draws them, stroke by
+# stroke, in roman, italic, script, Greek and Gothic hands and in symbol sets, which is how the
+# page's users draw them. Cyrillic is left out (its Ze is a 3); `cursive` is the benchmark's.
+# Characters a pen draws as it draws a 1 or a 0 are left out: they would teach the network to doubt
+# those digits.
+PEN_HANDS = (
+    "futural", "futuram", "rowmans", "rowmand", "rowmant", "timesr", "timesrb", "timesi", "timesib",
+    "timesg", "scripts", "scriptc", "greek", "greekc", "greeks", "gothgbt", "gothgrt", "gothiceng",
+    "gothicger", "gothicita", "gothitt", "japanese", "astrology", "markers", "meteorology", "music",
+    "symbolic", "mathlow", "mathupp",
+)  # fmt: skip
+PEN_CHARACTERS = [char for char in CHARACTERS if char not in "Il|/\\Oo"]
+Stroke = list[tuple[float, float]]
+
+
+@functools.cache
+def hand(name: str) -> dict[str, list[Stroke]]:
+    """Each character's strokes in one Hershey font (y grows downwards, as on a canvas)."""
+    try:
+        # Imported on first use, as the typefaces are read: a missing package is a clear error.
+        from HersheyFonts import HersheyFonts
+    except ModuleNotFoundError:
+        raise MissingTypefaces(
+            "the pen_letters outlier family needs the package Hershey-Fonts "
+            "(a dependency in pyproject.toml: pip install -e .)"
+        ) from None
+    font = HersheyFonts()
+    font.load_default_font(name)
+    return {char: [list(map(tuple, stroke)) for stroke in font.strokes_for_text(char)] for char in CHARACTERS}
+
+
+def pen_stroked(rng: np.random.Generator, strokes: list[Stroke]) -> Image.Image:
+    """Strokes scaled into the canvas and drawn with a pen, each point moved a little as a hand
+    moves it, the whole sheared a little."""
+    image, draw = canvas()
+    points = np.array([point for stroke in strokes for point in stroke], dtype=np.float64)
+    low, size = points.min(0), max(float((points.max(0) - points.min(0)).max()), 1.0)
+    scale = float(rng.uniform(30, 50)) / size
+    centre = (points.max(0) + low) / 2
+    # A pen as wide, for the size, as MNIST's.
+    shear, wobble, width = float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0, 1.2)), int(rng.integers(3, 8))
+    for stroke in strokes:
+        xy = (np.array(stroke, dtype=np.float64) - centre) * scale
+        xy[:, 0] += shear * xy[:, 1]
+        xy += CANVAS / 2 + rng.normal(0, wobble, xy.shape)
+        if len(xy) == 1:
+            xy = np.concatenate([xy, xy + 0.5])
+        draw.line([tuple(p) for p in xy.tolist()], fill=0, width=width, joint="curve")
+    return image.rotate(float(rng.uniform(-15, 15)), fillcolor=255)
+
+
+def pen_letters(rng: np.random.Generator) -> Image.Image:
+    """A letter or symbol in one of Hershey's hands, drawn with a pen of some width."""
+    strokes = hand(PEN_HANDS[int(rng.integers(len(PEN_HANDS)))])
+    drawn = [stroke for stroke in strokes[str(rng.choice(PEN_CHARACTERS))] if stroke]
+    return pen_stroked(rng, drawn) if drawn else canvas()[0]
+
+
+def require_fonts() -> None:
+    """Raise MissingTypefaces unless every font package a family draws in is installed."""
+    typeface_files()
+    hand(PEN_HANDS[0])
 
 
 def textures(rng: np.random.Generator) -> Image.Image:
@@ -238,6 +302,7 @@ DRAWINGS: dict[str, Drawing] = {
     "shapes": shapes,
     "glyphs": glyphs,
     "typefaces": typefaces,
+    "pen_letters": pen_letters,
     "textures": textures,
     "speckle": speckle,
 }
@@ -247,7 +312,7 @@ FAMILIES = (*DRAWINGS, "fragments")
 # number, so the others keep drawing the same images.
 STREAMS = {
     "strokes": 0, "curves": 1, "shapes": 2, "glyphs": 3, "typefaces": 4, "textures": 5, "speckle": 6,
-    "fragments": 7,
+    "fragments": 7, "pen_letters": 8,
 }  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """The not-a-digit score, its threshold and its AUROC, and the non-digits Outlier Exposure trains on."""
 
 import itertools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,17 @@ def test_typefaces_come_from_the_pinned_packages_in_many_faces_and_none_the_benc
     assert not any(name in Path(face).name for face in faces for name in held_out)
 
 
+def test_pen_letters_come_from_hersheys_hands_but_not_the_one_the_benchmark_holds_out() -> None:
+    # bench/not_a_digit.py measures letters in the cursive hand as a hand no training run draws in.
+    assert "cursive" not in outliers.PEN_HANDS and len(set(outliers.PEN_HANDS)) == 29
+    assert not any(name.startswith("cyril") for name in outliers.PEN_HANDS)  # its Ze is a 3
+    assert not set(outliers.PEN_CHARACTERS) & set("0123456789Il|/\\Oo")
+    for name in outliers.PEN_HANDS:
+        strokes = outliers.hand(name)
+        drawn = [char for char in outliers.PEN_CHARACTERS if any(strokes[char])]
+        assert len(drawn) >= len(outliers.PEN_CHARACTERS) // 3, name  # symbol sets draw fewer
+
+
 def test_a_missing_font_package_is_named_before_anything_trains(
     tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +109,21 @@ def test_a_missing_font_package_is_named_before_anything_trains(
         assert reported == [] and not (tmp_path / "m.pt").exists()  # not one step was trained
     finally:
         outliers.typeface_files.cache_clear()
+
+
+def test_a_missing_pen_font_package_is_named_before_anything_trains(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outliers.hand.cache_clear()
+    monkeypatch.setitem(sys.modules, "HersheyFonts", None)  # as if it were not installed
+    try:
+        config = TrainConfig(recipe="tutorial", data_dir=str(mnist_dir), out=str(tmp_path / "m.pt"))
+        reported: list[object] = []
+        with pytest.raises(outliers.MissingTypefaces, match=r"Hershey-Fonts .*pip install -e \."):
+            run(config, reported.append)
+        assert reported == [] and not (tmp_path / "m.pt").exists()
+    finally:
+        outliers.hand.cache_clear()
 
 
 def test_each_family_keeps_its_own_stream_when_families_are_added() -> None:
