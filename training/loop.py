@@ -325,6 +325,13 @@ def exposure_for(
     return Exposure(to_model_input(drawn, device), recipe.outlier_exposure, picker)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 in hardware (AVX-512 BF16 or AMX on a CPU)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -346,6 +353,7 @@ def train_epoch(
     each batch of digits is trained beside a batch of non-digits.
     """
     recipe = RECIPES[config.recipe]
+    in_bf16 = recipe.mixed_precision and bf16_native(x_train.device)
     model.train()
     n = len(x_train)
     # Every rank draws the same permutation (same seed, same draws) and takes its own share.
@@ -354,6 +362,8 @@ def train_epoch(
     total_loss = torch.zeros((), device=x_train.device)  # summed on the device: no sync per step
     for batch_idx in range(batches):
         index = order[batch_idx * config.batch_size : (batch_idx + 1) * config.batch_size]
+        if len(index) == 1:  # batch norm cannot train on one image: it goes with the one before
+            index = order[-2:]
         if graphed is not None and len(index) == config.batch_size:
             loss = graphed(index)
         else:
@@ -362,10 +372,11 @@ def train_epoch(
                 data = augment(data, recipe, jitter)
             # Zeroed, not released: a graph's gradients must stay where the graph writes them.
             optimizer.zero_grad(set_to_none=graphed is None)
-            if exposure:
-                minimised, loss = exposure.losses(model, data, target)
-            else:
-                minimised = loss = F.nll_loss(model(data), target)
+            with torch.autocast(x_train.device.type, torch.bfloat16, enabled=in_bf16):
+                if exposure:
+                    minimised, loss = exposure.losses(model, data, target)
+                else:
+                    minimised = loss = F.nll_loss(model(data), target)
             minimised.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         total_loss += loss.detach()
@@ -556,6 +567,7 @@ def run(
                 "train_samples": n,
                 "train_sha256": data_fingerprint(train_images, train_labels),
                 "augmentation": recipe.augment,
+                "mixed_precision": "bf16" if recipe.mixed_precision and bf16_native(device) else None,
                 **provenance,
             },
         },

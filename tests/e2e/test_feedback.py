@@ -19,7 +19,7 @@ from tests.server import ServerProcess, fresh_deployment
 from tests.styles import ruled_paper
 from training.data import Mnist
 
-pytestmark = pytest.mark.slow  # a model of the accurate recipe, and a job of each recipe in full
+pytestmark = pytest.mark.slow  # a model of the accurate recipe, and a job of each recipe
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 CORRECTIONS = 300  # "a few hundred"
@@ -74,8 +74,9 @@ def send(client: httpx.Client, images: list[bytes], labels: list[int]) -> None:
         assert response.status_code == 201, response.text  # a token holder is never throttled
 
 
-def trained_with_feedback(client: httpx.Client, recipe: str) -> dict[str, object]:
-    started = client.post("/train", headers=TOKEN, json={"use_feedback": True, "recipe": recipe})
+def trained_with_feedback(client: httpx.Client, recipe: str, **values: object) -> dict[str, object]:
+    body = {"use_feedback": True, "recipe": recipe, **values}
+    started = client.post("/train", headers=TOKEN, json=body)
     assert started.status_code == 202, started.text
     return polled_job(client, started.json()["id"], finished, timeout_s=900)
 
@@ -98,7 +99,9 @@ def test_corrections_of_a_style_teach_the_served_model(
     )
     counts = server.get("/feedback", params={"limit": 0}).json()["counts"]
     assert counts["by_status"]["accepted"] == CORRECTIONS
-    job = trained_with_feedback(server, "accurate")
+    without = read_metadata(accurate_checkpoint)  # the same recipe and seed, trained without corrections
+    assert without is not None
+    job = trained_with_feedback(server, "accurate", epochs=without["hyperparameters"]["epochs"])
     assert job["status"] == "succeeded", job
     promotion = job["promotion"]
     assert promotion["promoted"], promotion
@@ -114,8 +117,6 @@ def test_corrections_of_a_style_teach_the_served_model(
     assert versions == {job["model_version"]}
     assert after >= before + GAIN, (before, after)
     served = server.get("/model").json()
-    without = read_metadata(accurate_checkpoint)  # the same recipe and seed, trained without corrections
-    assert without is not None
     assert abs(served["test_accuracy"] - without["test_accuracy"]) <= MNIST_TOLERANCE
     # The card names the frozen dataset version, and it is the export's.
     exported = server.get("/feedback/export")

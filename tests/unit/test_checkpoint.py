@@ -18,7 +18,7 @@ from models.checkpoint import (
     save_checkpoint,
     sha256_bytes,
 )
-from models.cnn import LeNet5, Net, build_model
+from models.cnn import ARCHITECTURES, LeNet5, Net, build_model
 
 REQUIRED_KEYS = {"arch", "version", "sha256", "normalize", "torch_version", "created_at"}
 
@@ -109,7 +109,7 @@ def test_wrong_shapes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(path)
     assert str(refused.value) == (
-        "the weights match no known architecture (lenet5, net): wrong parameter names or shapes"
+        "the weights match no known architecture (deep, lenet5, net): wrong parameter names or shapes"
     )
 
 
@@ -188,8 +188,8 @@ def test_save_replaces_atomically(tmp_path: Path) -> None:
 
 
 def test_networks_output_log_probabilities() -> None:
-    for arch in ("net", "lenet5"):
-        out = build_model(arch)(torch.randn(3, 1, 28, 28))
+    for arch in ARCHITECTURES:
+        out = build_model(arch).eval()(torch.randn(3, 1, 28, 28))
         assert out.shape == (3, 10)
         assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError, match="unknown architecture"):

@@ -1,5 +1,6 @@
 """The training loop: the tutorial's sample order, determinism, augmentation, and the accuracy bars."""
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,15 @@ from models.events import StartEvent
 from models.hyperparameters import DEFAULT_RECIPE, RECIPES
 from training import outliers
 from training.data import Mnist
-from training.loop import TrainConfig, TrainingDiverged, augment, epoch_order, run, to_model_input
+from training.loop import (
+    TrainConfig,
+    TrainingDiverged,
+    augment,
+    bf16_native,
+    epoch_order,
+    run,
+    to_model_input,
+)
 
 
 def test_epoch_order_is_the_dataloaders_order() -> None:
@@ -87,6 +96,22 @@ def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -
     )
     assert a.batch_size == 128 and a.epochs == 1
     assert run(a)["sha256"] == run(b)["sha256"]
+
+
+@pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_the_accurate_recipe_computes_its_steps_in_bf16_where_the_cpu_has_it(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig.from_recipe(
+        "accurate", epochs=1, limit_train=256, device="cpu", data_dir=str(mnist_dir)
+    )
+    config = dataclasses.replace(config, out=str(tmp_path / "a.pt"))
+    mixed = run(config)
+    assert mixed["data"]["mixed_precision"] == "bf16"
+    accurate = RECIPES["accurate"]
+    monkeypatch.setitem(RECIPES, "accurate", dataclasses.replace(accurate, mixed_precision=False))
+    single = run(dataclasses.replace(config, out=str(tmp_path / "b.pt")))
+    assert single["data"]["mixed_precision"] is None and single["sha256"] != mixed["sha256"]
 
 
 @pytest.mark.slow  # a training run of its own
@@ -204,7 +229,7 @@ def test_default_training_reaches_the_tutorial_accuracy(trained_checkpoint: Path
     # It knows what is not a digit, at a small cost in digits, and says so calibrated.
     block = meta["not_a_digit"]
     assert block["chosen_on"] == "validation" and block["test_flagged_percent"] <= 1.5
-    for kind in ("strokes", "curves", "shapes", "glyphs", "typefaces", "textures", "speckle"):
+    for kind in ("strokes", "curves", "shapes", "glyphs", "typefaces", "pen_letters", "textures", "speckle"):
         assert block["kinds"][kind]["auroc"] >= 0.97, kind
     assert meta["calibration"]["ece_percent"] <= 1.0
 
@@ -217,6 +242,8 @@ def test_accurate_recipe_reaches_99_4(accurate_checkpoint: Path) -> None:
     assert meta is not None and meta["test_accuracy"] >= 99.4
     calibration = meta["calibration"]
     assert calibration["validation_samples"] == RECIPES["accurate"].validation
+    assert meta["arch"] == "deep"
+    assert meta["data"]["mixed_precision"] == ("bf16" if bf16_native(torch.device("cpu")) else None)
     assert calibration["ece_percent"] <= 1.0
 
 
