@@ -1,14 +1,14 @@
 """Response shapes, as the OpenAPI docs at /docs describe them."""
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.jobs.promotion import PromoteRule
 from app.jobs.store import JobStatus
 from models.comparison import Standing
-from models.hyperparameters import bounds_of, hyperparameter_fields, value_type
+from models.hyperparameters import Hyperparameters, bounds_of, hyperparameter_fields, value_type
 from models.signature import SIGNATURE
 
 CLASSES = SIGNATURE.output.classes
@@ -161,6 +161,14 @@ class TrainRequest(HyperparameterFields):
         description="processes training the job together (DDP ranks: one per GPU, or CPU processes); "
         "at most the server's MNIST_TRAIN_MAX_PROCS; batch_size is per rank",
     )
+
+    @model_validator(mode="after")
+    def values_that_go_together(self) -> Self:
+        """The rules that tie hyperparameters together (a batch-normed network's batch of two or
+        more), on the recipe's values with this body's, as the job will build them."""
+        given = {spec.name: getattr(self, spec.name) for spec in hyperparameter_fields()}
+        Hyperparameters.from_recipe(given.pop("recipe"), **given)  # its ValueError: a 422
+        return self
 
 
 class JobProgress(BaseModel):

@@ -29,7 +29,8 @@ class Net(nn.Module):
         x = x.flatten(1)
         x = F.relu(self.fc1(x))
         x = self.fc2(x)
-        return F.log_softmax(x, dim=1)
+        # In float32 even where training computes in bf16 (a no-op in float32).
+        return F.log_softmax(x.float(), dim=1)
 
 
 class LeNet5(nn.Module):
@@ -50,7 +51,7 @@ class LeNet5(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         x = self.fc3(x)
-        return F.log_softmax(x, dim=1)
+        return F.log_softmax(x.float(), dim=1)
 
 
 def conv_bn(inputs: int, outputs: int) -> list[nn.Module]:
@@ -77,11 +78,12 @@ class DeepNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32 even where training computes in bf16: a log-probability needs the precision.
         return F.log_softmax(self.head(self.features(x)).float(), dim=1)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"net": Net, "lenet5": LeNet5, "deep": DeepNet}
+# The networks with batch norm, which cannot train on a batch of one image.
+BATCH_NORMED = frozenset({"deep"})
 
 
 def build_model(arch: str) -> nn.Module:

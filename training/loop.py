@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.calibration import ECE_BINS, calibrated, expected_calibration_error, fit_temperature, reliability
 from models.card import model_card
 from models.checkpoint import save_checkpoint
-from models.cnn import build_model
+from models.cnn import BATCH_NORMED, build_model
 from models.events import EpochEvent, ProgressEvent, SavedEvent, StartEvent, TrainingEvent
 from models.feedback_set import FeedbackSet, FeedbackSetError
 from models.hyperparameters import RECIPES, Hyperparameters, Recipe
@@ -326,10 +326,13 @@ def exposure_for(
 
 
 def bf16_native(device: torch.device) -> bool:
-    """Whether the device computes in bfloat16 in hardware (AVX-512 BF16 or AMX on a CPU)."""
+    """Whether the device computes in bfloat16 in hardware: a GPU from Ampere on, a CPU with
+    AVX-512 BF16 or AMX (elsewhere it is emulated, slower than float32)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return device.type == "cpu" and bool(
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
 
 
 def train_epoch(
@@ -345,15 +348,18 @@ def train_epoch(
     graphed: cuda_graph.GraphedStep | None = None,
     world: World = ONE_PROCESS,
     exposure: Exposure | None = None,
+    in_bf16: bool = False,
 ) -> float:
     """One pass over this rank's share of the training set in the tutorial's order, reporting
     every log_interval (samples counted over all ranks); returns the epoch's mean training loss.
 
     With `graphed`, each full batch is one CUDA graph replay of the same step; with `exposure`,
-    each batch of digits is trained beside a batch of non-digits.
+    each batch of digits is trained beside a batch of non-digits; `in_bf16`, each step computes in
+    bfloat16.
     """
     recipe = RECIPES[config.recipe]
-    in_bf16 = recipe.mixed_precision and bf16_native(x_train.device)
+    # Batch norm cannot train on one image: a last batch of one goes with the image before it.
+    paired = config.arch in BATCH_NORMED
     model.train()
     n = len(x_train)
     # Every rank draws the same permutation (same seed, same draws) and takes its own share.
@@ -362,7 +368,7 @@ def train_epoch(
     total_loss = torch.zeros((), device=x_train.device)  # summed on the device: no sync per step
     for batch_idx in range(batches):
         index = order[batch_idx * config.batch_size : (batch_idx + 1) * config.batch_size]
-        if len(index) == 1:  # batch norm cannot train on one image: it goes with the one before
+        if paired and len(index) == 1:
             index = order[-2:]
         if graphed is not None and len(index) == config.batch_size:
             loss = graphed(index)
@@ -428,8 +434,14 @@ def run(
         train_images, train_labels = with_feedback(
             train_images, train_labels, feedback, config.feedback_weight
         )
+    if config.arch in BATCH_NORMED and (share := math.ceil(len(train_images) / world.world_size)) < 2:
+        raise ValueError(
+            f"the {config.arch} network needs at least 2 training images per process for its batch "
+            f"norm, got {share}"
+        )
     x_train, y_train = to_model_input(train_images, device), train_labels.long().to(device)
     x_test, y_test = to_model_input(mnist.test_images, device), mnist.test_labels.long().to(device)
+    in_bf16 = recipe.mixed_precision and bf16_native(device)
 
     with process_group(world, device, config.rdzv_timeout) as backend:
         model = build_model(config.arch).to(device).to(memory_format=torch.channels_last)
@@ -445,8 +457,13 @@ def run(
         full_batches = n // config.batch_size
         families = outliers.FAMILIES if config.outlier_families is None else config.outlier_families
         exposure = exposure_for(recipe, families, config.seed, train_images, n, device, world)
-        graphable = not world.distributed and cuda_graph.supports(
-            device, recipe.augment or exposure is not None, scheduler is not None, full_batches
+        # A graph replays float32 steps: a run in bf16 steps eagerly.
+        graphable = (
+            not world.distributed
+            and not in_bf16
+            and cuda_graph.supports(
+                device, recipe.augment or exposure is not None, scheduler is not None, full_batches
+            )
         )
         if config.cuda_graph and graphable:
             try:
@@ -491,6 +508,7 @@ def run(
                 graphed,
                 world,
                 exposure,
+                in_bf16,
             )
             if not math.isfinite(summed := loss_everywhere(train_loss, world, device)):
                 raise TrainingDiverged(
@@ -567,7 +585,7 @@ def run(
                 "train_samples": n,
                 "train_sha256": data_fingerprint(train_images, train_labels),
                 "augmentation": recipe.augment,
-                "mixed_precision": "bf16" if recipe.mixed_precision and bf16_native(device) else None,
+                "mixed_precision": "bf16" if in_bf16 else None,
                 **provenance,
             },
         },

@@ -1,7 +1,7 @@
 """Non-digits for Outlier Exposure and for measuring the not-a-digit flag: procedural families of
-strokes, curves, shapes, glyphs, letters in other typefaces, textures, speckle and pieces of digits,
-each drawn dark on light as a drawing or a photo arrives, then framed as the service frames an
-upload (models/framing.py).
+strokes, curves, shapes, glyphs, letters in other typefaces, letters drawn with a pen, textures,
+speckle and pieces of digits, each drawn dark on light as a drawing or a photo arrives, then framed
+as the service frames an upload (models/framing.py).
 
 Nothing but Pillow and numpy draws them, from fonts that ship with Pillow or in pinned packages,
 so they are made the same wherever the training runs, from a seed.

@@ -32,6 +32,8 @@ GOOD = {"Authorization": "Bearer s3cret"}
         {"epochs": "many"},
         {"unknown": 1},
         [1, 2],
+        {"recipe": "accurate", "batch_size": 1},  # batch norm learns nothing from one image
+        {"arch": "deep", "limit_train": 1},
     ],
 )
 async def test_bad_bodies_are_422_and_make_no_job(api: httpx.AsyncClient, body: object) -> None:

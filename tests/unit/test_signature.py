@@ -117,7 +117,7 @@ from app.v2 import protocol
 from app.v2.routes import INFER_DESCRIPTION
 from models.card import confusion_matrix
 from models.checkpoint import save_checkpoint
-from models.cnn import LeNet5, Net
+from models.cnn import DeepNet, LeNet5, Net
 from tests.images import encode
 from training import outliers
 from training.loop import BACKGROUND, to_model_input
@@ -148,7 +148,7 @@ print(json.dumps({
     "normalised_black": float(preprocess(encode(digit)).min()),
     "training_input": list(to_model_input(torch.zeros(2, 32, 32, dtype=torch.uint8), "cpu").shape),
     "background": BACKGROUND,
-    "networks": [Net().fc2.out_features, LeNet5().fc3.out_features],
+    "networks": [Net().fc2.out_features, LeNet5().fc3.out_features, DeepNet().head[-1].out_features],
     "outliers": [list(outliers.drawn(name, 2, 0, torch.full((3, 32, 32), 200, dtype=torch.uint8)).shape)
                  for name in outliers.FAMILIES],
     "card": list(confusion_matrix(torch.tensor([0, 2]), torch.tensor([1, 2])).shape),
@@ -172,5 +172,5 @@ def test_another_signature_reaches_every_place_that_reads_it(tmp_path: Path) -> 
     assert seen["image_pixels_settle"] == seen["request_pixels_settle"] == [False, True]
     assert seen["preprocessed"] == [1, 32, 32] and seen["normalised_black"] == -2.0
     assert seen["training_input"] == [2, 1, 32, 32] and seen["background"] == -2.0
-    assert seen["networks"] == [3, 3] and seen["card"] == [3, 3]
+    assert seen["networks"] == [3, 3, 3] and seen["card"] == [3, 3]
     assert seen["normalize"] == {"mean": 0.5, "std": 0.25}

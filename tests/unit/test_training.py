@@ -98,6 +98,20 @@ def test_accurate_recipe_is_deterministic_too(tmp_path: Path, mnist_dir: Path) -
     assert run(a)["sha256"] == run(b)["sha256"]
 
 
+def test_a_batch_normed_network_trains_a_last_batch_of_one_image_with_the_one_before(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    config = TrainConfig.from_recipe(
+        "accurate", epochs=1, limit_train=129, device="cpu", data_dir=str(mnist_dir)
+    )
+    meta = run(dataclasses.replace(config, out=str(tmp_path / "a.pt")))  # 128 + 1 images
+    assert meta["train_samples"] == 129
+    with pytest.raises(ValueError, match="batch_size must be >= 2 for the deep network"):
+        TrainConfig.from_recipe("accurate", batch_size=1)
+    with pytest.raises(ValueError, match="limit_train must be >= 2 for the deep network"):
+        TrainConfig(arch="deep", limit_train=1)
+
+
 @pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bf16")
 def test_the_accurate_recipe_computes_its_steps_in_bf16_where_the_cpu_has_it(
     tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
