@@ -105,10 +105,11 @@ let newestRequest = 0;
 // The image of the prediction on show, for a correction: the same bytes, so the same 28x28.
 let lastInput = null;
 
-async function predictBlob(blob, name) {
+// `request` is numbered when the prediction is asked for: a drawing's image is made asynchronously,
+// and a file chosen meanwhile is the newer request.
+async function predictBlob(blob, name, request = ++newestRequest) {
   const form = new FormData();
   form.append("file", blob, name);
-  const request = ++newestRequest;
   try {
     const response = await fetch("/predict?return_input=true", { method: "POST", body: form });
     const shown = response.ok ? await response.json() : await detailOf(response);
@@ -128,7 +129,8 @@ async function predictBlob(blob, name) {
 
 function predictCanvas() {
   if (!inked) { $("error").textContent = "Draw a digit first."; return; }
-  pad.toBlob((blob) => predictBlob(blob, "drawing.png"), "image/png");
+  const request = ++newestRequest;
+  pad.toBlob((blob) => predictBlob(blob, "drawing.png", request), "image/png");
 }
 
 // Upload: file picker, drag and drop, and the keyboard on the drop zone.

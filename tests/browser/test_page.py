@@ -199,6 +199,43 @@ def test_api_errors_are_shown_in_words(page: "playwright_api.Page") -> None:
     page.wait_for_function("document.getElementById('error').textContent.includes('not an image')")
 
 
+def test_a_file_chosen_while_a_drawing_s_image_is_being_made_is_the_answer_shown(
+    page: "playwright_api.Page",
+) -> None:
+    """A drawing's image is made asynchronously (canvas.toBlob): a file chosen before it is ready is
+    the newer request, and the drawing's late answer must not replace the file's."""
+    page.click("#clear")
+    page.evaluate(
+        """() => {
+            window.realToBlob = HTMLCanvasElement.prototype.toBlob;
+            HTMLCanvasElement.prototype.toBlob = function (callback, ...rest) {
+                setTimeout(() => window.realToBlob.call(this, callback, ...rest), 1000);
+            };
+            window.realFetch = window.fetch;
+            window.answered = 0;
+            window.fetch = async (...args) => {
+                const response = await window.realFetch(...args);
+                await response.clone().text();  // the whole answer is in
+                window.answered += 1;
+                return response;
+            };
+        }"""
+    )
+    try:
+        draw(page, [[(0.5, 0.15), (0.5, 0.85)]])
+        page.set_input_files(
+            "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}]
+        )
+        page.wait_for_function("document.getElementById('error').textContent.includes('not an image')")
+        page.wait_for_function("window.answered === 2")  # the drawing's answer came too, a second later
+        page.evaluate("new Promise((resolve) => setTimeout(resolve, 50))")  # and was handled
+        assert "not an image" in page.locator("#error").inner_text()
+        assert page.locator("#digit").inner_text() == "\u2013"  # the dash of no digit shown
+    finally:
+        page.reload()  # the page's own toBlob and fetch again, for the tests after this one
+        page.wait_for_load_state()
+
+
 def heat_map(page: "playwright_api.Page") -> list[list[int]]:
     """The counts the heat map's cells show, row by row, after checking each cell is coloured."""
     cells: list[list[list[str]]] = page.evaluate(
