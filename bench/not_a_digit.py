@@ -99,8 +99,8 @@ def pen_letters(rng: np.random.Generator) -> Iterator[Image.Image]:
     strokes = hand("cursive")
     for _ in range(3):
         for character in CHARACTERS:
-            if drawn := [stroke for stroke in strokes[character] if stroke]:
-                yield pen_stroked(rng, drawn)
+            if strokes[character]:
+                yield pen_stroked(rng, strokes[character])
 
 
 def crops(names: tuple[str, ...], rng: np.random.Generator, count: int) -> Iterator[Image.Image]:

@@ -186,7 +186,8 @@ Stroke = list[tuple[float, float]]
 
 @functools.cache
 def hand(name: str) -> dict[str, list[Stroke]]:
-    """Each character's strokes in one Hershey font (y grows downwards, as on a canvas)."""
+    """Each character's strokes in one Hershey font, empty ones left out (y grows downwards, as on
+    a canvas)."""
     try:
         # Imported on first use, as the typefaces are read: a missing package is a clear error.
         from HersheyFonts import HersheyFonts
@@ -197,7 +198,10 @@ def hand(name: str) -> dict[str, list[Stroke]]:
         ) from None
     font = HersheyFonts()
     font.load_default_font(name)
-    return {char: [list(map(tuple, stroke)) for stroke in font.strokes_for_text(char)] for char in CHARACTERS}
+    return {
+        char: [list(map(tuple, stroke)) for stroke in font.strokes_for_text(char) if stroke]
+        for char in CHARACTERS
+    }
 
 
 def pen_stroked(rng: np.random.Generator, strokes: list[Stroke]) -> Image.Image:
@@ -205,9 +209,9 @@ def pen_stroked(rng: np.random.Generator, strokes: list[Stroke]) -> Image.Image:
     moves it, the whole sheared a little."""
     image, draw = canvas()
     points = np.array([point for stroke in strokes for point in stroke], dtype=np.float64)
-    low, size = points.min(0), max(float((points.max(0) - points.min(0)).max()), 1.0)
-    scale = float(rng.uniform(30, 50)) / size
-    centre = (points.max(0) + low) / 2
+    low, high = points.min(0), points.max(0)
+    scale = float(rng.uniform(30, 50)) / max(float((high - low).max()), 1.0)
+    centre = (high + low) / 2
     # A pen as wide, for the size, as MNIST's.
     shear, wobble, width = float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0, 1.2)), int(rng.integers(3, 8))
     for stroke in strokes:
@@ -223,7 +227,7 @@ def pen_stroked(rng: np.random.Generator, strokes: list[Stroke]) -> Image.Image:
 def pen_letters(rng: np.random.Generator) -> Image.Image:
     """A letter or symbol in one of Hershey's hands, drawn with a pen of some width."""
     strokes = hand(PEN_HANDS[int(rng.integers(len(PEN_HANDS)))])
-    drawn = [stroke for stroke in strokes[str(rng.choice(PEN_CHARACTERS))] if stroke]
+    drawn = strokes[str(rng.choice(PEN_CHARACTERS))]
     return pen_stroked(rng, drawn) if drawn else canvas()[0]
 
 
